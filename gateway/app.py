@@ -1,0 +1,125 @@
+"""The ASGI app: routes, lifespan (upstreams, local models, reload triggers) and the operational endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.responses import Response
+
+from minigate.config import Config
+from minigate.gateway.chat import ChatEndpoint
+from minigate.gateway.errors import install_error_handlers
+from minigate.gateway.metrics import GatewayMetrics
+from minigate.gateway.runtime import RuntimeHolder
+from minigate.logger.pipeline import CallLog
+from minigate.version import __version__
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("minigate.gateway")
+
+
+def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path | None = None) -> FastAPI:
+    """Build the gateway. With `config_path`, SIGHUP and edits to that file reload the config."""
+    metrics = GatewayMetrics(registry)
+    holder = RuntimeHolder(config, metrics, config_path)
+    # The store is opened once: a reload that changes logging.store takes effect at the next restart.
+    calls = CallLog(config.logging, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await calls.start()
+        await holder.start()
+        watcher = asyncio.get_running_loop().create_task(_watch(holder)) if config_path else None
+        with _reload_on_sighup(holder):
+            try:
+                yield
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+                await holder.stop()
+                await calls.stop()
+
+    app = FastAPI(title="minigate", version=__version__, lifespan=lifespan)
+    app.state.holder = holder
+    install_error_handlers(app)
+    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls), methods=["POST"])
+    _add_operational_routes(app, holder, registry)
+    return app
+
+
+def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: CollectorRegistry) -> None:
+    @app.get("/v1/models", summary="The route names agents may put in `model`.")
+    async def list_models(request: Request) -> Response:
+        runtime = holder.current
+        runtime.keyring.authenticate(request.headers.get("authorization"))
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "minigate"} for name in runtime.config.routes]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+    @app.get("/healthz", summary="Liveness: the process answers.")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", summary="Readiness: config loaded; which upstreams answer.")
+    async def readyz() -> Response:
+        runtime = holder.current
+        names = list(runtime.pool.clients)
+        probes = await asyncio.gather(*(runtime.pool[name].probe() for name in names))
+        upstreams = {name: problem or "reachable" for name, problem in zip(names, probes)}
+        body = {
+            "status": "ready",
+            "config_generation": holder.generation,
+            "last_reload_error": holder.last_reload_error,
+            "upstreams": upstreams,
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.get("/metrics", summary="Prometheus metrics.")
+    async def metrics(request: Request) -> Response:
+        runtime = holder.current
+        if runtime.config.metrics.require_role is not None:
+            runtime.keyring.authenticate(request.headers.get("authorization")).require("read_metrics")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _watch(holder: RuntimeHolder) -> None:
+    """Reload when the config's folder changes.
+
+    Watching the folder, not the file, catches editors that write a new file and rename it, and
+    Kubernetes ConfigMaps that swap a symlink; a reload of an unchanged file costs one parse.
+    """
+    from watchfiles import awatch
+
+    assert holder.path is not None
+    async for _ in awatch(holder.path.absolute().parent, recursive=False):
+        await holder.reload()
+
+
+@contextlib.contextmanager
+def _reload_on_sighup(holder: RuntimeHolder) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(holder.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        installed = True
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests), or no SIGHUP
+        installed = False
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGHUP)

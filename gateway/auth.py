@@ -1,0 +1,76 @@
+"""Bearer keys and the roles they carry.
+
+Keys are looked up by their SHA-256 digest, so a lookup never compares the secret byte by byte
+(no timing side channel) and the raw keys are not kept in memory beyond the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from minigate.errors import AuthenticationFailed, PermissionDenied
+from minigate.gateway.settings import AuthSection, Role
+
+__all__ = ["Caller", "KeyRing", "Permission"]
+
+Permission = Literal["infer", "read_metrics"]
+
+_GRANTS: dict[Role, frozenset[Permission]] = {
+    "agent": frozenset({"infer"}),
+    "analyst": frozenset({"read_metrics"}),
+    "admin": frozenset({"infer", "read_metrics"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the key's name from config (never the key) and its role."""
+
+    name: str
+    role: Role
+
+    def require(self, permission: Permission) -> None:
+        if permission not in _GRANTS[self.role]:
+            raise PermissionDenied(f"The key {self.name!r} has role {self.role!r}, which may not {permission.replace('_', ' ')}.")
+
+
+_ANONYMOUS = Caller("anonymous", "admin")
+
+
+class KeyRing:
+    """The configured keys. With none, every caller is an anonymous admin (the server then binds loopback only).
+
+    >>> ring = KeyRing.from_section(AuthSection.model_validate({"keys": [{"name": "a", "key": "k", "role": "agent"}]}))
+    >>> ring.authenticate("Bearer k")
+    Caller(name='a', role='agent')
+    """
+
+    def __init__(self, digests: dict[bytes, Caller]) -> None:
+        self._callers = digests
+
+    @classmethod
+    def from_section(cls, section: AuthSection) -> KeyRing:
+        return cls({_digest(entry.key.get_secret_value()): Caller(entry.name, entry.role) for entry in section.keys})
+
+    @property
+    def is_open(self) -> bool:
+        return not self._callers
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        if self.is_open:
+            return _ANONYMOUS
+        if not authorization:
+            raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
+        caller = self._callers.get(_digest(key.strip()))
+        if caller is None:
+            raise AuthenticationFailed("Incorrect API key provided. Check the key minigate's operator gave you.")
+        return caller
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()

@@ -1,0 +1,156 @@
+"""`POST /v1/chat/completions`: authenticate, parse once, decide, call the upstream, relay its answer.
+
+Bodies are relayed as bytes: a non-streamed reply reaches the client exactly as the upstream sent it,
+and a stream is forwarded chunk by chunk as it arrives, never re-framed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from minigate.errors import InvalidRequest, PayloadTooLarge, RequestError, UpstreamError, UpstreamUnavailable
+from minigate.gateway.errors import error_body, error_response
+from minigate.gateway.metrics import GatewayMetrics
+from minigate.gateway.protocol import parse_chat_request
+from minigate.gateway.runtime import RuntimeHolder
+from minigate.logger.pipeline import CallLog
+from minigate.logger.records import CallRecord
+from minigate.router.decision import Decision, decide
+from minigate.serving.upstream import UpstreamReply
+
+__all__ = ["ChatEndpoint"]
+
+_UNKNOWN_TASK = "unknown"
+_CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+
+
+@dataclass(slots=True)
+class _Call:
+    """What the handler learns about one call as it goes, for headers, metrics and the call record."""
+
+    request_id: str
+    started: float  # perf_counter, for durations
+    started_at: float  # wall clock, for the record
+    key_name: str = ""
+    decision: Decision | None = None
+    stream: bool = False
+
+
+class ChatEndpoint:
+    """The handler, bound to the runtime holder, the metrics it updates and the call log it feeds."""
+
+    def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog) -> None:
+        self.holder = holder
+        self.metrics = metrics
+        self.calls = calls
+
+    async def __call__(self, request: Request) -> Response:
+        call = _Call(uuid.uuid4().hex, time.perf_counter(), time.time())
+        request.state.request_id = call.request_id
+        headers = {"x-minigate-request-id": call.request_id}
+        try:
+            runtime = self.holder.current
+            caller = runtime.keyring.authenticate(request.headers.get("authorization"))
+            call.key_name = caller.name
+            caller.require("infer")
+            chat = parse_chat_request(await _read_body(request, runtime.config.server.max_body_bytes))
+            call.stream = chat.stream
+            call.decision = decide(runtime.config.routes, runtime.targets, chat.model)
+            headers.update(_decision_headers(call.decision))
+            client = runtime.pool[call.decision.target.upstream]
+            reply = await client.chat(chat.with_model(call.decision.target.upstream_model))
+            if chat.stream and reply.status == 200:
+                return StreamingResponse(self._relay(reply, call), headers=_merge(reply, headers))
+            return await self._complete(reply, call, headers)
+        except RequestError as exc:
+            if isinstance(exc, UpstreamError):
+                self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
+            self._finish(call, exc.status)
+            return error_response(exc, headers)
+
+    async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str]) -> Response:
+        content = await reply.read()
+        if reply.status >= 500:
+            excerpt = content[:300].decode("utf-8", "replace")
+            raise UpstreamUnavailable(
+                f"upstream {reply.upstream!r} answered HTTP {reply.status}: {excerpt}",
+                upstream=reply.upstream,
+                kind=f"status_{reply.status}",
+            )
+        self._finish(call, reply.status, content)
+        return Response(content, reply.status, headers=_merge(reply, headers))
+
+    async def _relay(self, reply: UpstreamReply, call: _Call) -> AsyncIterator[bytes]:
+        status = _CLIENT_CLOSED
+        try:
+            async for chunk in reply.chunks():
+                yield chunk
+            status = 200
+        except UpstreamError as exc:
+            # Headers are gone already: the failure can only travel as an SSE event the SDKs understand.
+            status = exc.status
+            self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
+            yield b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
+        finally:
+            self._finish(call, status)
+
+    def _finish(self, call: _Call, status: int, reply: bytes | None = None) -> None:
+        """Count the call and hand its record to the log; neither waits for anything."""
+        elapsed = time.perf_counter() - call.started
+        decision = call.decision
+        if decision is None:  # refused before routing (auth, malformed body, unknown model)
+            self.metrics.requests.labels("", "", "", _UNKNOWN_TASK, str(status)).inc()
+            return
+        target = decision.target
+        self.metrics.observe(decision.route, target.name, target.tier, _UNKNOWN_TASK, status, elapsed)
+        self.calls.submit(
+            CallRecord(
+                call.request_id, call.started_at, call.key_name, decision.route, target.name, target.tier,
+                _UNKNOWN_TASK, decision.rule, target.upstream, status, elapsed, call.stream, reply,
+            )
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest(f"Invalid Content-Length header {declared!r}.")
+        if int(declared) > limit:
+            raise _too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body ({size} bytes) exceeds this gateway's limit of {limit} bytes; "
+        "send a smaller request or raise server.max_body_bytes."
+    )
+
+
+def _decision_headers(decision: Decision) -> dict[str, str]:
+    return {
+        "x-minigate-model": decision.target.name,
+        "x-minigate-tier": decision.target.tier,
+        "x-minigate-task": _UNKNOWN_TASK,
+        "x-minigate-rule": decision.rule,
+    }
+
+
+def _merge(reply: UpstreamReply, ours: dict[str, str]) -> dict[str, str]:
+    merged = dict(reply.headers)
+    merged.update(ours)
+    return merged

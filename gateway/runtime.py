@@ -1,0 +1,127 @@
+"""One config generation in force, and the atomic swap that replaces it on reload.
+
+A request reads `holder.current` once and uses that generation to its end, so a reload mid-request
+never mixes two configs. A reload that fails validation or can't start its upstreams leaves the old
+generation serving and records why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from minigate.config import Config, load_config
+from minigate.errors import ConfigError
+from minigate.gateway.auth import KeyRing
+from minigate.gateway.metrics import GatewayMetrics
+from minigate.router.decision import Target
+from minigate.serving.pool import LocalServers, UpstreamPool
+
+__all__ = ["Runtime", "RuntimeHolder"]
+
+log = logging.getLogger("minigate.gateway")
+
+# How long a replaced generation's clients stay open for requests that started on it.
+_RETIRE_AFTER_S = 600.0
+
+
+@dataclass
+class Runtime:
+    config: Config
+    keyring: KeyRing
+    targets: dict[str, Target]
+    pool: UpstreamPool
+
+    @classmethod
+    async def open(cls, config: Config, local: LocalServers) -> Runtime:
+        targets = {
+            name: Target(name, entry.upstream, entry.model, entry.tier) for name, entry in config.models.items()
+        }
+        pool = await UpstreamPool.open(config.upstreams, local)
+        return cls(config, KeyRing.from_section(config.auth), targets, pool)
+
+
+@dataclass
+class RuntimeHolder:
+    """Owns the current generation, the local model servers, and reloads from `path` when asked."""
+
+    config: Config
+    metrics: GatewayMetrics
+    path: Path | None = None
+    local: LocalServers = field(default_factory=LocalServers)
+    generation: int = 0
+    last_reload_error: str | None = None
+    _current: Runtime | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def current(self) -> Runtime:
+        if self._current is None:
+            raise RuntimeError("the gateway has not started")
+        return self._current
+
+    async def start(self) -> None:
+        self._current = await Runtime.open(self.config, self.local)
+        self.generation = 1
+
+    async def reload(self) -> bool:
+        """Load `path` again; True when the file's config is the one serving afterwards."""
+        if self.path is None:
+            return False
+        async with self._lock:
+            try:
+                config = await anyio.to_thread.run_sync(load_config, self.path)
+                if config == self.config:
+                    self.metrics.config_reloads.labels("unchanged").inc()
+                    return True
+                runtime = await Runtime.open(config, self.local)
+            except ConfigError as exc:
+                self._reject(str(exc))
+                return False
+            except Exception as exc:  # an upstream that won't start must not take the gateway down
+                self._reject(f"{type(exc).__name__}: {exc}")
+                return False
+            old, self._current, self.config = self._current, runtime, config
+            self.generation += 1
+            self.last_reload_error = None
+            _warn_listener_change(old, runtime)
+            if old is not None:
+                self._retire(old)
+            self.metrics.config_reloads.labels("applied").inc()
+            log.info("config reloaded from %s (generation %d)", self.path, self.generation)
+            return True
+
+    def _reject(self, why: str) -> None:
+        self.last_reload_error = why
+        self.metrics.config_reloads.labels("rejected").inc()
+        log.error("config reload rejected, still serving generation %d:\n%s", self.generation, why)
+
+    def _retire(self, old: Runtime) -> None:
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(_RETIRE_AFTER_S)
+            finally:
+                await old.pool.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._current is not None:
+            await self._current.pool.aclose()
+        await self.local.stop_all()
+
+
+def _warn_listener_change(old: Runtime | None, new: Runtime) -> None:
+    before, after = old.config.server if old else None, new.config.server
+    if before is not None and (before.host, before.port, before.drain_timeout_s) != (after.host, after.port, after.drain_timeout_s):
+        log.warning("server.host, port and drain_timeout_s changes take effect at the next restart")

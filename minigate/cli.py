@@ -1,0 +1,132 @@
+"""The `minigate` command: thin subcommands that build a config, call the library, and return an exit code."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from minigate.config import Config, load_config, resolve_config_path
+from minigate.errors import ConfigError
+from minigate.version import __version__
+
+__all__ = ["app"]
+
+app = typer.Typer(help="minigate: an OpenAI-compatible gateway that routes agent calls to miniatures.", no_args_is_help=True)
+err = Console(stderr=True)
+STARTUP_FAILURE = 3
+CONFIG_INVALID = 2
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="Config file; default $MINIGATE_CONFIG, ./minigate.yaml, then the embedded example."),
+]
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address; default server.host from the config.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port; default server.port from the config (0 picks a free one).")] = None,
+    log_level: Annotated[str, typer.Option(envvar="MINIGATE_LOG_LEVEL", help="Log level.")] = "info",
+) -> None:
+    """Run the gateway."""
+    import uvicorn
+    from prometheus_client import REGISTRY
+
+    from minigate.gateway.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path = resolve_config_path(config, os.environ)
+    cfg = _load_or_exit(path)
+    bind_host = host or cfg.server.host
+    if not cfg.auth.keys:
+        if not _is_loopback(bind_host):
+            err.print(
+                f"[red]refusing to serve on {bind_host}: no API keys are configured.[/] Add auth.keys to {path} "
+                "or bind a loopback address (--host 127.0.0.1)."
+            )
+            raise typer.Exit(STARTUP_FAILURE)
+        err.print("[yellow]warning:[/] no API keys configured: anyone on this machine can call the gateway.")
+    err.print(f"minigate {__version__}: config {path}")
+    err.print(_routes_table(cfg))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg, REGISTRY, config_path=path),
+            host=bind_host,
+            port=cfg.server.port if port is None else port,
+            loop="uvloop" if sys.platform != "win32" else "asyncio",
+            http="httptools",
+            access_log=False,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=max(1, round(cfg.server.drain_timeout_s)),
+        )
+    )
+    server.run()
+    if not server.started:
+        raise typer.Exit(STARTUP_FAILURE)
+
+
+@app.command()
+def check(config: Annotated[Path, typer.Argument(help="Config file to validate.")]) -> None:
+    """Validate a config file and print its upstreams, models and routes."""
+    cfg = _load_or_exit(config)
+    console = Console()
+    console.print(_upstreams_table(cfg))
+    console.print(_routes_table(cfg))
+    console.print(f"[green]{config}: valid[/]")
+
+
+@app.command()
+def version() -> None:
+    """Print minigate's version."""
+    typer.echo(__version__)
+
+
+def _load_or_exit(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print("[red]invalid config[/]")
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(CONFIG_INVALID) from exc
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _upstreams_table(cfg: Config) -> Table:
+    table = Table(title="upstreams")
+    for column in ("name", "kind", "where"):
+        table.add_column(column)
+    for name, spec in cfg.upstreams.items():
+        where = spec.base_url if spec.kind != "llamacpp" else str(spec.path or f"{spec.model} (bundled GGUF)")
+        table.add_row(name, spec.kind, where)
+    return table
+
+
+def _routes_table(cfg: Config) -> Table:
+    table = Table(title="routes")
+    for column in ("route (model agents ask for)", "serves with", "upstream", "upstream model", "tier"):
+        table.add_column(column)
+    for name, route in cfg.routes.items():
+        entry = cfg.models[route.default]
+        table.add_row(name, route.default, entry.upstream, entry.model, entry.tier)
+    return table
+
+
+if __name__ == "__main__":
+    app()

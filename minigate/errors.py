@@ -1,0 +1,138 @@
+"""Every error minigate raises on purpose.
+
+    MinigateError
+    ├── ConfigError                  a config file failed to load; names file, line and field
+    └── RequestError                 reaches a client; carries HTTP status and OpenAI type/code
+        ├── InvalidRequest           400 invalid_request_error
+        │   └── MalformedJSON        400, with the position of the fault
+        ├── AuthenticationFailed     401 missing or unknown key
+        ├── PermissionDenied         403 the key's role may not do this
+        ├── ModelNotFound            404 lists the routes that exist
+        ├── PayloadTooLarge          413 body over server.max_body_bytes
+        └── UpstreamError            the model behind a route failed
+            ├── UpstreamUnavailable  502 connect failure or 5xx
+            ├── UpstreamTimeout      504
+            └── UpstreamStreamCut    the upstream closed a stream mid-way (reported as an SSE error event)
+
+The gateway renders RequestError in one place (`minigate.gateway.errors`) as OpenAI's
+`{"error": {"message", "type", "param", "code"}}`, so clients written for OpenAI parse ours unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "AuthenticationFailed",
+    "InvalidRequest",
+    "MalformedJSON",
+    "MinigateError",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RequestError",
+    "UpstreamError",
+    "UpstreamStreamCut",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class MinigateError(Exception):
+    """Base of every error minigate raises deliberately."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One fault in a config file, located so that a person can go straight to it."""
+
+    field: str
+    message: str
+    line: int | None = None
+
+    def render(self, file: str) -> str:
+        where = f"{file}:{self.line}" if self.line is not None else file
+        return f"{where}: {self.field}: {self.message}"
+
+
+class ConfigError(MinigateError):
+    """A config file could not be loaded.
+
+    >>> str(ConfigError("a.yaml", [ConfigProblem("routes.gpt-4.default", "unknown model 'x'", 7)]))
+    "a.yaml:7: routes.gpt-4.default: unknown model 'x'"
+    """
+
+    def __init__(self, file: str, problems: list[ConfigProblem]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(p.render(file) for p in problems))
+
+
+class RequestError(MinigateError):
+    """An error a client sees, in OpenAI's error vocabulary."""
+
+    status: int = 400
+    type: str = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+
+class MalformedJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class AuthenticationFailed(RequestError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(RequestError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_role"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UpstreamError(RequestError):
+    """The model behind a route failed; `upstream` names the config entry so operators know where to look."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, upstream: str, kind: str) -> None:
+        super().__init__(message)
+        self.upstream = upstream
+        self.kind = kind
+
+
+class UpstreamUnavailable(UpstreamError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamStreamCut(UpstreamError):
+    code = "upstream_stream_cut"

@@ -1,0 +1,125 @@
+"""Calling one OpenAI-protocol upstream: a pooled client and the translation of transport failures.
+
+One `httpx.AsyncClient` per upstream keeps connections alive across requests; creating a client per
+request would pay a TCP (and TLS) handshake on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from minigate.errors import UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
+from minigate.serving.settings import Timeouts
+
+__all__ = ["UpstreamClient", "UpstreamReply"]
+
+# Headers that describe one hop of the connection (RFC 9110 §7.6.1) or that we recompute for the client.
+_HOP_HEADERS = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server"}
+)
+
+
+@dataclass
+class UpstreamReply:
+    """An upstream's answer with the body not yet read, so streams can be relayed as they arrive."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    response: httpx.Response
+    upstream: str
+
+    async def read(self) -> bytes:
+        try:
+            return await self.response.aread()
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"upstream {self.upstream!r} timed out sending its reply", upstream=self.upstream, kind="timeout") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(f"upstream {self.upstream!r} broke off its reply: {exc}", upstream=self.upstream, kind="read_error") from exc
+        finally:
+            await self.response.aclose()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, decoded but otherwise untouched (SSE events are not re-framed)."""
+        try:
+            async for chunk in self.response.aiter_bytes():
+                yield chunk
+        except httpx.TransportError as exc:
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "stream_cut"
+            raise UpstreamStreamCut(
+                f"upstream {self.upstream!r} ended the stream early ({type(exc).__name__}); retry the request",
+                upstream=self.upstream,
+                kind=kind,
+            ) from exc
+        finally:
+            await self.response.aclose()
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+
+class UpstreamClient:
+    """A pooled client for one upstream.
+
+    >>> client = UpstreamClient("openai", "https://api.openai.com/v1", Timeouts(), api_key="sk-...")
+    >>> reply = await client.chat(body, stream=False)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        timeouts: Timeouts,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = 256,
+        max_keepalive: int = 64,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.total_timeout_s = timeouts.total_s
+        default_headers = {"content-type": "application/json", **(headers or {})}
+        if api_key:
+            default_headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=default_headers,
+            timeout=httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s, pool=timeouts.connect_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive),
+        )
+
+    async def chat(self, body: bytes, *, extra_headers: Mapping[str, str] | None = None) -> UpstreamReply:
+        """Send a chat completion and return once the status line and headers are in."""
+        request = self._client.build_request("POST", "/chat/completions", content=body, headers=extra_headers)
+        try:
+            async with asyncio.timeout(self.total_timeout_s):
+                response = await self._client.send(request, stream=True)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise UpstreamTimeout(
+                f"upstream {self.name!r} did not answer in time ({type(exc).__name__}); raise its timeouts or check it",
+                upstream=self.name,
+                kind="timeout",
+            ) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(
+                f"cannot reach upstream {self.name!r} at {self.base_url}: {exc or type(exc).__name__}",
+                upstream=self.name,
+                kind="connect_error",
+            ) from exc
+        headers = [(k, v) for k, v in response.headers.items() if k not in _HOP_HEADERS]
+        return UpstreamReply(response.status_code, headers, response, self.name)
+
+    async def probe(self, timeout_s: float = 2.0) -> str | None:
+        """None when the upstream answers `GET /models`, else why not (for /readyz)."""
+        try:
+            response = await self._client.get("/models", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return None if response.status_code < 500 else f"HTTP {response.status_code}"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,56 @@
+"""Every call leaves one record in the store, written off the request path and flushed at shutdown."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import AGENT_KEY, gateway_config
+from tests.support.servers import run_gateway, write_config
+from tests.support.upstream import ScriptedUpstream
+
+AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
+
+
+def test_records_match_responses_and_survive_shutdown(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    store = tmp_path / "calls.db"
+    config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{store}", "flush_interval_s": 5})
+    path = write_config(tmp_path / "minigate.yaml", config)
+    seen: dict[str, int] = {}
+    with run_gateway(path) as gateway:
+        for i in range(20):
+            body = {"model": "cheap" if i % 2 else "gpt-4.1", "messages": [{"role": "user", "content": f"n {i}"}],
+                    "stream": i % 5 == 0}
+            response = httpx.post(f"{gateway.v1}/chat/completions", json=body, headers=AUTH)
+            seen[response.headers["x-minigate-request-id"]] = response.status_code
+        upstream.script(status=500)
+        failed = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                            json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
+        seen[failed.headers["x-minigate-request-id"]] = failed.status_code
+    # The flush interval (5 s) had not passed: these rows were written by the shutdown drain.
+    rows = sqlite3.connect(store).execute(
+        "SELECT request_id, status, route, model, tier, key_name, stream, input_tokens, output_tokens FROM calls"
+    ).fetchall()
+    assert {row[0]: row[1] for row in rows} == seen
+    by_id = {row[0]: row for row in rows}
+    failed_row = by_id[failed.headers["x-minigate-request-id"]]
+    assert failed_row[1:6] == (502, "cheap", "mini", "miniature", "agents")
+    non_streamed_ok = [row for row in rows if row[1] == 200 and not row[6]]
+    assert non_streamed_ok and all(row[7] and row[8] for row in non_streamed_ok)
+
+
+def test_log_metrics_are_exported(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/c.db", "flush_interval_s": 0.05})
+    with run_gateway(write_config(tmp_path / "minigate.yaml", config)) as gateway:
+        for _ in range(3):
+            httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                       json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
+        deadline = time.monotonic() + 5
+        while gateway.metric("minigate_log_records_written_total") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway.metric("minigate_log_records_written_total") == 3
+        assert gateway.metric("minigate_log_queue_depth") == 0
+        assert gateway.metric("minigate_log_records_dropped_total") == 0

