@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -38,10 +37,7 @@ def serve(
     log_level: Annotated[str, typer.Option(envvar="MINIGATE_LOG_LEVEL", help="Log level.")] = "info",
 ) -> None:
     """Run the gateway."""
-    import uvicorn
-    from prometheus_client import REGISTRY
-
-    from minigate.gateway.app import create_app
+    from minigate.gateway.server import run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path = resolve_config_path(config, os.environ)
@@ -57,20 +53,8 @@ def serve(
         err.print("[yellow]warning:[/] no API keys configured: anyone on this machine can call the gateway.")
     err.print(f"minigate {__version__}: config {path}")
     err.print(_routes_table(cfg))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(cfg, REGISTRY, config_path=path),
-            host=bind_host,
-            port=cfg.server.port if port is None else port,
-            loop="uvloop" if sys.platform != "win32" else "asyncio",
-            http="httptools",
-            access_log=False,
-            log_level=log_level.lower(),
-            timeout_graceful_shutdown=max(1, round(cfg.server.drain_timeout_s)),
-        )
-    )
-    server.run()
-    if not server.started:
+    started = run(cfg, path, host=bind_host, port=cfg.server.port if port is None else port, log_level=log_level)
+    if not started:
         raise typer.Exit(STARTUP_FAILURE)
 
 
@@ -95,7 +79,7 @@ def _load_or_exit(path: Path) -> Config:
         return load_config(path)
     except ConfigError as exc:
         err.print("[red]invalid config[/]")
-        err.print(str(exc), highlight=False, markup=False)
+        typer.echo(str(exc), err=True)
         raise typer.Exit(CONFIG_INVALID) from exc
 
 

@@ -18,7 +18,7 @@ from tests.support.upstream import ScriptedUpstream
 HELLO = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello"}]}
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Basic abc", "Bearer "])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Basic abc", "Bearer"])
 def test_missing_or_wrong_key_is_401(gateway: RunningGateway, upstream: ScriptedUpstream, authorization: str | None) -> None:
     headers = {"authorization": authorization} if authorization else {}
     response = httpx.post(f"{gateway.v1}/chat/completions", json=HELLO, headers=headers)

@@ -12,7 +12,7 @@ from minigate.config import default_config_path, load_config, resolve_config_pat
 from minigate.errors import ConfigError
 
 VALID = """\
-server: {host: 127.0.0.1, port: ${PORT:-9000}}
+server: {host: 127.0.0.1, port: "${PORT:-9000}"}
 upstreams:
   up: {kind: openai, base_url: "${UP_URL}", api_key: "${UP_KEY:-}"}
 models:
@@ -49,7 +49,7 @@ def test_missing_variable_names_line_and_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("replace", "by", "expected"),
     [
-        ("port: ${PORT:-9000}", "port: many", ":1: server.port: Input should be a valid integer"),
+        ("port: \"${PORT:-9000}\"", "port: many", ":1: server.port: Input should be a valid integer"),
         ("tier: frontier", "tier: medium", ":5: models.m.tier: Input should be 'miniature' or 'frontier'"),
         ("default: m}", "default: nope}", ":7: routes.r.default: unknown model 'nope' (models: m)"),
         ("upstream: up,", "upstream: other,", ":5: models.m.upstream: unknown upstream 'other' (upstreams: up)"),

@@ -1,0 +1,134 @@
+"""The servers the overhead benchmark compares, and how each one is started.
+
+`direct` is the nginx upstream itself; the proxies run pinned to CPU 1 and are configured so
+that `gpt-4.1` reaches the upstream's JSON location and `gpt-4.1-stream` its SSE location
+(see overhead_fixtures for why there are two).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from overhead_fixtures import JSON_PATH, SSE_PATH, Mode, nginx_config
+from overhead_setup import BENCH
+
+__all__ = ["PROXY_CPU", "UPSTREAM_CPU", "Launch", "Target", "upstream_launch", "minimal_target",
+           "litellm_target", "minigate_target", "DIRECT"]
+
+PROXY_CPU = "1"
+UPSTREAM_CPU = "0"
+BENCH_KEY = "bench-key"
+# LiteLLM rejects a master key that does not start with "sk-".
+LITELLM_KEY = "sk-bench-key"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A command line and its environment, ready for overhead_proc.start_server."""
+
+    command: list[str]
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing under test: its key, the path each mode is sent to, and how to start it.
+
+    `launch(workdir, upstream_port, port)` builds the command line; it is None for `direct`,
+    which is the upstream itself.
+    """
+
+    name: str
+    api_key: str
+    launch: Callable[[Path, int, int], Launch] | None
+    paths: dict[Mode, str] = field(default_factory=lambda: {"json": JSON_PATH, "sse": JSON_PATH})
+    startup_timeout_s: float = 60.0
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **extra)
+    env.pop("DATABASE_URL", None)  # LiteLLM would try to reach it
+    return env
+
+
+def upstream_launch(nginx: str, workdir: Path, port: int) -> Launch:
+    """nginx in the foreground on CPU 0, its config, pid and logs in `workdir`."""
+    config = workdir / "nginx.conf"
+    config.write_text(nginx_config(workdir, port))
+    command = ["taskset", "-c", UPSTREAM_CPU, nginx, "-p", str(workdir), "-c", str(config),
+               "-e", str(workdir / "nginx-error.log")]
+    return Launch(command, _env())
+
+
+DIRECT = Target("direct", BENCH_KEY, launch=None, paths={"json": JSON_PATH, "sse": SSE_PATH})
+
+
+def minimal_target(python: Path) -> Target:
+    def launch(workdir: Path, upstream: int, port: int) -> Launch:
+        command = ["taskset", "-c", PROXY_CPU, str(python), "-m", "uvicorn", "minimal_proxy:app",
+                   "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(port),
+                   "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        return Launch(command, _env(MINIMAL_PROXY_UPSTREAM=f"http://127.0.0.1:{upstream}"))
+
+    return Target("minimal", BENCH_KEY, launch, paths={"json": JSON_PATH, "sse": SSE_PATH})
+
+
+_LITELLM_CONFIG = """model_list:
+  - model_name: gpt-4.1
+    litellm_params: {{model: openai/gpt-4.1, api_base: "http://127.0.0.1:{upstream}/v1", api_key: dummy}}
+  - model_name: gpt-4.1-stream
+    litellm_params: {{model: openai/gpt-4.1, api_base: "http://127.0.0.1:{upstream}/sse/v1", api_key: dummy}}
+litellm_settings:
+  telemetry: false
+  callbacks: []
+  success_callback: []
+  failure_callback: []
+general_settings:
+  master_key: {key}
+"""
+
+
+def litellm_target(litellm: Path) -> Target:
+    def launch(workdir: Path, upstream: int, port: int) -> Launch:
+        config = workdir / "litellm.yaml"
+        config.write_text(_LITELLM_CONFIG.format(upstream=upstream, key=LITELLM_KEY))
+        command = ["taskset", "-c", PROXY_CPU, str(litellm), "--config", str(config),
+                   "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+        # The bundled cost map instead of a fetch from GitHub; no feedback banner.
+        env = _env(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_DONT_SHOW_FEEDBACK_BOX="True",
+                   LITELLM_TELEMETRY="False")
+        return Launch(command, env)
+
+    return Target("litellm", LITELLM_KEY, launch, startup_timeout_s=180.0)
+
+
+_MINIGATE_CONFIG = """server: {{host: 127.0.0.1, port: {port}}}
+auth:
+  keys:
+    - {{name: bench, key: {key}, role: agent}}
+upstreams:
+  nginx: {{kind: openai, base_url: "http://127.0.0.1:{upstream}/v1", api_key: dummy}}
+  nginx-sse: {{kind: openai, base_url: "http://127.0.0.1:{upstream}/sse/v1", api_key: dummy}}
+models:
+  gpt-4.1: {{upstream: nginx, model: gpt-4.1, tier: frontier}}
+  gpt-4.1-stream: {{upstream: nginx-sse, model: gpt-4.1, tier: frontier}}
+routes:
+  gpt-4.1: {{default: gpt-4.1}}
+  gpt-4.1-stream: {{default: gpt-4.1-stream}}
+logging: {{store: "sqlite:///{workdir}/bench.db"}}
+"""
+
+
+def minigate_target(minigate: Path) -> Target:
+    def launch(workdir: Path, upstream: int, port: int) -> Launch:
+        config = workdir / "minigate.yaml"
+        config.write_text(_MINIGATE_CONFIG.format(port=port, key=BENCH_KEY, upstream=upstream,
+                                                  workdir=workdir))
+        command = ["taskset", "-c", PROXY_CPU, str(minigate), "serve", "--config", str(config),
+                   "--host", "127.0.0.1", "--port", str(port)]
+        return Launch(command, _env())
+
+    return Target("minigate", BENCH_KEY, launch)

@@ -1,0 +1,56 @@
+"""Running the gateway under uvicorn (uvloop, httptools) with a shutdown that counts as success."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import REGISTRY
+
+from minigate.config import Config
+from minigate.gateway.app import create_app
+
+__all__ = ["run"]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown so the process dies of the signal.
+
+    A drained shutdown is a success for a gateway (Kubernetes, systemd and supervisors read exit codes),
+    so we handle the signals ourselves and return normally: exit status 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def run(config: Config, config_path: Path, *, host: str, port: int, log_level: str) -> bool:
+    """Serve until SIGTERM/SIGINT; False when the server could not start (port taken, upstream failing)."""
+    server = _Server(
+        uvicorn.Config(
+            create_app(config, REGISTRY, config_path=config_path),
+            host=host,
+            port=port,
+            loop="uvloop" if sys.platform != "win32" else "asyncio",
+            http="httptools",
+            access_log=False,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=max(1, round(config.server.drain_timeout_s)),
+        )
+    )
+    server.run()
+    return server.started

