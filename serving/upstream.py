@@ -14,6 +14,7 @@ import httpx
 
 from minigate.errors import UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
 from minigate.serving.settings import Timeouts
+from minigate.version import __version__
 
 __all__ = ["UpstreamClient", "UpstreamReply"]
 
@@ -62,10 +63,13 @@ class UpstreamReply:
 
 
 class UpstreamClient:
-    """A pooled client for one upstream.
+    """A pooled connection to one upstream.
+
+    It speaks to httpx's transport directly: the client layer above it (cookies, redirects, auth
+    hooks, URL merging) does nothing a proxy wants and cost a fifth of the gateway's CPU per request.
 
     >>> client = UpstreamClient("openai", "https://api.openai.com/v1", Timeouts(), api_key="sk-...")
-    >>> reply = await client.chat(body, stream=False)  # doctest: +SKIP
+    >>> reply = await client.chat(body)  # doctest: +SKIP
     """
 
     def __init__(
@@ -82,22 +86,23 @@ class UpstreamClient:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.total_timeout_s = timeouts.total_s
-        default_headers = {"content-type": "application/json", **(headers or {})}
+        fixed = {"content-type": "application/json", "user-agent": f"minigate/{__version__}", **(headers or {})}
         if api_key:
-            default_headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=default_headers,
-            timeout=httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s, pool=timeouts.connect_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive),
+            fixed["authorization"] = f"Bearer {api_key}"
+        self._headers = httpx.Headers(fixed)
+        self._chat_url = httpx.URL(f"{self.base_url}/chat/completions")
+        self._timeout = httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s, pool=timeouts.connect_s).as_dict()
+        self._transport = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive)
         )
 
-    async def chat(self, body: bytes, *, extra_headers: Mapping[str, str] | None = None) -> UpstreamReply:
+    async def chat(self, body: bytes) -> UpstreamReply:
         """Send a chat completion and return once the status line and headers are in."""
-        request = self._client.build_request("POST", "/chat/completions", content=body, headers=extra_headers)
+        request = httpx.Request("POST", self._chat_url, headers=self._headers, content=body,
+                                extensions={"timeout": self._timeout})
         try:
             async with asyncio.timeout(self.total_timeout_s):
-                response = await self._client.send(request, stream=True)
+                response = await self._transport.handle_async_request(request)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise UpstreamTimeout(
                 f"upstream {self.name!r} did not answer in time ({type(exc).__name__}); raise its timeouts or check it",
@@ -115,11 +120,14 @@ class UpstreamClient:
 
     async def probe(self, timeout_s: float = 2.0) -> str | None:
         """None when the upstream answers `GET /models`, else why not (for /readyz)."""
+        request = httpx.Request("GET", f"{self.base_url}/models", headers=self._headers,
+                                extensions={"timeout": httpx.Timeout(timeout_s).as_dict()})
         try:
-            response = await self._client.get("/models", timeout=timeout_s)
+            response = await self._transport.handle_async_request(request)
+            await response.aclose()
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return None if response.status_code < 500 else f"HTTP {response.status_code}"
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()

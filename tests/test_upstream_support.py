@@ -10,9 +10,11 @@ import openai
 import orjson
 import pytest
 
+from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
+
 from tests.support.upstream import INVALID_JSON_REPLY, Script, ScriptedUpstream
 
-HELLO = [{"role": "user", "content": "hello there"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture
@@ -25,9 +27,22 @@ def sdk(up: ScriptedUpstream) -> openai.OpenAI:
     return openai.OpenAI(base_url=up.base_url, api_key="x", max_retries=0)
 
 
+def ask(up: ScriptedUpstream, model: str = "m") -> ChatCompletion:
+    return sdk(up).chat.completions.create(model=model, messages=HELLO)
+
+
+def function_call(completion: ChatCompletion) -> ChatCompletionMessageFunctionToolCall:
+    call = (completion.choices[0].message.tool_calls or [])[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    return call
+
+
 def test_non_stream_echoes_the_last_user_message(up: ScriptedUpstream) -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "echo me"}]}]
-    completion = sdk(up).chat.completions.create(model="gpt-4.1", messages=messages, n=2)  # type: ignore[arg-type]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "echo me"}]},
+    ]
+    completion = sdk(up).chat.completions.create(model="gpt-4.1", messages=messages, n=2)
     assert [c.message.content for c in completion.choices] == ["echo me", "echo me"]
     assert completion.model == "gpt-4.1" and completion.id.startswith("chatcmpl-")
     assert completion.choices[0].finish_reason == "stop"
@@ -39,7 +54,7 @@ def test_non_stream_echoes_the_last_user_message(up: ScriptedUpstream) -> None:
 
 def test_stream_with_usage_is_word_by_word_and_ends_with_done(up: ScriptedUpstream) -> None:
     up.script(reply="one two three four")
-    chunks = list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True,  # type: ignore[arg-type]
+    chunks = list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True,
                                                   stream_options={"include_usage": True}))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert pieces == ["one", " two", " three", " four"]
@@ -47,18 +62,18 @@ def test_stream_with_usage_is_word_by_word_and_ends_with_done(up: ScriptedUpstre
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
     assert up.sent[-1].endswith(b"data: [DONE]\n\n")
 
-    plain = list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True))  # type: ignore[arg-type]
+    plain = list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True))
     assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason == "stop"
 
 
 def test_tool_call_non_stream_and_stream(up: ScriptedUpstream) -> None:
     up.script(tool_call={"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'})
-    completion = sdk(up).chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
-    call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
+    completion = ask(up)
+    call = function_call(completion)
     assert completion.choices[0].finish_reason == "tool_calls" and completion.choices[0].message.content is None
-    assert call.function.name == "get_weather" and call.id.startswith("call_")  # type: ignore[union-attr]
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
 
-    chunks = list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True))  # type: ignore[arg-type]
+    chunks = list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True))
     calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
     assert calls[0].id and calls[0].function and calls[0].function.name == "get_weather"
     assert calls[0].function.arguments == "" and len(calls) > 2
@@ -69,18 +84,17 @@ def test_tool_call_non_stream_and_stream(up: ScriptedUpstream) -> None:
 
 def test_malformed_tool_call_and_invalid_json(up: ScriptedUpstream) -> None:
     up.enqueue(Script(malformed_tool_call=True), Script(invalid_json=True))
-    call = sdk(up).chat.completions.create(model="m", messages=HELLO).choices[0].message.tool_calls[0]  # type: ignore
+    call = function_call(ask(up))
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(call.function.arguments)
     assert call.function.name == "undeclared_tool"
-    content = sdk(up).chat.completions.create(model="m", messages=HELLO).choices[0].message.content  # type: ignore
-    assert content == INVALID_JSON_REPLY
+    assert ask(up).choices[0].message.content == INVALID_JSON_REPLY
 
 
 def test_error_status_and_verbatim_body(up: ScriptedUpstream) -> None:
     up.script(status=429, headers={"retry-after": "1"})
     with pytest.raises(openai.RateLimitError) as caught:
-        sdk(up).chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
+        ask(up)
     assert caught.value.code == "rate_limit_exceeded" and caught.value.response.headers["retry-after"] == "1"
 
     body = b'{"error":{"message":"nope","type":"invalid_request_error","param":null,"code":null}}'
@@ -93,12 +107,11 @@ def test_enqueue_runs_in_order_before_per_model_and_default(up: ScriptedUpstream
     up.script(reply="default")
     up.script(reply="for mini", model="mini")
     up.enqueue(Script(reply="first"), Script(status=503))
-    client = sdk(up)
-    assert client.chat.completions.create(model="mini", messages=HELLO).choices[0].message.content == "first"  # type: ignore
+    assert ask(up, "mini").choices[0].message.content == "first"
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="mini", messages=HELLO)  # type: ignore[arg-type]
-    assert client.chat.completions.create(model="mini", messages=HELLO).choices[0].message.content == "for mini"  # type: ignore
-    assert client.chat.completions.create(model="big", messages=HELLO).choices[0].message.content == "default"  # type: ignore
+        ask(up, "mini")
+    assert ask(up, "mini").choices[0].message.content == "for mini"
+    assert ask(up, "big").choices[0].message.content == "default"
     assert len(up.requests) == 4
 
 
@@ -110,7 +123,7 @@ def test_stream_cut_is_an_incomplete_body(up: ScriptedUpstream) -> None:
             received.extend(r.iter_bytes())
     assert b"".join(received) == up.sent[-1] and up.sent[-1].count(b"data: ") == 3 and b"[DONE]" not in up.sent[-1]
     with pytest.raises(openai.APIError):
-        list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True))  # type: ignore[arg-type]
+        list(sdk(up).chat.completions.create(model="m", messages=HELLO, stream=True))
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.post(f"{up.base_url}/chat/completions", json={"model": "m", "messages": HELLO})
     assert up.open_streams == 0
@@ -119,7 +132,8 @@ def test_stream_cut_is_an_incomplete_body(up: ScriptedUpstream) -> None:
 def test_client_leaving_ends_the_stream_and_latency_delays_headers(up: ScriptedUpstream) -> None:
     up.script(reply=" ".join(["word"] * 100), chunk_delay_s=0.05)
     with httpx.stream("POST", f"{up.base_url}/chat/completions", json={"model": "m", "messages": HELLO, "stream": True}) as r:
-        next(r.iter_bytes())
+        chunks = r.iter_bytes()  # held: a dropped iterator closes the connection at once
+        next(chunks)
         assert up.open_streams == 1
     deadline = time.monotonic() + 2
     while up.open_streams and time.monotonic() < deadline:
