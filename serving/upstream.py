@@ -32,11 +32,13 @@ class UpstreamReply:
     headers: list[tuple[str, str]]
     response: httpx.Response
     upstream: str
+    deadline: float  # loop time by which the whole reply must be in (the upstream's timeouts.total_s)
 
     async def read(self) -> bytes:
         try:
-            return await self.response.aread()
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout_at(self.deadline):
+                return await self.response.aread()
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise UpstreamTimeout(f"upstream {self.upstream!r} timed out sending its reply", upstream=self.upstream, kind="timeout") from exc
         except httpx.TransportError as exc:
             raise UpstreamUnavailable(f"upstream {self.upstream!r} broke off its reply: {exc}", upstream=self.upstream, kind="read_error") from exc
@@ -45,9 +47,12 @@ class UpstreamReply:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, decoded but otherwise untouched (SSE events are not re-framed)."""
+        loop = asyncio.get_running_loop()
         try:
             async for chunk in self.response.aiter_bytes():
                 yield chunk
+                if loop.time() > self.deadline:
+                    raise httpx.ReadTimeout("the upstream's timeouts.total_s passed mid-stream")
         except httpx.TransportError as exc:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "stream_cut"
             raise UpstreamStreamCut(
@@ -100,8 +105,9 @@ class UpstreamClient:
         """Send a chat completion and return once the status line and headers are in."""
         request = httpx.Request("POST", self._chat_url, headers=self._headers, content=body,
                                 extensions={"timeout": self._timeout})
+        deadline = asyncio.get_running_loop().time() + self.total_timeout_s
         try:
-            async with asyncio.timeout(self.total_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 response = await self._transport.handle_async_request(request)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise UpstreamTimeout(
@@ -116,7 +122,7 @@ class UpstreamClient:
                 kind="connect_error",
             ) from exc
         headers = [(k, v) for k, v in response.headers.items() if k not in _HOP_HEADERS]
-        return UpstreamReply(response.status_code, headers, response, self.name)
+        return UpstreamReply(response.status_code, headers, response, self.name, deadline)
 
     async def probe(self, timeout_s: float = 2.0) -> str | None:
         """None when the upstream answers `GET /models`, else why not (for /readyz)."""

@@ -125,3 +125,15 @@ def test_unknown_path_has_openai_shape(gateway: RunningGateway) -> None:
     response = httpx.get(f"{gateway.v1}/nothing-here")
     assert response.status_code == 404
     assert error_of(response)["type"] == "invalid_request_error"
+
+
+def test_total_timeout_bounds_a_slow_stream(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway]) -> None:
+    config = gateway_config(upstream.base_url)
+    config["upstreams"]["scripted"]["timeouts"] = {"read_s": 5, "total_s": 0.5}
+    gateway = make_gateway(config)
+    upstream.script(reply=" ".join(["slow"] * 40), chunk_delay_s=0.1)
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", headers=AUTH, timeout=30,
+                      json={**HELLO, "stream": True}) as response:
+        body = b"".join(response.iter_bytes())
+    assert b'"code":"upstream_stream_cut"' in body and b"[DONE]" not in body
+    assert gateway.metric("minigate_upstream_errors_total", {"upstream": "scripted", "kind": "timeout"}) == 1
