@@ -9,7 +9,6 @@ import httpx
 import openai
 import orjson
 import pytest
-
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
 
 from tests.support.upstream import INVALID_JSON_REPLY, Script, ScriptedUpstream

@@ -322,7 +322,7 @@ class _Completion:
     def __init__(self, payload: dict[str, Any], script: Script) -> None:
         self.payload = payload
         self.script = script
-        self.id = "chatcmpl-" + secrets.token_urlsafe(21).replace("-", "a").replace("_", "b")
+        self.id = "chatcmpl-" + secrets.token_hex(14)
         self.created = int(time.time())
         self.model = payload.get("model") if isinstance(payload.get("model"), str) else "scripted-base"
         n = payload.get("n")
@@ -381,11 +381,15 @@ class _Completion:
         return self.script.usage and isinstance(options, dict) and options.get("include_usage") is True
 
     def _usage(self) -> dict[str, Any]:
+        """Rough counts, with the few tokens per message and per tool call that chat formats add."""
         messages = self.payload.get("messages")
-        prompt = sum(3 + _count_tokens(_text_of(m)) for m in messages if isinstance(m, dict)) + 3 \
-            if isinstance(messages, list) else 0
-        one = _count_tokens(self.content or "") if not self.tool_call else \
-            _count_tokens(self.tool_call["function"]["name"] + self.tool_call["function"]["arguments"]) + 7
+        listed = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+        prompt = 3 + sum(3 + _count_tokens(_text_of(m)) for m in listed)
+        if self.tool_call:
+            function = self.tool_call["function"]
+            one = 7 + _count_tokens(function["name"] + function["arguments"])
+        else:
+            one = _count_tokens(self.content or "")
         return {"prompt_tokens": prompt, "completion_tokens": one * self.n, "total_tokens": prompt + one * self.n}
 
 
