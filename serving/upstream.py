@@ -101,9 +101,13 @@ class UpstreamClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive)
         )
 
+    def prepare(self, body: bytes) -> bytes:
+        """The body as this upstream needs it: OpenAI-protocol servers take it as the client sent it."""
+        return body
+
     async def chat(self, body: bytes) -> UpstreamReply:
         """Send a chat completion and return once the status line and headers are in."""
-        request = httpx.Request("POST", self._chat_url, headers=self._headers, content=body,
+        request = httpx.Request("POST", self._chat_url, headers=self._headers, content=self.prepare(body),
                                 extensions={"timeout": self._timeout})
         deadline = asyncio.get_running_loop().time() + self.total_timeout_s
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import signal
 from pathlib import Path
 
@@ -29,5 +30,15 @@ def test_embedded_default_serves_a_real_completion(tmp_path: Path) -> None:
         assert completion.choices[0].message.content
         assert completion.usage is not None and completion.usage.completion_tokens > 0
         assert raw.headers["x-minigate-tier"] == "miniature"
+
+        # OpenAI's json_schema form reaches llama.cpp in the form it enforces as a grammar.
+        labels = ["billing", "shipping", "other"]
+        schema = {"type": "object", "properties": {"label": {"type": "string", "enum": labels}}, "required": ["label"]}
+        labelled = client.chat.completions.create(
+            model=first, max_tokens=20, temperature=0,
+            messages=[{"role": "user", "content": "My invoice charged me twice. Label this ticket."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "ticket", "schema": schema}},
+        )
+        assert json.loads(labelled.choices[0].message.content or "")["label"] in labels
         gateway.signal(signal.SIGTERM)
         assert gateway.wait() == 0
