@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from minigate.logger.records import CallRecord, usage_of
 from minigate.logger.settings import LoggingSection
-from minigate.logger.sqlite_store import SQLiteStore
+from minigate.logger.store import CallStore, open_store
 
 __all__ = ["CallLog"]
 
@@ -34,7 +34,7 @@ class CallLog:
     def __init__(self, settings: LoggingSection, registry: CollectorRegistry) -> None:
         self.settings = settings
         self._queue: asyncio.Queue[CallRecord] = asyncio.Queue(settings.queue_size)
-        self._store: SQLiteStore | None = None
+        self._store: CallStore | None = None
         self._writer: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._pending: list[CallRecord] = []
@@ -48,9 +48,7 @@ class CallLog:
         )
 
     async def start(self) -> None:
-        if not self.settings.store.startswith("sqlite:///"):
-            raise NotImplementedError(f"call-log store {self.settings.store!r}: only sqlite:/// is available yet")
-        self._store = await anyio.to_thread.run_sync(SQLiteStore.from_url, self.settings.store)
+        self._store = await open_store(self.settings.store)
         self._writer = asyncio.get_running_loop().create_task(self._write_forever())
 
     def submit(self, record: CallRecord) -> None:
@@ -73,7 +71,7 @@ class CallLog:
         for start in range(0, len(remaining), self.settings.batch_size):
             await self._write(remaining[start : start + self.settings.batch_size])
         if self._store is not None:
-            await anyio.to_thread.run_sync(self._store.close)
+            await self._store.close()
 
     async def _write_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -95,7 +93,8 @@ class CallLog:
         assert self._store is not None
         for delay in (*_RETRY_DELAYS_S, None):
             try:
-                await anyio.to_thread.run_sync(_prepare_and_write, self._store, batch)
+                await anyio.to_thread.run_sync(_read_usage, batch)
+                await self._store.write(batch)
                 self.written.inc(len(batch))
                 return
             except Exception:
@@ -107,10 +106,9 @@ class CallLog:
         log.error("call log store failed: %d records dropped", len(batch))
 
 
-def _prepare_and_write(store: SQLiteStore, batch: list[CallRecord]) -> None:
+def _read_usage(batch: list[CallRecord]) -> None:
     """Runs in a worker thread: parsing usage out of replies costs the event loop nothing."""
     for record in batch:
         if record.reply is not None:
             record.input_tokens, record.output_tokens = usage_of(record.reply)
             record.reply = None
-    store.write(batch)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.stores import store_url as _store_url
 from tests.support.servers import RunningGateway, run_gateway, write_config
 from tests.support.upstream import ScriptedUpstream
 
@@ -62,3 +63,10 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
 @pytest.fixture
 def gateway(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     return make_gateway(gateway_config(upstream.base_url))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty call-log store of each kind (PostgreSQL skips when no server is configured)."""
+    with _store_url(request.param, tmp_path) as url:
+        yield url

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import AGENT_KEY, gateway_config
+from tests.stores import fetch
 from tests.support.servers import run_gateway, write_config
 from tests.support.upstream import ScriptedUpstream
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 
 
-def test_records_match_responses_and_survive_shutdown(upstream: ScriptedUpstream, tmp_path: Path) -> None:
-    store = tmp_path / "calls.db"
-    config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{store}", "flush_interval_s": 5})
+def test_records_match_responses_and_survive_shutdown(upstream: ScriptedUpstream, tmp_path: Path,
+                                                      store_url: str) -> None:
+    config = gateway_config(upstream.base_url, logging={"store": store_url, "flush_interval_s": 5})
     path = write_config(tmp_path / "minigate.yaml", config)
     seen: dict[str, int] = {}
     with run_gateway(path) as gateway:
@@ -31,9 +31,8 @@ def test_records_match_responses_and_survive_shutdown(upstream: ScriptedUpstream
                             json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
         seen[failed.headers["x-minigate-request-id"]] = failed.status_code
     # The flush interval (5 s) had not passed: these rows were written by the shutdown drain.
-    rows = sqlite3.connect(store).execute(
-        "SELECT request_id, status, route, model, tier, key_name, stream, input_tokens, output_tokens FROM calls"
-    ).fetchall()
+    rows = fetch(store_url, "SELECT request_id, status, route, model, tier, key_name, stream, input_tokens,"
+                            " output_tokens FROM calls")
     assert {row[0]: row[1] for row in rows} == seen
     by_id = {row[0]: row for row in rows}
     failed_row = by_id[failed.headers["x-minigate-request-id"]]

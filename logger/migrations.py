@@ -1,0 +1,66 @@
+"""Versioned schema of the call log, one list of steps per SQL dialect.
+
+A store applies, in order and each in its own transaction, the steps whose version (position + 1)
+is not yet in `schema_migrations`. Steps are never edited once released: a change is a new step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["MIGRATIONS", "Dialect"]
+
+Dialect = Literal["sqlite", "postgresql"]
+
+_CALLS_INDEXES = """
+CREATE INDEX IF NOT EXISTS calls_started_at ON calls (started_at);
+CREATE INDEX IF NOT EXISTS calls_route ON calls (route, started_at);
+CREATE INDEX IF NOT EXISTS calls_model ON calls (model, tier);
+CREATE INDEX IF NOT EXISTS calls_task ON calls (task);
+CREATE INDEX IF NOT EXISTS calls_status ON calls (status);
+"""
+
+MIGRATIONS: dict[Dialect, list[str]] = {
+    "sqlite": [
+        """
+        CREATE TABLE IF NOT EXISTS calls (
+            request_id    TEXT PRIMARY KEY,
+            started_at    REAL NOT NULL,
+            key_name      TEXT NOT NULL,
+            route         TEXT NOT NULL,
+            model         TEXT NOT NULL,
+            tier          TEXT NOT NULL,
+            task          TEXT NOT NULL,
+            rule          TEXT NOT NULL,
+            upstream      TEXT NOT NULL,
+            status        INTEGER NOT NULL,
+            latency_s     REAL NOT NULL,
+            stream        INTEGER NOT NULL,
+            input_tokens  INTEGER,
+            output_tokens INTEGER
+        );
+        """
+        + _CALLS_INDEXES,
+    ],
+    "postgresql": [
+        """
+        CREATE TABLE IF NOT EXISTS calls (
+            request_id    TEXT PRIMARY KEY,
+            started_at    DOUBLE PRECISION NOT NULL,
+            key_name      TEXT NOT NULL,
+            route         TEXT NOT NULL,
+            model         TEXT NOT NULL,
+            tier          TEXT NOT NULL,
+            task          TEXT NOT NULL,
+            rule          TEXT NOT NULL,
+            upstream      TEXT NOT NULL,
+            status        INTEGER NOT NULL,
+            latency_s     DOUBLE PRECISION NOT NULL,
+            stream        BOOLEAN NOT NULL,
+            input_tokens  INTEGER,
+            output_tokens INTEGER
+        );
+        """
+        + _CALLS_INDEXES,
+    ],
+}

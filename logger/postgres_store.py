@@ -1,0 +1,65 @@
+"""The call log in PostgreSQL: an asyncpg pool, versioned migrations at start-up, batched COPY-free inserts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from minigate.logger.migrations import MIGRATIONS
+from minigate.logger.records import CallRecord
+
+__all__ = ["PostgresStore"]
+
+_INSERT = (
+    "INSERT INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
+    " status, latency_s, stream, input_tokens, output_tokens)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (request_id) DO NOTHING"
+)
+# Serialises concurrent migrators (several gateway replicas starting at once).
+_MIGRATION_LOCK = 0x6D696E6967617465
+
+
+class PostgresStore:
+    """`postgresql://user@host:5432/db`.
+
+    >>> store = await PostgresStore.open("postgresql://postgres@127.0.0.1/test")  # doctest: +SKIP
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, max_connections: int = 4) -> PostgresStore:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=max_connections)
+        await migrate(pool)
+        return cls(pool)
+
+    async def write(self, records: Sequence[CallRecord]) -> None:
+        rows = [
+            (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
+             r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens)
+            for r in records
+        ]
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.executemany(_INSERT, rows)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def migrate(pool: asyncpg.Pool) -> list[int]:
+    """Apply the steps not yet applied; returns their versions."""
+    done: list[int] = []
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        applied = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+        for version, step in enumerate(MIGRATIONS["postgresql"], start=1):
+            if version not in applied:
+                await connection.execute(step)
+                await connection.execute("INSERT INTO schema_migrations VALUES ($1, now())", version)
+                done.append(version)
+    return done

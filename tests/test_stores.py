@@ -1,0 +1,59 @@
+"""One store interface, two implementations, one suite: SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from minigate.logger.records import CallRecord
+from minigate.logger.store import open_store
+from tests.stores import fetch
+
+
+def record(i: int, **fields: object) -> CallRecord:
+    values: dict[str, object] = dict(
+        request_id=f"req-{i}", started_at=time.time(), key_name="agents", route="gpt-4.1", model="gpt-4.1",
+        tier="frontier", task="unknown", rule="default", upstream="openai", status=200, latency_s=0.25,
+        stream=bool(i % 2), input_tokens=10 + i, output_tokens=5,
+    )
+    values.update(fields)
+    return CallRecord(**values)  # type: ignore[arg-type]
+
+
+def write(url: str, batches: list[list[CallRecord]]) -> None:
+    async def run() -> None:
+        store = await open_store(url)
+        try:
+            for batch in batches:
+                await store.write(batch)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_batches_are_stored(store_url: str) -> None:
+    write(store_url, [[record(i) for i in range(100)], [record(i) for i in range(100, 150)]])
+    assert fetch(store_url, "SELECT count(*), sum(input_tokens) FROM calls") == [(150, sum(10 + i for i in range(150)))]
+
+
+def test_writes_are_idempotent_on_request_id(store_url: str) -> None:
+    write(store_url, [[record(1), record(2)]])
+    write(store_url, [[record(2, status=500), record(3)]])  # a replay of req-2 after a crash
+    assert fetch(store_url, "SELECT request_id, status FROM calls ORDER BY request_id") == [
+        ("req-1", 200), ("req-2", 200), ("req-3", 200)]
+
+
+def test_migrations_apply_once(store_url: str) -> None:
+    write(store_url, [[record(1)]])
+    write(store_url, [[record(2)]])
+    assert fetch(store_url, "SELECT version FROM schema_migrations") == [(1,)]
+
+
+def test_metadata_columns_are_indexed(store_url: str) -> None:
+    write(store_url, [[record(1)]])
+    if store_url.startswith("sqlite"):
+        names = {row[0] for row in fetch(store_url, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    else:
+        names = {row[0] for row in fetch(store_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'calls'")}
+    assert {"calls_started_at", "calls_route", "calls_model", "calls_task", "calls_status"} <= names
