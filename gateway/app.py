@@ -20,6 +20,7 @@ from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.logger.pipeline import CallLog
+from minigate.logger.seal import Sealer
 from minigate.version import __version__
 
 __all__ = ["create_app"]
@@ -32,7 +33,7 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     metrics = GatewayMetrics(registry)
     holder = RuntimeHolder(config, metrics, config_path)
     # The store is opened once: a reload that changes logging.store takes effect at the next restart.
-    calls = CallLog(config.logging, registry)
+    calls = CallLog(config.logging, registry, Sealer.from_settings(config.logging))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

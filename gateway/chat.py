@@ -40,6 +40,8 @@ class _Call:
     key_name: str = ""
     decision: Decision | None = None
     stream: bool = False
+    body: bytes | None = None
+    user: str | None = None
 
 
 class ChatEndpoint:
@@ -60,7 +62,9 @@ class ChatEndpoint:
             call.key_name = caller.name
             caller.require("infer")
             chat = parse_chat_request(await _read_body(request, runtime.config.server.max_body_bytes))
-            call.stream = chat.stream
+            call.stream, call.body = chat.stream, chat.raw
+            user = chat.body.get("user")
+            call.user = user if isinstance(user, str) else None
             call.decision = decide(runtime.config.routes, runtime.targets, chat.model)
             headers.update(_decision_headers(call.decision))
             client = runtime.pool[call.decision.target.upstream]
@@ -71,8 +75,9 @@ class ChatEndpoint:
         except RequestError as exc:
             if isinstance(exc, UpstreamError):
                 self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
-            self._finish(call, exc.status)
-            return error_response(exc, headers)
+            response = error_response(exc, headers)
+            self._finish(call, exc.status, reply=bytes(response.body))
+            return response
 
     async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str]) -> Response:
         content = await reply.read()
@@ -88,19 +93,23 @@ class ChatEndpoint:
 
     async def _relay(self, reply: UpstreamReply, call: _Call) -> AsyncIterator[bytes]:
         status = _CLIENT_CLOSED
+        relayed: list[bytes] = []
         try:
             async for chunk in reply.chunks():
+                relayed.append(chunk)
                 yield chunk
             status = 200
         except UpstreamError as exc:
             # Headers are gone already: the failure can only travel as an SSE event the SDKs understand.
             status = exc.status
             self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
-            yield b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
+            event = b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
+            relayed.append(event)
+            yield event
         finally:
-            self._finish(call, status)
+            self._finish(call, status, chunks=relayed)
 
-    def _finish(self, call: _Call, status: int, reply: bytes | None = None) -> None:
+    def _finish(self, call: _Call, status: int, reply: bytes | None = None, chunks: list[bytes] | None = None) -> None:
         """Count the call and hand its record to the log; neither waits for anything."""
         elapsed = time.perf_counter() - call.started
         decision = call.decision
@@ -112,7 +121,8 @@ class ChatEndpoint:
         self.calls.submit(
             CallRecord(
                 call.request_id, call.started_at, call.key_name, decision.route, target.name, target.tier,
-                _UNKNOWN_TASK, decision.rule, target.upstream, status, elapsed, call.stream, reply,
+                _UNKNOWN_TASK, decision.rule, target.upstream, status, elapsed, call.stream,
+                request_body=call.body, user=call.user, reply=reply, chunks=chunks,
             )
         )
 

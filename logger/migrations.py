@@ -41,6 +41,11 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         );
         """
         + _CALLS_INDEXES,
+        """
+        ALTER TABLE calls ADD COLUMN client_id TEXT;
+        ALTER TABLE calls ADD COLUMN request_payload BLOB;
+        ALTER TABLE calls ADD COLUMN response_payload BLOB;
+        """,
     ],
     "postgresql": [
         """
@@ -62,5 +67,10 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         );
         """
         + _CALLS_INDEXES,
+        """
+        ALTER TABLE calls ADD COLUMN client_id TEXT;
+        ALTER TABLE calls ADD COLUMN request_payload BYTEA;
+        ALTER TABLE calls ADD COLUMN response_payload BYTEA;
+        """,
     ],
 }

@@ -1,77 +1,97 @@
-"""The call log's way off the request path: a bounded queue and one writer task that batches.
+"""The call log's way off the request path: a bounded queue, one writer that batches, and a spool.
 
-`submit` never awaits: it puts the record on the queue and returns. The writer takes up to
-`batch_size` records, or what arrived within `flush_interval_s`, and writes them in one transaction
-from a worker thread. Shutdown drains the queue before the store closes.
+`submit` never awaits and never blocks: it puts the record on the queue, or, when the queue is full,
+on an overflow list the writer spools to disk. The writer takes up to `batch_size` records, or what
+arrived within `flush_interval_s`, seals them in a worker thread (tokens, client id, redaction,
+encryption) and writes them in one transaction. A batch the store refuses goes to the spool; a
+replayer offers spooled records to the store every `replay_interval_s` and at start-up, committing
+each batch only after the store holds it. Stores are idempotent on request id, so a replay after a
+crash may repeat a batch but never stores a record twice. Shutdown drains everything to the store,
+or to the spool when the store is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from minigate.logger.records import CallRecord, usage_of
+from minigate.logger.records import CallRecord, record_from_bytes, record_to_bytes
+from minigate.logger.seal import Sealer
 from minigate.logger.settings import LoggingSection
+from minigate.logger.spool import Spool, SpoolBatch
 from minigate.logger.store import CallStore, open_store
 
 __all__ = ["CallLog"]
 
 log = logging.getLogger("minigate.logger")
 
-_RETRY_DELAYS_S = (0.1, 0.5, 2.0)
-
 
 class CallLog:
-    """Bounded, batched, asynchronous writing of call records.
+    """Bounded, batched, asynchronous writing of call records that loses none.
 
-    >>> calls = CallLog(LoggingSection(), registry)  # doctest: +SKIP
+    >>> calls = CallLog(LoggingSection(), registry, sealer)  # doctest: +SKIP
     >>> await calls.start(); calls.submit(record); await calls.stop()  # doctest: +SKIP
     """
 
-    def __init__(self, settings: LoggingSection, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: LoggingSection, registry: CollectorRegistry, sealer: Sealer) -> None:
         self.settings = settings
+        self.sealer = sealer
         self._queue: asyncio.Queue[CallRecord] = asyncio.Queue(settings.queue_size)
-        self._store: CallStore | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._inflight: asyncio.Task[None] | None = None
+        self._overflow: list[CallRecord] = []
         self._pending: list[CallRecord] = []
+        self._store: CallStore | None = None
+        self._spool: Spool | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: asyncio.Task[None] | None = None
+        self._replaying = asyncio.Lock()
         Gauge("minigate_log_queue_depth", "Call records waiting for the writer.", registry=registry).set_function(
-            self._queue.qsize
+            lambda: self._queue.qsize() + len(self._overflow)
         )
         self.written = Counter("minigate_log_records_written", "Call records stored.", registry=registry)
+        self.spooled = Counter(
+            "minigate_log_records_spooled", "Call records put in the spool (store down or queue full).",
+            registry=registry,
+        )
         self.dropped = Counter(
-            "minigate_log_records_dropped", "Call records lost (queue full or store failing); should stay 0.",
+            "minigate_log_records_dropped", "Call records lost; stays 0 (there is no drop policy).",
             registry=registry,
         )
 
     async def start(self) -> None:
-        self._store = await open_store(self.settings.store)
-        self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+        self._spool = await anyio.to_thread.run_sync(Spool, self.settings.spool_path(), self.settings.spool_fsync)
+        await self._connect()
+        await self._replay()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._write_forever()), loop.create_task(self._replay_forever())]
 
     def submit(self, record: CallRecord) -> None:
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
-            self.dropped.inc()
-            log.error("call log queue full (%d): record %s dropped", self.settings.queue_size, record.request_id)
+            self._overflow.append(record)
 
     async def stop(self) -> None:
-        """Write everything taken or queued, then close the store."""
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        """Store (or spool) everything taken or queued, then close the store and the spool."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._inflight is not None:
             await asyncio.gather(self._inflight, return_exceptions=True)
-        remaining, self._pending = self._pending, []
+        remaining, self._pending = self._pending + self._overflow, []
+        self._overflow = []
         while not self._queue.empty():
             remaining.append(self._queue.get_nowait())
         for start in range(0, len(remaining), self.settings.batch_size):
-            await self._write(remaining[start : start + self.settings.batch_size])
+            await self._flush(remaining[start : start + self.settings.batch_size])
+        await self._replay()
         if self._store is not None:
             await self._store.close()
+        if self._spool is not None:
+            await anyio.to_thread.run_sync(self._spool.close)
 
     async def _write_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,29 +106,66 @@ class CallLog:
             except TimeoutError:
                 pass
             batch, self._pending = self._pending, []
-            self._inflight = loop.create_task(self._write(batch))
+            if self._overflow:
+                batch, self._overflow = batch + self._overflow, []
+            self._inflight = loop.create_task(self._flush(batch))
             await asyncio.shield(self._inflight)
 
-    async def _write(self, batch: list[CallRecord]) -> None:
+    async def _flush(self, batch: list[CallRecord]) -> None:
+        await anyio.to_thread.run_sync(self._seal_all, batch)
+        if await self._write(batch):
+            return
+        assert self._spool is not None
+        await anyio.to_thread.run_sync(self._spool.append, [record_to_bytes(r) for r in batch])
+        self.spooled.inc(len(batch))
+
+    def _seal_all(self, batch: list[CallRecord]) -> None:
+        for record in batch:
+            self.sealer.seal(record)
+
+    async def _write(self, batch: list[CallRecord]) -> bool:
+        if self._store is None and not await self._connect():
+            return False
         assert self._store is not None
-        for delay in (*_RETRY_DELAYS_S, None):
-            try:
-                await anyio.to_thread.run_sync(_read_usage, batch)
-                await self._store.write(batch)
-                self.written.inc(len(batch))
+        try:
+            await self._store.write(batch)
+        except Exception as exc:  # any store failure: the records go to the spool instead
+            log.warning("call log store write failed (%s: %s); spooling %d records", type(exc).__name__, exc, len(batch))
+            return False
+        self.written.inc(len(batch))
+        return True
+
+    async def _connect(self) -> bool:
+        try:
+            self._store = await open_store(self.settings.store)
+        except Exception as exc:
+            log.error("call log store %s unavailable (%s: %s); records spool until it is back",
+                      _redacted_url(self.settings.store), type(exc).__name__, exc)
+            return False
+        return True
+
+    async def _replay_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.replay_interval_s)
+            await self._replay()
+
+    async def _replay(self) -> None:
+        """Offer spooled records to the store, oldest first; stop at the first refusal."""
+        assert self._spool is not None
+        spool = self._spool
+        async with self._replaying:
+            if not await anyio.to_thread.run_sync(spool.pending):
                 return
-            except Exception:
-                if delay is None:
-                    break
-                log.warning("call log write failed; retrying in %.1f s", delay, exc_info=True)
-                await asyncio.sleep(delay)
-        self.dropped.inc(len(batch))
-        log.error("call log store failed: %d records dropped", len(batch))
+            batches: Iterator[SpoolBatch] = await anyio.to_thread.run_sync(spool.replay)
+            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+                if not await self._write([record_from_bytes(data) for data in batch.records]):
+                    return
+                await anyio.to_thread.run_sync(spool.commit, batch)
+            log.info("call log: spooled records replayed into the store")
 
 
-def _read_usage(batch: list[CallRecord]) -> None:
-    """Runs in a worker thread: parsing usage out of replies costs the event loop nothing."""
-    for record in batch:
-        if record.reply is not None:
-            record.input_tokens, record.output_tokens = usage_of(record.reply)
-            record.reply = None
+def _redacted_url(url: str) -> str:
+    """The store URL without a password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{credentials.split(':')[0]}{at}{host}" if at else url

@@ -13,8 +13,8 @@ __all__ = ["PostgresStore"]
 
 _INSERT = (
     "INSERT INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
-    " status, latency_s, stream, input_tokens, output_tokens)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (request_id) DO NOTHING"
+    " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (request_id) DO NOTHING"
 )
 # Serialises concurrent migrators (several gateway replicas starting at once).
 _MIGRATION_LOCK = 0x6D696E6967617465
@@ -38,7 +38,8 @@ class PostgresStore:
     async def write(self, records: Sequence[CallRecord]) -> None:
         rows = [
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
-             r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens)
+             r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens, r.client_id,
+             r.request_payload, r.response_payload)
             for r in records
         ]
         async with self._pool.acquire() as connection, connection.transaction():

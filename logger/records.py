@@ -1,16 +1,17 @@
 """The call record: what the log keeps about one chat completion.
 
-The request path fills it from values it already holds; anything that needs parsing (token usage in
-the upstream's reply) is derived by the writer, off the request path.
+The request path fills it from values it already holds; everything that needs parsing, redaction or
+encryption is done by the writer (`seal.py`), off the request path.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["CallRecord", "usage_of"]
+__all__ = ["CallRecord", "record_from_bytes", "record_to_bytes"]
 
 
 @dataclass(slots=True)
@@ -27,17 +28,37 @@ class CallRecord:
     status: int
     latency_s: float
     stream: bool
-    reply: bytes | None = None  # the upstream's non-streamed body, read for usage by the writer
+    # Raw material the writer turns into payloads, off the request path (no copies: the bytes the
+    # gateway already holds).
+    request_body: bytes | None = None
+    user: str | None = None  # the request's `user` field, only ever stored as part of client_id
+    reply: bytes | None = None  # a non-streamed reply body
+    chunks: list[bytes] | None = None  # a streamed reply, as relayed
+    # Filled by the writer.
+    client_id: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    request_payload: bytes | None = None  # redacted, then encrypted
+    response_payload: bytes | None = None
 
 
-def usage_of(reply: bytes | None) -> tuple[int | None, int | None]:
-    """Prompt and completion tokens from a chat.completion body, (None, None) when it has none."""
-    if not reply:
-        return None, None
-    try:
-        usage = orjson.loads(reply).get("usage") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        return None, None
-    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+_BYTES_FIELDS = ("request_payload", "response_payload")
+
+
+def record_to_bytes(record: CallRecord) -> bytes:
+    """A sealed record as one spool entry (raw material is gone by then; payloads are base64)."""
+    values = {name: getattr(record, name) for name in CallRecord.__slots__}  # type: ignore[attr-defined]
+    for name in _BYTES_FIELDS:
+        if values[name] is not None:
+            values[name] = base64.b64encode(values[name]).decode()
+    for name in ("request_body", "reply", "chunks", "user"):
+        values.pop(name)
+    return orjson.dumps(values)
+
+
+def record_from_bytes(data: bytes) -> CallRecord:
+    values = orjson.loads(data)
+    for name in _BYTES_FIELDS:
+        if values.get(name) is not None:
+            values[name] = base64.b64decode(values[name])
+    return CallRecord(**values)

@@ -2,15 +2,61 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+from typing import Literal
 
-__all__ = ["LoggingSection"]
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from minigate.logger.crypto import validate_key
+
+__all__ = ["REDACT_TYPES", "LoggingSection", "RedactAction", "RedactType"]
+
+RedactType = Literal["email", "phone", "credit_card", "iban", "ssn", "ip", "secret"]
+RedactAction = Literal["redact", "hash", "keep"]
+# Config names -> the entity names spans carry (Presidio's vocabulary).
+REDACT_TYPES: dict[str, str] = {
+    "email": "EMAIL_ADDRESS",
+    "phone": "PHONE_NUMBER",
+    "credit_card": "CREDIT_CARD",
+    "iban": "IBAN_CODE",
+    "ssn": "US_SSN",
+    "ip": "IP_ADDRESS",
+    "secret": "SECRET",
+}
 
 
 class LoggingSection(BaseModel):
+    """Where call records go and how they are protected: see docs/configuration.md."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     store: str = Field("sqlite:///minigate.db", pattern=r"^(sqlite|postgresql)://")
     queue_size: int = Field(10_000, ge=1, description="records waiting for the writer; beyond it they spool")
     batch_size: int = Field(256, ge=1)
     flush_interval_s: float = Field(0.5, gt=0)
+    spool: Path | None = Field(None, description="spool folder; default `<sqlite file>.spool` or ./minigate-spool")
+    spool_fsync: Literal["always", "batch", "never"] = "batch"
+    replay_interval_s: float = Field(2.0, gt=0, description="how often spooled records are offered to the store")
+    encryption_key: SecretStr | None = Field(None, description="urlsafe base64, 32 bytes; no key: no payloads logged")
+    previous_keys: list[SecretStr] = Field(default_factory=list, description="older keys, to read older records")
+    redact: list[RedactType] | dict[RedactType, RedactAction] = Field(default_factory=lambda: list(REDACT_TYPES))
+
+    @field_validator("encryption_key", "previous_keys")
+    @classmethod
+    def _valid_key(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
+        for key in value if isinstance(value, list) else [value] if value is not None else []:
+            if key.get_secret_value():
+                validate_key(key.get_secret_value())
+        return value
+
+    def spool_path(self) -> Path:
+        if self.spool is not None:
+            return self.spool
+        if self.store.startswith("sqlite:///"):
+            return Path(self.store.removeprefix("sqlite:///") + ".spool")
+        return Path("minigate-spool")
+
+    def actions(self) -> dict[str, RedactAction]:
+        """Presidio entity name -> action, for every type; a list names the types to redact, others are kept."""
+        chosen = self.redact if isinstance(self.redact, dict) else {t: "redact" for t in self.redact}
+        return {REDACT_TYPES[t]: chosen.get(t, "keep") for t in REDACT_TYPES}

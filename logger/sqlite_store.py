@@ -6,6 +6,7 @@ sqlite3 blocks, so every call runs in a worker thread; one connection, used by o
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,8 @@ __all__ = ["SQLiteStore"]
 
 _INSERT = (
     "INSERT OR IGNORE INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
-    " status, latency_s, stream, input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -31,6 +33,7 @@ class SQLiteStore:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self._lock = threading.Lock()  # the writer and the spool replayer may call from two threads
 
     @classmethod
     async def open(cls, url: str) -> SQLiteStore:
@@ -45,10 +48,11 @@ class SQLiteStore:
     def _write(self, records: Sequence[CallRecord]) -> None:
         rows = [
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
-             r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens)
+             r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens, r.client_id,
+             r.request_payload, r.response_payload)
             for r in records
         ]
-        with self._db:  # commits, or rolls back on error
+        with self._lock, self._db:  # commits, or rolls back on error
             self._db.execute("BEGIN")
             self._db.executemany(_INSERT, rows)
 

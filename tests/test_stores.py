@@ -47,7 +47,7 @@ def test_writes_are_idempotent_on_request_id(store_url: str) -> None:
 def test_migrations_apply_once(store_url: str) -> None:
     write(store_url, [[record(1)]])
     write(store_url, [[record(2)]])
-    assert fetch(store_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert fetch(store_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
 
 
 def test_metadata_columns_are_indexed(store_url: str) -> None:

@@ -1,0 +1,185 @@
+"""How well `minigate redact` finds PII, and how fast: Presidio's synthetic dataset through the real CLI.
+
+    bench/redaction                       # the dataset beside the repository, ../shared/data/presidio_synth
+    bench/redaction --dataset FILE --rounds 5
+
+Every record goes through `minigate redact` as JSONL on stdin (a subprocess, as a user would run it);
+its spans are scored against the gold spans. Matching rule: a predicted span counts for a gold span of
+the same entity type when the two overlap by at least one character, so a phone number found without
+its "(0)" or an address-boundary disagreement is not a miss. Precision = predicted spans of a type that
+match some gold span of that type; recall = gold spans of a type matched by some predicted span.
+F2 weighs recall four times precision: for redaction a miss leaks, a false alarm only hides a word.
+Every type in the dataset is listed, the ones minigate does not detect included, so gaps are visible.
+
+Throughput is measured in-process too (the CLI figure includes interpreter start-up): the dataset's
+texts one by one, and the same texts joined into one long document. Prints tables and writes
+bench/results/redaction.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from minigate.logger.redact import ENTITY_TYPES, Redactor
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASET = ROOT.parent / "shared" / "data" / "presidio_synth" / "synth_dataset_v2.json"
+RESULTS = ROOT / "bench" / "results" / "redaction.json"
+MINIGATE = ROOT / ".venv" / "bin" / "minigate"
+TARGETS = {t: (0.95, 0.98) for t in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")}
+TARGETS["PERSON"] = (0.0, 0.80)
+
+
+@dataclass
+class TypeScore:
+    """Counts and rates for one entity type; rates are None where nothing was there to divide by."""
+
+    type: str
+    detected: bool
+    gold: int
+    predicted: int
+    gold_found: int
+    predicted_correct: int
+    precision: float | None
+    recall: float | None
+    f2: float | None
+    target: str
+    meets_target: bool | None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DATASET, help=f"Presidio-research JSON (default {DATASET})")
+    parser.add_argument("--rounds", type=int, default=5, help="in-process throughput rounds; the best counts")
+    args = parser.parse_args()
+    if not args.dataset.is_file():
+        print(f"dataset not found: {args.dataset}", file=sys.stderr)
+        return 2
+    records = json.loads(args.dataset.read_text(encoding="utf-8"))
+    texts = [record["full_text"] for record in records]
+    predicted, cli_seconds = run_cli(texts)
+    scores = score(records, predicted)
+    speed = throughput(texts, args.rounds)
+    speed["cli_end_to_end_chars_per_s"] = sum(map(len, texts)) / cli_seconds
+    speed["cli_seconds"] = cli_seconds
+    print_report(scores, speed, len(records))
+    write_results(args.dataset, scores, speed, len(records))
+    return 0
+
+
+def run_cli(texts: list[str]) -> tuple[list[list[dict[str, Any]]], float]:
+    """Pipe the texts through `minigate redact` as JSONL; the spans per record, and the wall time."""
+    stdin = "".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(texts))
+    command = [str(MINIGATE) if MINIGATE.exists() else "minigate", "redact"]
+    started = time.perf_counter()
+    done = subprocess.run(command, input=stdin, capture_output=True, text=True, check=True, timeout=600)
+    seconds = time.perf_counter() - started
+    spans: list[list[dict[str, Any]]] = [[] for _ in texts]
+    for line in done.stdout.splitlines():
+        record = json.loads(line)
+        spans[record["id"]] = record["spans"]
+    return spans, seconds
+
+
+def score(records: list[dict[str, Any]], predicted: list[list[dict[str, Any]]]) -> list[TypeScore]:
+    gold_all, gold_found, pred_all, pred_correct = Counter[str](), Counter[str](), Counter[str](), Counter[str]()
+    for record, preds in zip(records, predicted):
+        gold = [(g["start_position"], g["end_position"], g["entity_type"]) for g in record["spans"]]
+        pred = [(p["start"], p["end"], p["type"]) for p in preds]
+        for start, end, kind in gold:
+            gold_all[kind] += 1
+            gold_found[kind] += any(k == kind and s < end and start < e for s, e, k in pred)
+        for start, end, kind in pred:
+            pred_all[kind] += 1
+            pred_correct[kind] += any(k == kind and s < end and start < e for s, e, k in gold)
+    kinds = sorted(set(gold_all) | set(pred_all), key=lambda k: (k not in ENTITY_TYPES, -gold_all[k], k))
+    return [_type_score(k, gold_all[k], gold_found[k], pred_all[k], pred_correct[k]) for k in kinds]
+
+
+def _type_score(kind: str, gold: int, found: int, predicted: int, correct: int) -> TypeScore:
+    precision = correct / predicted if predicted else None
+    recall = found / gold if gold else None
+    f2 = None
+    if precision is not None and recall is not None:
+        f2 = 5 * precision * recall / (4 * precision + recall) if precision + recall else 0.0
+    target, meets = "", None
+    if kind in TARGETS:
+        min_p, min_r = TARGETS[kind]
+        target = f"R>={min_r:.2f}" + (f" P>={min_p:.2f}" if min_p else "")
+        meets = (recall or 0.0) >= min_r and (precision if precision is not None else 1.0) >= min_p
+    return TypeScore(kind, kind in ENTITY_TYPES, gold, predicted, found, correct, precision, recall, f2, target, meets)
+
+
+def throughput(texts: list[str], rounds: int) -> dict[str, float]:
+    """chars/s of `Redactor.redact`, best of `rounds`: record by record, then as one long document."""
+    redactor = Redactor()
+    document = "\n".join(texts)
+    chars = len(document) - len(texts) + 1
+    best_records = best_document = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for text in texts:
+            redactor.redact(text)
+        best_records = min(best_records, time.perf_counter() - started)
+        started = time.perf_counter()
+        redactor.redact(document)
+        best_document = min(best_document, time.perf_counter() - started)
+    return {
+        "records_chars_per_s": chars / best_records,
+        "records_per_s": len(texts) / best_records,
+        "document_chars_per_s": len(document) / best_document,
+        "mean_record_chars": chars / len(texts),
+    }
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_report(scores: list[TypeScore], speed: dict[str, float], records: int) -> None:
+    headers = ["entity type", "detected", "gold", "predicted", "precision", "recall", "F2", "target", "met"]
+    rows = [
+        [s.type, "yes" if s.detected else "no", str(s.gold), str(s.predicted), _rate(s.precision), _rate(s.recall),
+         _rate(s.f2), s.target, {True: "yes", False: "NO", None: ""}[s.meets_target]]
+        for s in scores
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    print(f"Redaction quality: {records} records of Presidio's synthetic dataset through `minigate redact`")
+    for row in [headers, ["-" * w for w in widths], *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print()
+    print(f"Throughput: {speed['records_chars_per_s'] / 1e6:.2f} M chars/s record by record "
+          f"({speed['records_per_s']:,.0f} records/s, {speed['mean_record_chars']:.0f} chars each), "
+          f"{speed['document_chars_per_s'] / 1e6:.2f} M chars/s as one document; "
+          f"CLI end to end {speed['cli_end_to_end_chars_per_s'] / 1e6:.2f} M chars/s "
+          f"({speed['cli_seconds']:.2f} s, start-up included)")  # fmt: skip
+
+
+def write_results(dataset: Path, scores: list[TypeScore], speed: dict[str, float], records: int) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "redaction",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "dataset": {"path": str(dataset), "records": records},
+        "matching": "a predicted span matches a gold span of the same type when they overlap",
+        "types": [asdict(s) for s in scores],
+        "throughput": speed,
+    }
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Turning a call record's raw material into what may be stored: tokens, an anonymous client id, and
+payloads that are redacted first and encrypted second. Runs in the writer's worker thread.
+
+Redaction before encryption means even the holder of the key reads placeholders (`<EMAIL_1>`), never
+the values; one placeholder state per record keeps a value's placeholder the same across the request
+and the reply, so datasets keep their structure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+import orjson
+
+from minigate.logger.crypto import PayloadCipher
+from minigate.logger.identity import anonymise
+from minigate.logger.payloads import reply_from_body, reply_from_stream, request_payload
+from minigate.logger.records import CallRecord
+from minigate.logger.redact import Placeholders, RedactionPolicy, Redactor
+from minigate.logger.settings import LoggingSection
+
+__all__ = ["Sealer"]
+
+
+class Sealer:
+    """Seals records in place.
+
+    Without a cipher no payload is stored at all: the log never holds conversation text in the clear.
+    """
+
+    def __init__(self, redactor: Redactor, cipher: PayloadCipher | None, pepper: bytes | None) -> None:
+        self.redactor = redactor
+        self.cipher = cipher
+        self.pepper = pepper
+
+    @classmethod
+    def from_settings(cls, settings: LoggingSection) -> Sealer:
+        """One secret configures all: the log key encrypts, and keys the client-id and hash peppers."""
+        key = settings.encryption_key.get_secret_value() if settings.encryption_key else ""
+        if not key:
+            # No payload is stored, so hashing has nothing to keep stable: any key will do.
+            return cls(Redactor(RedactionPolicy(settings.actions(), hash_key=secrets.token_bytes(32))), None, None)
+        pepper = hmac.new(key.encode(), b"minigate client identity", hashlib.sha256).digest()
+        previous = [k.get_secret_value() for k in settings.previous_keys if k.get_secret_value()]
+        redactor = Redactor(RedactionPolicy(settings.actions(), hash_key=pepper))
+        return cls(redactor, PayloadCipher(key, previous), pepper)
+
+    def seal(self, record: CallRecord) -> None:
+        reply = None
+        if record.chunks is not None:
+            reply = reply_from_stream(record.chunks)
+        elif record.reply is not None:
+            reply = reply_from_body(record.reply)
+        if reply is not None:
+            record.input_tokens, record.output_tokens = reply.tokens
+        if self.pepper is not None:
+            record.client_id = anonymise(self.pepper, record.key_name, record.user)
+        if self.cipher is not None:
+            state = Placeholders()
+            aad = record.request_id.encode()
+            if record.request_body is not None:
+                request = self.redactor.redact_json(request_payload(record.request_body), state)
+                record.request_payload = self.cipher.encrypt(orjson.dumps(request), aad)
+            if reply is not None:
+                response = self.redactor.redact_json(reply.payload(), state)
+                record.response_payload = self.cipher.encrypt(orjson.dumps(response), aad)
+        record.request_body = record.reply = record.chunks = None
+        record.user = None
