@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import httpx
+import orjson
 
+from minigate.logger.crypto import PayloadCipher, generate_key
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import run_gateway, write_config
-from tests.support.upstream import ScriptedUpstream
+from tests.support.upstream import Script, ScriptedUpstream
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 
@@ -53,3 +56,47 @@ def test_log_metrics_are_exported(upstream: ScriptedUpstream, tmp_path: Path) ->
         assert gateway.metric("minigate_log_records_written_total") == 3
         assert gateway.metric("minigate_log_queue_depth") == 0
         assert gateway.metric("minigate_log_records_dropped_total") == 0
+
+
+def test_payloads_are_redacted_then_encrypted(upstream: ScriptedUpstream, tmp_path: Path, store_url: str) -> None:
+    key = generate_key()
+    config = gateway_config(upstream.base_url, logging={"store": store_url, "encryption_key": key})
+    path = write_config(tmp_path / "minigate.yaml", config)
+    secret = "Refund jane.doe@example.com, card 4111 1111 1111 1111, and ping jane.doe@example.com again"
+    upstream.enqueue(Script(reply="Done for jane.doe@example.com"))
+    with run_gateway(path) as gateway:
+        plain = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json={
+            "model": "gpt-4.1", "user": "customer-42", "messages": [{"role": "user", "content": secret}]})
+        streamed = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json={
+            "model": "cheap", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "hello"}]})
+    cipher = PayloadCipher(key)
+    rows = {row[0]: row[1:] for row in fetch(
+        store_url, "SELECT request_id, client_id, request_payload, response_payload, input_tokens FROM calls")}
+
+    client_id, request_blob, response_blob, _ = rows[plain.headers["x-minigate-request-id"]]
+    request_id = plain.headers["x-minigate-request-id"].encode()
+    request = orjson.loads(cipher.decrypt(bytes(request_blob), request_id))
+    assert request["messages"][0]["content"] == "Refund <EMAIL_1>, card <CREDIT_CARD_1>, and ping <EMAIL_1> again"
+    response = orjson.loads(cipher.decrypt(bytes(response_blob), request_id))
+    assert response["choices"][0]["message"]["content"] == "Done for <EMAIL_1>"
+    assert re.fullmatch(r"[0-9a-f]{32}", client_id) and "customer-42" not in str(rows)
+    if store_url.startswith("sqlite:///"):
+        raw = b"".join(p.read_bytes() for p in tmp_path.rglob("calls.db*") if p.is_file())
+        assert b"jane.doe" not in raw and b"customer-42" not in raw
+
+    _, _, stream_blob, stream_tokens = rows[streamed.headers["x-minigate-request-id"]]
+    stream_id = streamed.headers["x-minigate-request-id"].encode()
+    joined = orjson.loads(cipher.decrypt(bytes(stream_blob), stream_id))
+    assert joined["choices"][0]["message"]["content"] == "hello"
+    assert joined["choices"][0]["finish_reason"] == "stop" and stream_tokens
+
+
+def test_without_a_key_no_payload_is_stored(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/c.db"})
+    with run_gateway(write_config(tmp_path / "minigate.yaml", config)) as gateway:
+        httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                   json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
+    [(request_payload, response_payload, input_tokens)] = fetch(
+        f"sqlite:///{tmp_path}/c.db", "SELECT request_payload, response_payload, input_tokens FROM calls")
+    assert request_payload is None and response_payload is None and input_tokens
