@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.responses import Response
 
 from minigate.config import Config
+from minigate.gateway.calls_api import add_calls_api
 from minigate.gateway.chat import ChatEndpoint
 from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.metrics import GatewayMetrics
@@ -54,6 +55,7 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     install_error_handlers(app)
     app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls), methods=["POST"])
     _add_operational_routes(app, holder, registry)
+    add_calls_api(app, holder, calls)
     return app
 
 

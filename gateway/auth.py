@@ -15,12 +15,12 @@ from minigate.gateway.settings import AuthSection, Role
 
 __all__ = ["Caller", "KeyRing", "Permission"]
 
-Permission = Literal["infer", "read_metrics"]
+Permission = Literal["infer", "read_metrics", "read_calls", "read_payloads"]
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
     "agent": frozenset({"infer"}),
-    "analyst": frozenset({"read_metrics"}),
-    "admin": frozenset({"infer", "read_metrics"}),
+    "analyst": frozenset({"read_metrics", "read_calls"}),
+    "admin": frozenset({"infer", "read_metrics", "read_calls", "read_payloads"}),
 }
 
 

@@ -46,6 +46,15 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN request_payload BLOB;
         ALTER TABLE calls ADD COLUMN response_payload BLOB;
         """,
+        """
+        CREATE TABLE IF NOT EXISTS audit (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            at       REAL NOT NULL,
+            actor    TEXT NOT NULL,
+            action   TEXT NOT NULL,
+            detail   TEXT NOT NULL
+        );
+        """,
     ],
     "postgresql": [
         """
@@ -71,6 +80,15 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN client_id TEXT;
         ALTER TABLE calls ADD COLUMN request_payload BYTEA;
         ALTER TABLE calls ADD COLUMN response_payload BYTEA;
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS audit (
+            id       BIGSERIAL PRIMARY KEY,
+            at       DOUBLE PRECISION NOT NULL,
+            actor    TEXT NOT NULL,
+            action   TEXT NOT NULL,
+            detail   TEXT NOT NULL
+        );
         """,
     ],
 }

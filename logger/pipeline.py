@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from minigate.logger.reader import CallReader
 from minigate.logger.records import CallRecord, record_from_bytes, record_to_bytes
 from minigate.logger.seal import Sealer
 from minigate.logger.settings import LoggingSection
@@ -67,6 +68,10 @@ class CallLog:
         await self._replay()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._write_forever()), loop.create_task(self._replay_forever())]
+
+    def reader(self) -> CallReader | None:
+        """A reader over the store, or None while the store is unavailable."""
+        return None if self._store is None else CallReader(self._store, self.sealer.cipher)
 
     def submit(self, record: CallRecord) -> None:
         try:

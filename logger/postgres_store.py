@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
 from minigate.logger.migrations import MIGRATIONS
+from minigate.logger.query import CallQuery
 from minigate.logger.records import CallRecord
 
 __all__ = ["PostgresStore"]
@@ -44,6 +47,18 @@ class PostgresStore:
         ]
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(_INSERT, rows)
+
+    async def read(self, query: CallQuery, *, payloads: bool) -> list[dict[str, Any]]:
+        sql, params = query.sql(lambda n: f"${n}", payloads=payloads)
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(sql, *params)
+        return [{key: bytes(value) if isinstance(value, memoryview) else value for key, value in row.items()}
+                for row in rows]
+
+    async def audit(self, actor: str, action: str, detail: str) -> None:
+        async with self._pool.acquire() as connection:
+            await connection.execute("INSERT INTO audit (at, actor, action, detail) VALUES ($1, $2, $3, $4)",
+                                     time.time(), actor, action, detail)
 
     async def close(self) -> None:
         await self._pool.close()

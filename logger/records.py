@@ -47,7 +47,7 @@ _BYTES_FIELDS = ("request_payload", "response_payload")
 
 def record_to_bytes(record: CallRecord) -> bytes:
     """A sealed record as one spool entry (raw material is gone by then; payloads are base64)."""
-    values = {name: getattr(record, name) for name in CallRecord.__slots__}  # type: ignore[attr-defined]
+    values = {name: getattr(record, name) for name in CallRecord.__slots__}
     for name in _BYTES_FIELDS:
         if values[name] is not None:
             values[name] = base64.b64encode(values[name]).decode()

@@ -14,7 +14,7 @@ __all__ = ["REDACT_TYPES", "LoggingSection", "RedactAction", "RedactType"]
 RedactType = Literal["email", "phone", "credit_card", "iban", "ssn", "ip", "secret"]
 RedactAction = Literal["redact", "hash", "keep"]
 # Config names -> the entity names spans carry (Presidio's vocabulary).
-REDACT_TYPES: dict[str, str] = {
+REDACT_TYPES: dict[RedactType, str] = {
     "email": "EMAIL_ADDRESS",
     "phone": "PHONE_NUMBER",
     "credit_card": "CREDIT_CARD",
@@ -58,5 +58,7 @@ class LoggingSection(BaseModel):
 
     def actions(self) -> dict[str, RedactAction]:
         """Presidio entity name -> action, for every type; a list names the types to redact, others are kept."""
-        chosen = self.redact if isinstance(self.redact, dict) else {t: "redact" for t in self.redact}
-        return {REDACT_TYPES[t]: chosen.get(t, "keep") for t in REDACT_TYPES}
+        chosen: dict[RedactType, RedactAction] = (
+            dict(self.redact) if isinstance(self.redact, dict) else dict.fromkeys(self.redact, "redact")
+        )
+        return {entity: chosen.get(name, "keep") for name, entity in REDACT_TYPES.items()}

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from minigate.logger.migrations import MIGRATIONS
+from minigate.logger.query import CallQuery
 from minigate.logger.records import CallRecord
 
 __all__ = ["SQLiteStore"]
@@ -42,8 +45,30 @@ class SQLiteStore:
     async def write(self, records: Sequence[CallRecord]) -> None:
         await anyio.to_thread.run_sync(self._write, records)
 
+    async def read(self, query: CallQuery, *, payloads: bool) -> list[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(self._read, query, payloads)
+
+    async def audit(self, actor: str, action: str, detail: str) -> None:
+        await anyio.to_thread.run_sync(self._audit, actor, action, detail)
+
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._db.close)
+
+    def _read(self, query: CallQuery, payloads: bool) -> list[dict[str, Any]]:
+        sql, params = query.sql(lambda n: "?", payloads=payloads)
+        with self._lock:
+            cursor = self._db.execute(sql, params)
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+        for row in rows:
+            row["stream"] = bool(row["stream"])
+        return rows
+
+    def _audit(self, actor: str, action: str, detail: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                             (time.time(), actor, action, detail))
 
     def _write(self, records: Sequence[CallRecord]) -> None:
         rows = [

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from minigate.logger.query import CallQuery
 from minigate.logger.records import CallRecord
 
 __all__ = ["CallStore", "open_store"]
@@ -14,6 +15,14 @@ class CallStore(Protocol):
     """Writes are batches in one transaction, idempotent on request_id (a replayed record is not stored twice)."""
 
     async def write(self, records: Sequence[CallRecord]) -> None: ...
+
+    async def read(self, query: CallQuery, *, payloads: bool) -> list[dict[str, Any]]:
+        """Rows ordered by (started_at, request_id); payload columns only when asked for."""
+        ...
+
+    async def audit(self, actor: str, action: str, detail: str) -> None:
+        """Record who read what: every read of payloads leaves a row in `audit`."""
+        ...
 
     async def close(self) -> None: ...
 

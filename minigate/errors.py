@@ -9,6 +9,7 @@
         ├── PermissionDenied         403 the key's role may not do this
         ├── ModelNotFound            404 lists the routes that exist
         ├── PayloadTooLarge          413 body over server.max_body_bytes
+        ├── ServiceUnavailable       503 a part minigate needs (the call-log store) is down
         └── UpstreamError            the model behind a route failed
             ├── UpstreamUnavailable  502 connect failure or 5xx
             ├── UpstreamTimeout      504
@@ -33,6 +34,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "RequestError",
+    "ServiceUnavailable",
     "UpstreamError",
     "UpstreamStreamCut",
     "UpstreamTimeout",
@@ -110,6 +112,12 @@ class ModelNotFound(RequestError):
 class PayloadTooLarge(RequestError):
     status = 413
     code = "payload_too_large"
+
+
+class ServiceUnavailable(RequestError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
 
 
 class UpstreamError(RequestError):

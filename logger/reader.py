@@ -1,0 +1,55 @@
+"""Reading calls back for people: metadata for analysts, decrypted (still redacted) payloads for admins.
+
+Every payload read leaves an audit row naming the reader, so access to conversation text is accountable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import orjson
+
+from minigate.logger.crypto import PayloadCipher, PayloadError
+from minigate.logger.query import PAYLOAD_COLUMNS, CallQuery, encode_cursor
+from minigate.logger.store import CallStore
+
+__all__ = ["CallReader"]
+
+
+class CallReader:
+    """Pages of calls from a store.
+
+    >>> rows, cursor = await reader.page(CallQuery(route="gpt-4.1"), payloads=False, actor="dashboards")  # doctest: +SKIP
+    """
+
+    def __init__(self, store: CallStore, cipher: PayloadCipher | None) -> None:
+        self.store = store
+        self.cipher = cipher
+
+    async def page(self, query: CallQuery, *, payloads: bool, actor: str) -> tuple[list[dict[str, Any]], str | None]:
+        """One page and the cursor of the next (None on the last page)."""
+        rows = await self.store.read(query, payloads=payloads)
+        if payloads:
+            await anyio.to_thread.run_sync(self._open, rows)
+            if rows:
+                detail = f"{len(rows)} calls, {rows[0]['request_id']} .. {rows[-1]['request_id']}"
+                await self.store.audit(actor, "read_payloads", detail)
+        cursor = encode_cursor(rows[-1]) if len(rows) == query.limit else None
+        return rows, cursor
+
+    def _open(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            aad = row["request_id"].encode()
+            for column in PAYLOAD_COLUMNS:
+                row[column.removesuffix("_payload")] = self._decrypt(row.pop(column), aad)
+
+    def _decrypt(self, blob: bytes | None, aad: bytes) -> Any:
+        if blob is None:
+            return None
+        if self.cipher is None:
+            return {"error": "payload is encrypted and logging.encryption_key is not configured"}
+        try:
+            return orjson.loads(self.cipher.decrypt(blob, aad))
+        except PayloadError as exc:
+            return {"error": str(exc)}
