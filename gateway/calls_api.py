@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 import orjson
@@ -12,7 +11,7 @@ from starlette.responses import Response
 from minigate.errors import InvalidRequest, ServiceUnavailable
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.logger.pipeline import CallLog
-from minigate.logger.query import CallQuery, decode_cursor
+from minigate.logger.query import CallQuery, decode_cursor, parse_time
 
 __all__ = ["add_calls_api"]
 
@@ -47,16 +46,10 @@ def add_calls_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> None:
 
 
 def _time(value: str | None, param: str) -> float | None:
-    if value is None:
-        return None
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
+        return None if value is None else parse_time(value)
     except ValueError as exc:
-        raise InvalidRequest(f"{param}={value!r}: give unix seconds or an ISO 8601 time.", param=param) from exc
+        raise InvalidRequest(f"{param}={exc}", param=param) from exc
 
 
 def _cursor(value: str | None) -> tuple[float, str] | None:

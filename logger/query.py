@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-__all__ = ["METADATA_COLUMNS", "PAYLOAD_COLUMNS", "CallQuery", "decode_cursor", "encode_cursor"]
+__all__ = ["METADATA_COLUMNS", "PAYLOAD_COLUMNS", "CallQuery", "decode_cursor", "encode_cursor", "parse_time"]
 
 METADATA_COLUMNS = (
     "request_id", "started_at", "key_name", "client_id", "route", "model", "tier", "task", "rule", "upstream",
@@ -70,3 +71,15 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     if not request_id:
         raise ValueError("not a minigate cursor")
     return float(started_at), request_id
+
+
+def parse_time(value: str) -> float:
+    """Unix seconds or ISO 8601, as people and scripts write times; ValueError says which forms work."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: give unix seconds or an ISO 8601 time (2026-11-23T10:00:00+00:00)") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -144,6 +145,65 @@ def _routes_table(cfg: Config) -> Table:
         entry = cfg.models[route.default]
         table.add_row(name, route.default, entry.upstream, entry.model, entry.tier)
     return table
+
+
+logs = typer.Typer(help="The call log: migrate its store, export its records.", no_args_is_help=True)
+app.add_typer(logs, name="logs")
+
+
+@logs.command("migrate")
+def logs_migrate(config: ConfigOption = None) -> None:
+    """Apply the call-log store's pending schema migrations (serve also does this at start-up)."""
+    import asyncio
+
+    from minigate.logger.store import open_store
+
+    cfg = _load_or_exit(resolve_config_path(config, os.environ))
+
+    async def migrate() -> None:
+        store = await open_store(cfg.logging.store)
+        await store.close()
+
+    asyncio.run(migrate())
+    err.print(f"[green]call-log store is at the current schema[/] ({cfg.logging.store.split('@')[-1]})")
+
+
+@logs.command("export")
+def logs_export(
+    config: ConfigOption = None,
+    since: Annotated[Optional[str], typer.Option(help="Start, unix seconds or ISO 8601.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="End (exclusive), unix seconds or ISO 8601.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="JSONL file; default stdout.")] = None,
+) -> None:
+    """Write every logged call as one JSON line: metadata plus decrypted, redacted payloads (audited)."""
+    import asyncio
+    import getpass
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from minigate.logger.export import export_calls
+
+    cfg = _load_or_exit(resolve_config_path(config, os.environ))
+    sink = output.open("wb") if output else sys.stdout.buffer
+    with Progress(SpinnerColumn(), TextColumn("{task.completed} calls exported"), console=err,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("export", total=None)
+        count = asyncio.run(export_calls(
+            cfg.logging, since=_when(since, "--since"), until=_when(until, "--until"), actor=f"cli:{getpass.getuser()}",
+            write=sink.write, progress=lambda n: bar.advance(task, n),
+        ))
+    if output:
+        sink.close()
+    err.print(f"{count} calls exported")
+
+
+def _when(value: str | None, option: str) -> float | None:
+    from minigate.logger.query import parse_time
+
+    try:
+        return None if value is None else parse_time(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""`minigate logs export`: every call in a time window as JSONL, payloads decrypted (still redacted)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+
+from minigate.logger.query import CallQuery, decode_cursor
+from minigate.logger.reader import CallReader
+from minigate.logger.seal import Sealer
+from minigate.logger.settings import LoggingSection
+from minigate.logger.store import open_store
+
+__all__ = ["export_calls"]
+
+_PAGE = 500
+
+
+async def export_calls(
+    settings: LoggingSection, *, since: float | None, until: float | None, actor: str,
+    write: Callable[[bytes], object], progress: Callable[[int], object] = lambda n: None,
+) -> int:
+    """Write one JSON line per call (oldest first); returns how many. Each page read is audited."""
+    store = await open_store(settings.store)
+    try:
+        reader = CallReader(store, Sealer.from_settings(settings).cipher)
+        count = 0
+        async for rows in _pages(reader, CallQuery(since=since, until=until, limit=_PAGE), actor):
+            write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+            count += len(rows)
+            progress(len(rows))
+        return count
+    finally:
+        await store.close()
+
+
+async def _pages(reader: CallReader, query: CallQuery, actor: str) -> AsyncIterator[list[dict[str, object]]]:
+    while True:
+        rows, cursor = await reader.page(query, payloads=True, actor=actor)
+        if rows:
+            yield rows
+        if cursor is None:
+            return
+        query = CallQuery(since=query.since, until=query.until, after=decode_cursor(cursor), limit=query.limit)
