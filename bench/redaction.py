@@ -12,7 +12,9 @@ F2 weighs recall four times precision: for redaction a miss leaks, a false alarm
 Every type in the dataset is listed, the ones minigate does not detect included, so gaps are visible.
 
 Throughput is measured in-process too (the CLI figure includes interpreter start-up): the dataset's
-texts one by one, and the same texts joined into one long document. Prints tables and writes
+texts one by one, the same texts joined into one long document, and call records shaped like the
+logger's (a chat request of ten messages and a tool call with JSON arguments, through `redact_json`
+with one placeholder state per record). Prints tables and writes
 bench/results/redaction.json.
 """
 
@@ -103,7 +105,7 @@ def score(records: list[dict[str, Any]], predicted: list[list[dict[str, Any]]]) 
         for start, end, kind in pred:
             pred_all[kind] += 1
             pred_correct[kind] += any(k == kind and s < end and start < e for s, e, k in gold)
-    kinds = sorted(set(gold_all) | set(pred_all), key=lambda k: (k not in ENTITY_TYPES, -gold_all[k], k))
+    kinds = sorted({*gold_all, *pred_all, *ENTITY_TYPES}, key=lambda k: (k not in ENTITY_TYPES, -gold_all[k], k))
     return [_type_score(k, gold_all[k], gold_found[k], pred_all[k], pred_correct[k]) for k in kinds]
 
 
@@ -111,8 +113,10 @@ def _type_score(kind: str, gold: int, found: int, predicted: int, correct: int) 
     precision = correct / predicted if predicted else None
     recall = found / gold if gold else None
     f2 = None
-    if precision is not None and recall is not None:
-        f2 = 5 * precision * recall / (4 * precision + recall) if precision + recall else 0.0
+    if recall == 0.0:
+        f2 = 0.0  # nothing found: whatever the precision, F2 is 0
+    elif precision is not None and recall is not None:
+        f2 = 5 * precision * recall / (4 * precision + recall)
     target, meets = "", None
     if kind in TARGETS:
         min_p, min_r = TARGETS[kind]
@@ -135,12 +139,31 @@ def throughput(texts: list[str], rounds: int) -> dict[str, float]:
         started = time.perf_counter()
         redactor.redact(document)
         best_document = min(best_document, time.perf_counter() - started)
+    calls = [_chat_record(texts[i : i + 10]) for i in range(0, len(texts) - 10, 10)]
+    call_chars = sum(len(json.dumps(call)) for call in calls)
+    best_calls = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for call in calls:
+            redactor.redact_json(call)
+        best_calls = min(best_calls, time.perf_counter() - started)
     return {
+        "call_records_per_s": len(calls) / best_calls,
+        "call_record_json_chars": call_chars / len(calls),
         "records_chars_per_s": chars / best_records,
         "records_per_s": len(texts) / best_records,
         "document_chars_per_s": len(document) / best_document,
         "mean_record_chars": chars / len(texts),
     }
+
+
+def _chat_record(texts: list[str]) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(texts)]
+    arguments = json.dumps({"query": texts[0], "limit": 5})
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_2mLq0b3QxZ7pN9rT5vW8yK1s", "type": "function", "function": {"name": "search", "arguments": arguments}}
+    ]})  # fmt: skip
+    return {"model": "gpt-4.1", "messages": messages, "temperature": 0.2}
 
 
 def _rate(value: float | None) -> str:
@@ -162,6 +185,8 @@ def print_report(scores: list[TypeScore], speed: dict[str, float], records: int)
     print(f"Throughput: {speed['records_chars_per_s'] / 1e6:.2f} M chars/s record by record "
           f"({speed['records_per_s']:,.0f} records/s, {speed['mean_record_chars']:.0f} chars each), "
           f"{speed['document_chars_per_s'] / 1e6:.2f} M chars/s as one document; "
+          f"{speed['call_records_per_s']:,.0f} call records/s through redact_json "
+          f"({speed['call_record_json_chars']:,.0f} JSON chars each); "
           f"CLI end to end {speed['cli_end_to_end_chars_per_s'] / 1e6:.2f} M chars/s "
           f"({speed['cli_seconds']:.2f} s, start-up included)")  # fmt: skip
 

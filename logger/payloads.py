@@ -6,12 +6,15 @@ usage), not as its chunks: that is what datasets and reviewers need. Runs in the
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 __all__ = ["Reply", "reply_from_body", "reply_from_stream", "request_payload"]
+
+_INLINE_LIMIT = 256  # characters; shorter data URLs are kept as they are
 
 
 @dataclass
@@ -29,9 +32,33 @@ class Reply:
 
 
 def request_payload(raw: bytes) -> dict[str, Any]:
-    """The client's body: messages, tools and every parameter, as sent."""
+    """The client's body: messages, tools and every parameter, as sent, with inline media by reference.
+
+    An image or audio clip sent inline (a `data:` URL, `input_audio.data`) is kept as its media type,
+    size and SHA-256, not its bytes: the log stays small, and the same file can still be recognised.
+    """
     body = orjson.loads(raw)
-    return body if isinstance(body, dict) else {"body": body}
+    return _without_media(body) if isinstance(body, dict) else {"body": body}
+
+
+def _without_media(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _media_reference(v) if k == "data" and "format" in value else _without_media(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_media(item) for item in value]
+    if isinstance(value, str) and value.startswith("data:") and len(value) > _INLINE_LIMIT:
+        return _media_reference(value)
+    return value
+
+
+def _media_reference(value: Any) -> Any:
+    if not isinstance(value, str) or len(value) <= _INLINE_LIMIT:
+        return value
+    header, _, data = value.partition(",") if value.startswith("data:") else ("base64", "", value)
+    digest = hashlib.sha256(data.encode()).hexdigest()[:16]
+    size = len(data) * 3 // 4 - data[-2:].count("=") if header.endswith("base64") else len(data)
+    return f"<{header} {size} bytes sha256:{digest}>"
 
 
 def reply_from_body(raw: bytes) -> Reply:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -29,6 +30,8 @@ from minigate.logger.store import CallStore, open_store
 __all__ = ["CallLog"]
 
 log = logging.getLogger("minigate.logger")
+
+_PURGE_EVERY_S = 3600.0
 
 
 class CallLog:
@@ -63,17 +66,23 @@ class CallLog:
         )
 
     async def start(self) -> None:
+        if not self.settings.enabled:
+            return
         self._spool = await anyio.to_thread.run_sync(Spool, self.settings.spool_path(), self.settings.spool_fsync)
         await self._connect()
         await self._replay()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._write_forever()), loop.create_task(self._replay_forever())]
+        if self.settings.retention_days is not None:
+            self._tasks.append(loop.create_task(self._purge_forever(self.settings.retention_days)))
 
     def reader(self) -> CallReader | None:
         """A reader over the store, or None while the store is unavailable."""
         return None if self._store is None else CallReader(self._store, self.sealer.cipher)
 
     def submit(self, record: CallRecord) -> None:
+        if not self.settings.enabled:
+            return
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
@@ -81,6 +90,8 @@ class CallLog:
 
     async def stop(self) -> None:
         """Store (or spool) everything taken or queued, then close the store and the spool."""
+        if not self.settings.enabled:
+            return
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -148,6 +159,17 @@ class CallLog:
                       _redacted_url(self.settings.store), type(exc).__name__, exc)
             return False
         return True
+
+    async def _purge_forever(self, days: float) -> None:
+        while True:
+            if self._store is not None:
+                try:
+                    purged = await self._store.purge(time.time() - days * 86400)
+                    if purged:
+                        log.info("call log: purged %d records older than %g days", purged, days)
+                except Exception as exc:
+                    log.warning("call log purge failed (%s: %s); next try in an hour", type(exc).__name__, exc)
+            await asyncio.sleep(_PURGE_EVERY_S)
 
     async def _replay_forever(self) -> None:
         while True:

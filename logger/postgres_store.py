@@ -60,6 +60,11 @@ class PostgresStore:
             await connection.execute("INSERT INTO audit (at, actor, action, detail) VALUES ($1, $2, $3, $4)",
                                      time.time(), actor, action, detail)
 
+    async def purge(self, before: float) -> int:
+        async with self._pool.acquire() as connection:
+            status = await connection.execute("DELETE FROM calls WHERE started_at < $1", before)
+        return int(status.split()[-1])
+
     async def close(self) -> None:
         await self._pool.close()
 

@@ -73,11 +73,13 @@ class RedactionPolicy:
     count repeat users) while the key, not the hash, guards against dictionary attacks. Types not in
     `actions` are redacted: forgetting a type must not leak it.
 
-        >>> RedactionPolicy({"IP_ADDRESS": "keep", "EMAIL_ADDRESS": "hash"}, hash_key=b"pepper")
+        >>> policy = RedactionPolicy({"IP_ADDRESS": "keep", "EMAIL_ADDRESS": "hash"}, hash_key=b"pepper")
+        >>> Redactor(policy).redact("a@x.io from 10.0.0.1")[0]
+        '<EMAIL_305b391c651b> from 10.0.0.1'
     """
 
     actions: Mapping[str, Action] = field(default_factory=_redact_all)
-    hash_key: bytes | None = None
+    hash_key: bytes | None = field(default=None, repr=False)  # a secret: never in logs or tracebacks
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.actions) - set(ENTITY_TYPES))
@@ -102,8 +104,9 @@ class Placeholders:
         ('<EMAIL_1>', '<EMAIL_2>, <EMAIL_1>')
     """
 
-    _assigned: dict[tuple[str, str], str] = field(default_factory=dict)
-    _counts: dict[str, int] = field(default_factory=dict)
+    # The raw values are the keys: kept out of repr so that a logged state never leaks them.
+    _assigned: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False)
+    _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def number(self, entity_type: str, value: str) -> str:
         key = (entity_type, value)
@@ -120,8 +123,11 @@ def find_spans(text: str) -> list[Span]:
     password may be all digits), checksummed types beat phone numbers, and the entropy guess only
     takes what is left.
     """
+    found = candidates(text)
+    if not found:
+        return []
     accepted: list[tuple[int, int, str]] = []
-    for start, end, entity_type, _rank in sorted(candidates(text), key=lambda c: (c[3], c[0] - c[1], c[0])):
+    for start, end, entity_type, _rank in sorted(found, key=lambda c: (c[3], c[0] - c[1], c[0])):
         i = bisect.bisect_left(accepted, (start,))
         if (i > 0 and accepted[i - 1][1] > start) or (i < len(accepted) and accepted[i][0] < end):
             continue
@@ -130,7 +136,7 @@ def find_spans(text: str) -> list[Span]:
 
 
 class Redactor:
-    """Replaces detected entities according to a policy.
+    """Replaces detected entities according to a policy. Holds no per-call state: share one across threads.
 
         >>> text, spans = Redactor().redact("ssn 536-22-8718, again 536-22-8718")
         >>> text, spans[0]

@@ -32,6 +32,8 @@ Candidate = tuple[int, int, str, int]
 _RANK_SECRET, _RANK_EMAIL, _RANK_IBAN, _RANK_CARD, _RANK_SSN, _RANK_IP, _RANK_PHONE, _RANK_ENTROPY = range(8)
 
 _HAS_DIGIT = re.compile(r"\d").search
+# Below 16 characters (the shortest token) only a number, an e-mail, an IPv6 or `pwd=...` can match.
+_SHORT_MAY_HOLD = re.compile(r"[\d@:=]").search
 _HAS_LOWER = re.compile(r"[a-z]").search
 _HAS_UPPER = re.compile(r"[A-Z]").search
 
@@ -127,6 +129,8 @@ _ID_PREFIXES = ("call_", "chatcmpl-", "msg_", "toolu_", "req_", "resp_", "run_",
 
 def candidates(text: str) -> list[Candidate]:
     """Every validated match of every recognizer, overlapping ones included, in no particular order."""
+    if len(text) < 16 and not _SHORT_MAY_HOLD(text):
+        return []  # JSON keys, roles, finish reasons: the bulk of a record's strings
     found = list(_secrets(text))
     if _HAS_DIGIT(text):
         found += _numbers(text)

@@ -30,7 +30,9 @@ class LoggingSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    enabled: bool = Field(True, description="false: no call is recorded (metrics still count them)")
     store: str = Field("sqlite:///minigate.db", pattern=r"^(sqlite|postgresql)://")
+    retention_days: float | None = Field(None, gt=0, description="records older than this are purged hourly")
     queue_size: int = Field(10_000, ge=1, description="records waiting for the writer; beyond it they spool")
     batch_size: int = Field(256, ge=1)
     flush_interval_s: float = Field(0.5, gt=0)

@@ -51,8 +51,16 @@ class SQLiteStore:
     async def audit(self, actor: str, action: str, detail: str) -> None:
         await anyio.to_thread.run_sync(self._audit, actor, action, detail)
 
+    async def purge(self, before: float) -> int:
+        return await anyio.to_thread.run_sync(self._purge, before)
+
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._db.close)
+
+    def _purge(self, before: float) -> int:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            return self._db.execute("DELETE FROM calls WHERE started_at < ?", (before,)).rowcount
 
     def _read(self, query: CallQuery, payloads: bool) -> list[dict[str, Any]]:
         sql, params = query.sql(lambda n: "?", payloads=payloads)

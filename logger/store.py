@@ -24,6 +24,10 @@ class CallStore(Protocol):
         """Record who read what: every read of payloads leaves a row in `audit`."""
         ...
 
+    async def purge(self, before: float) -> int:
+        """Delete calls that started before `before` (unix seconds); returns how many."""
+        ...
+
     async def close(self) -> None: ...
 
 

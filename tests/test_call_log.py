@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -100,3 +102,49 @@ def test_without_a_key_no_payload_is_stored(upstream: ScriptedUpstream, tmp_path
     [(request_payload, response_payload, input_tokens)] = fetch(
         f"sqlite:///{tmp_path}/c.db", "SELECT request_payload, response_payload, input_tokens FROM calls")
     assert request_payload is None and response_payload is None and input_tokens
+
+
+def test_bad_input_is_logged_safely(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    """Huge payloads, invalid UTF-8 from the upstream and inline images: recorded, never crashing the writer."""
+    key = generate_key()
+    store = f"sqlite:///{tmp_path}/c.db"
+    config = gateway_config(upstream.base_url, logging={"store": store, "encryption_key": key},
+                            server={"max_body_bytes": 32 * 1024 * 1024})
+    image = "data:image/png;base64," + base64.b64encode(bytes(range(256)) * 400).decode()
+    with run_gateway(write_config(tmp_path / "minigate.yaml", config)) as gateway:
+        def chat(body: dict[str, object]) -> str:
+            response = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json=body, timeout=60)
+            assert response.status_code == 200
+            return response.headers["x-minigate-request-id"]
+
+        huge = chat({"model": "cheap", "messages": [{"role": "user", "content": "a@b.co " + "x" * 8_000_000}]})
+        pictured = chat({"model": "cheap", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": image}}]}]})
+        invalid_utf8 = b'{"choices": [{"message": {"tool_calls": [{"function": {"arguments": "' + bytes([0xFF, 0xFE]) + b'"}}]}}]}'
+        upstream.enqueue(Script(body=invalid_utf8))
+        broken = chat({"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
+    cipher = PayloadCipher(key)
+    rows = {row[0]: row[1:] for row in fetch(store, "SELECT request_id, request_payload, response_payload FROM calls")}
+    assert set(rows) == {huge, pictured, broken}
+    big = orjson.loads(cipher.decrypt(bytes(rows[huge][0]), huge.encode()))
+    assert big["messages"][0]["content"].startswith("<EMAIL_1> xxx") and len(big["messages"][0]["content"]) > 8_000_000
+    parts = orjson.loads(cipher.decrypt(bytes(rows[pictured][0]), pictured.encode()))["messages"][0]["content"]
+    assert re.fullmatch(r"<data:image/png;base64 102400 bytes sha256:[0-9a-f]{16}>", parts[1]["image_url"]["url"])
+    reply = orjson.loads(cipher.decrypt(bytes(rows[broken][1]), broken.encode()))
+    assert "\ufffd" in orjson.dumps(reply).decode()
+
+
+def test_retention_purges_old_records_at_start(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/c.db"
+    config = gateway_config(upstream.base_url, logging={"store": store, "retention_days": 7})
+    path = write_config(tmp_path / "minigate.yaml", config)
+    with run_gateway(path) as gateway:
+        httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                   json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
+    with sqlite3.connect(tmp_path / "c.db") as db:  # age the record by 30 days
+        db.execute("UPDATE calls SET started_at = started_at - 30 * 86400")
+    with run_gateway(path):
+        deadline = time.monotonic() + 10
+        while fetch(store, "SELECT count(*) FROM calls") != [(0,)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert fetch(store, "SELECT count(*) FROM calls") == [(0,)]

@@ -60,3 +60,18 @@ def test_metadata_columns_are_indexed(store_url: str) -> None:
     else:
         names = {row[0] for row in fetch(store_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'calls'")}
     assert {"calls_started_at", "calls_route", "calls_model", "calls_task", "calls_status"} <= names
+
+
+def test_purge_deletes_only_older_calls(store_url: str) -> None:
+    now = time.time()
+    write(store_url, [[record(1, started_at=now - 10 * 86400), record(2, started_at=now - 3600), record(3)]])
+
+    async def purge() -> int:
+        store = await open_store(store_url)
+        try:
+            return await store.purge(now - 86400)
+        finally:
+            await store.close()
+
+    assert asyncio.run(purge()) == 1
+    assert fetch(store_url, "SELECT request_id FROM calls ORDER BY request_id") == [("req-2",), ("req-3",)]
