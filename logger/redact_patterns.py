@@ -43,7 +43,8 @@ _CHUNK = re.compile(r"\d[\d().+x/ -]*")  # a leading digit lets `re` skip ahead 
 _CHUNK_MARGIN = 12  # lookaheads and a phone extension ("x204", "ext. 204") reach past the chunk
 
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}"  # local part
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"  # domain labels, TLD
 )
 
 _IBAN = re.compile(r"(?<!\w)[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?(?!\w)")
@@ -76,13 +77,15 @@ _PHONE_INTL = re.compile(
     r"(?:[ ]?(?:x|ext\.?)[ ]?\d{1,5})?(?!\w|[ .,:-]\d)"
 )
 _PHONE_NATIONAL = re.compile(
-    r"(?<![\w+#$€£¥/.-])(?:1[ .-](?=\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}))?(?:\(\d{1,5}\)[ .-]?|\d{2,5}+[ .-])(?:\d{2,8}+[ .-]){0,4}\d{2,8}+"
+    r"(?<![\w+#$€£¥〒/.-])(?<!\d:)(?:1[ .-](?=\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}))?"  # NANP trunk "1-" before 3-3-4
+    r"(?:\(\d{1,5}\)[ .-]?|\d{2,5}+[ .-])(?:\d{2,8}+[ .-]){0,4}\d{2,8}+"  # area code or first group, more groups
     r"(?:[ ]?(?:x|ext\.?)[ ]?\d{1,5})?(?!\w|[ .,:-]\d)"
 )
 # A bare run of digits is a phone number only next to a word that says so ("Fax: 9498777106").
-_PHONE_BARE = re.compile(r"(?<![\w+#$€£¥/.-])\d{10,11}(?!\w|[.,:-]\d)")
+_PHONE_BARE = re.compile(r"(?<![\w+#$€£¥〒/.-])(?<!\d:)\d{10,11}(?!\w|[.,:-]\d)")
 _PHONE_CONTEXT = re.compile(
-    r"(?i)\b(?:phone|telephone|tel|mobile|cell|cellphone|fax|call|desk|office|whatsapp|sms|dial|contact)\b"
+    r"(?i)\b(?:phone|telephone|t[eé]l|t[eé]l[eé]phone|telefon[o]?|mobile?|cell|cellphone|fax|call(?:ed|ing)?|desk|office"
+    r"|whatsapp|sms|dial|contact|reach|ring|hotline|landline|voicemail|answering)\b"
 )
 # Numbers right after these words are postcodes, unit numbers or document ids, whatever their shape.
 _NOT_PHONE_CONTEXT = re.compile(
@@ -261,7 +264,7 @@ def _phones(text: str, window_start: int, window_end: int) -> Iterator[Candidate
 
 def _is_phone(text: str, start: int, end: int, pattern: re.Pattern[str]) -> bool:
     value = _EXTENSION.sub("", text[start:end])
-    digits = sum(ch.isdigit() for ch in value)
+    digits = sum(ch.isdigit() for ch in value.removeprefix("00"))  # "00" is the dialling prefix, not the number
     if not (8 if pattern is _PHONE_INTL else 7) <= digits <= 15:
         return False
     if _CURRENCY_BEFORE.search(text, max(0, start - 5), start) or _CURRENCY_AFTER.match(text[end : end + 9]):
@@ -285,10 +288,11 @@ def _is_national_phone(value: str) -> bool:
     groups = re.split(r"[ .()-]+", value.strip("()"))
     if all(len(g) == 4 and g[:2] in ("19", "20") for g in groups):
         return False  # "2019 2020 2021"
-    if re.fullmatch(r"\d{3}-\d{2}-\d{4}|\d{5}-\d{4}", value) or len(set(value) - set(" .()-")) == 1:
-        return False  # SSN-shaped (an invalid SSN is not thereby a phone), ZIP+4, "00 00 00 00"
-    # Dots only as the sole separator and in at least three groups ("03.93.92.16.85"), never "12.50 34.99".
-    return "." not in value or (re.fullmatch(r"[\d.]+", value) is not None and value.count(".") >= 2)
+    if re.fullmatch(r"\d{3}-\d{2}-\d{4}|\d{5}-\d{3,4}", value) or len(set(value) - set(" .()-")) == 1:
+        return False  # SSN-shaped (an invalid SSN is not thereby a phone), ZIP+4, Brazil's CEP, "00 00 00 00"
+    # Dots only alone and thrice or more ("03.93.92.16.85", "(02).4506.1231"), never "12.50 34.99".
+    bare = value.replace("(", "").replace(")", "")
+    return "." not in bare or (re.fullmatch(r"[\d.]+", bare) is not None and bare.count(".") >= 2)
 
 
 def _starts_with_date(value: str) -> bool:

@@ -1,0 +1,181 @@
+"""bench/logging: what the call log costs the gateway, and how fast its writer drains into each store.
+
+1. Gateway throughput at c=32 (wrk on CPU 0 with the nginx upstream, minigate pinned to CPU 1) with
+   the call log off, then on with SQLite, then on with PostgreSQL; redaction and encryption on, and a
+   request that carries PII so the redactor has work. Target: logging on >= 0.9x logging off.
+2. Sustained writer throughput (bench/log_writer.py, pinned to one core): records/s sealed
+   (redacted, encrypted) and stored per store. Target: >= 2,000 records/s.
+
+Writes bench/results/logging.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from overhead import free_port, log, start_upstream
+from overhead_fixtures import JSON_PATH, wrk_script
+from overhead_load import measure
+from overhead_proc import start_server, stop_server
+from overhead_setup import ensure_tools, machine_info, minigate_command
+
+BENCH = Path(__file__).resolve().parent
+KEY = "bench-key"
+PII_BODY = json.dumps({
+    "model": "gpt-4.1",
+    "messages": [
+        {"role": "system", "content": "You are a support agent for ACME. Answer in one paragraph."},
+        {"role": "user", "content": "Hi, I'm Jane (jane.doe@example.com, +1 415 555 0132). My card 4111 1111 1111 "
+                                    "1111 was charged twice for order 88123; please refund to IBAN "
+                                    "GB82 WEST 1234 5698 7654 32. My server 10.20.30.40 got the receipt."},
+    ],
+    "temperature": 0.2,
+})
+_CONFIG = """server: {{host: 127.0.0.1, port: {port}}}
+auth: {{keys: [{{name: bench, key: {key}, role: agent}}]}}
+upstreams: {{nginx: {{kind: openai, base_url: "http://127.0.0.1:{upstream}/v1", api_key: dummy}}}}
+models: {{gpt-4.1: {{upstream: nginx, model: gpt-4.1, tier: frontier}}}}
+routes: {{gpt-4.1: {{default: gpt-4.1}}}}
+logging: {logging}
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per variant")
+    parser.add_argument("--records", type=int, default=20000, help="records per writer-throughput run")
+    parser.add_argument("--postgres", default=os.environ.get("MINIGATE_TEST_POSTGRES_URL",
+                                                             "postgresql://postgres@127.0.0.1:5432/test"))
+    return parser.parse_args(argv)
+
+
+def log_key() -> str:
+    sys.path.insert(0, str(BENCH.parent))
+    from minigate.logger.crypto import generate_key
+
+    return generate_key()
+
+
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def fresh_database(admin_url: str) -> str | None:
+    name = f"minigate_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # no server: the PostgreSQL rows are left out, and said so
+        log(f"PostgreSQL unavailable ({type(exc).__name__}: {exc}); its rows are skipped")
+        return None
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def variants(workdir: Path, key: str, postgres: str | None) -> dict[str, str]:
+    """Variant name -> the YAML of its logging section."""
+    found = {
+        "off": "{enabled: false}",
+        "sqlite": f'{{store: "sqlite:///{workdir}/calls.db", encryption_key: "{key}"}}',
+    }
+    if postgres:
+        found["postgresql"] = f'{{store: "{postgres}", spool: "{workdir}/pg.spool", encryption_key: "{key}"}}'
+    return found
+
+
+def gateway_run(name: str, logging: str, upstream: int, workdir: Path, wrk: str, duration: int) -> dict[str, object]:
+    minigate = minigate_command()
+    assert minigate is not None, "run scripts/setup first: .venv/bin/minigate is missing"
+    port = free_port()
+    config = workdir / f"{name}.yaml"
+    config.write_text(_CONFIG.format(port=port, key=KEY, upstream=upstream, logging=logging))
+    command = ["taskset", "-c", "1", str(minigate), "serve", "--config", str(config), "--log-level", "warning"]
+    server = start_server(name, command, port, (JSON_PATH, PII_BODY, KEY), workdir / f"{name}.log", dict(os.environ), 60)
+    try:
+        script = workdir / "pii.lua"
+        script.write_text(wrk_script(PII_BODY, KEY))
+        url = f"http://127.0.0.1:{port}{JSON_PATH}"
+        measure(server, wrk, url, script, "json", 32, 2, 0)  # warm-up
+        result = measure(server, wrk, url, script, "json", 32, duration, 1)
+    finally:
+        stop_server(server)
+    log(f"  {name:<10} {result.requests_per_s:8.0f} req/s  {result.cpu_ms_per_request:.3f} CPU ms/req  errors {result.errors}")
+    return {"requests_per_s": result.requests_per_s, "cpu_ms_per_request": result.cpu_ms_per_request,
+            "p50_ms": result.latency_ms.get("p50"), "p99_ms": result.latency_ms.get("p99"), "errors": result.errors}
+
+
+def writer_run(store: str, spool: Path, key: str, records: int) -> dict[str, object]:
+    command = ["taskset", "-c", "1", sys.executable, str(BENCH / "log_writer.py"), "--store", store,
+               "--spool", str(spool), "--key", key, "--records", str(records)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    figures: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    log(f"  writer -> {store.split('://')[0]:<10} {figures['records_per_s']:8.0f} records/s")
+    return figures
+
+
+def report(gateway: dict[str, dict[str, object]], writer: dict[str, dict[str, object]]) -> None:
+    off = float(str(gateway["off"]["requests_per_s"]))
+    print("\ngateway at c=32 (PII request; redaction + encryption on)")
+    print(f"{'logging':<12}{'req/s':>10}{'vs off':>9}{'CPU ms/req':>12}{'p99 ms':>9}  target >= 0.90x")
+    for name, row in gateway.items():
+        ratio = float(str(row["requests_per_s"])) / off
+        verdict = "" if name == "off" else ("PASS" if ratio >= 0.9 else "FAIL")
+        print(f"{name:<12}{float(str(row['requests_per_s'])):>10.0f}{ratio:>8.2f}x"
+              f"{float(str(row['cpu_ms_per_request'])):>12.3f}{float(str(row['p99_ms'])):>9.2f}  {verdict}")
+    print("\nwriter, one core (seal = usage + redact + encrypt, then store)")
+    print(f"{'store':<12}{'records':>9}{'records/s':>11}  target >= 2000")
+    for name, row in writer.items():
+        rate = float(str(row["records_per_s"]))
+        print(f"{name:<12}{row['records']:>9}{rate:>11.0f}  {'PASS' if rate >= 2000 else 'FAIL'}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    tools = ensure_tools()
+    key = log_key()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        postgres = fresh_database(args.postgres)
+        upstream = start_upstream(tools["nginx"], workdir)
+        try:
+            log("gateway throughput, c=32")
+            gateway = {name: gateway_run(name, logging, upstream.port, workdir, tools["wrk"], args.duration)
+                       for name, logging in variants(workdir, key, postgres).items()}
+        finally:
+            stop_server(upstream)
+        log("writer throughput")
+        stores = {"sqlite": f"sqlite:///{workdir}/writer.db"}
+        writer_db = fresh_database(args.postgres)
+        if writer_db:
+            stores["postgresql"] = writer_db
+        writer = {name: writer_run(url, workdir / f"{name}-writer.spool", key, args.records)
+                  for name, url in stores.items()}
+        for url in (postgres, writer_db):
+            if url:
+                asyncio.run(_admin(args.postgres, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    report(gateway, writer)
+    results = {"benchmark": "logging", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+               "duration_s": args.duration, "gateway_c32": gateway, "writer": writer}
+    out = BENCH / "results" / "logging.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
