@@ -73,6 +73,7 @@ def test_phones(text: str, value: str) -> None:
         "released on 2024-01-15",
         "on 2024-01-15 10:30:00",
         "at 2024-01-15T10:30:00Z",
+        "at 1980-04-19T14:17:44.448570",
         "due 15.01.2024 or 01/15/2024",
         "order ORD-2024-118823 shipped",
         "invoice #123-4567-890",
@@ -81,7 +82,8 @@ def test_phones(text: str, value: str) -> None:
         "12 500 EUR",
         "between 2019 2020 2021",
         "a batch of 4155550100 items",  # a bare digit run needs a phone word nearby
-        "ZIP+4 12101-0001",
+        "ZIP+4 12101-0001, CEP 36926-252",
+        "postcode 00597-793",
         "Suite 541 6343 Skogstien",
         "Pi is 3.14159265",
         "prices 12.50 34.99",
