@@ -19,6 +19,7 @@ from minigate.gateway.errors import error_body, error_response
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.protocol import parse_chat_request
 from minigate.gateway.runtime import RuntimeHolder
+from minigate.gateway.usage_stream import UsageStripper
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
 from minigate.router.decision import Decision, decide
@@ -68,9 +69,13 @@ class ChatEndpoint:
             call.decision = decide(runtime.config.routes, runtime.targets, chat.model)
             headers.update(_decision_headers(call.decision))
             client = runtime.pool[call.decision.target.upstream]
-            reply = await client.chat(chat.with_model(call.decision.target.upstream_model))
+            strip_usage = chat.stream and not chat.wants_usage
+            upstream_model = call.decision.target.upstream_model
+            body = chat.with_usage(upstream_model) if strip_usage else chat.with_model(upstream_model)
+            reply = await client.chat(body)
             if chat.stream and reply.status == 200:
-                return StreamingResponse(self._relay(reply, call), headers=_merge(reply, headers))
+                stripper = UsageStripper() if strip_usage else None
+                return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply, headers))
             return await self._complete(reply, call, headers)
         except RequestError as exc:
             if isinstance(exc, UpstreamError):
@@ -91,19 +96,25 @@ class ChatEndpoint:
         self._finish(call, reply.status, content)
         return Response(content, reply.status, headers=_merge(reply, headers))
 
-    async def _relay(self, reply: UpstreamReply, call: _Call) -> AsyncIterator[bytes]:
+    async def _relay(self, reply: UpstreamReply, call: _Call, stripper: UsageStripper | None) -> AsyncIterator[bytes]:
         status = _CLIENT_CLOSED
-        relayed: list[bytes] = []
+        relayed: list[bytes] = []  # as the upstream sent them, usage included, for the call record
         try:
             async for chunk in reply.chunks():
                 relayed.append(chunk)
-                yield chunk
+                out = stripper.feed(chunk) if stripper else chunk
+                if out:
+                    yield out
+            if stripper and (rest := stripper.flush()):
+                yield rest
             status = 200
         except UpstreamError as exc:
             # Headers are gone already: the failure can only travel as an SSE event the SDKs understand.
             status = exc.status
             self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
-            event = b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
+            # A cut can fall mid-event: end what the client holds so the error parses as its own event.
+            partial = stripper is None and bool(relayed) and not relayed[-1].endswith(b"\n\n")
+            event = (b"\n\n" if partial else b"") + b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
             relayed.append(event)
             yield event
         finally:

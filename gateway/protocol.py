@@ -28,6 +28,17 @@ class ChatRequest:
     model: str
     stream: bool
 
+    @property
+    def wants_usage(self) -> bool:
+        options = self.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+    def with_usage(self, upstream_model: str) -> bytes:
+        """The body with `model` replaced and `stream_options.include_usage` set (see usage_stream)."""
+        options = self.body.get("stream_options")
+        options = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+        return orjson.dumps({**self.body, "model": upstream_model, "stream_options": options})
+
     def with_model(self, upstream_model: str) -> bytes:
         """The body with `model` replaced, every other byte as the client sent it.
 

@@ -70,8 +70,7 @@ def test_payloads_are_redacted_then_encrypted(upstream: ScriptedUpstream, tmp_pa
         plain = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json={
             "model": "gpt-4.1", "user": "customer-42", "messages": [{"role": "user", "content": secret}]})
         streamed = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json={
-            "model": "cheap", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "hello"}]})
+            "model": "cheap", "stream": True, "messages": [{"role": "user", "content": "hello"}]})
     cipher = PayloadCipher(key)
     rows = {row[0]: row[1:] for row in fetch(
         store_url, "SELECT request_id, client_id, request_payload, response_payload, input_tokens FROM calls")}

@@ -118,8 +118,9 @@ def test_body_reaches_client_byte_identical(gateway: RunningGateway, upstream: S
 
 def test_stream_reaches_client_byte_identical(gateway: RunningGateway, upstream: ScriptedUpstream) -> None:
     upstream.script(reply="a streamed reply in several chunks")
-    with httpx.stream("POST", f"{gateway.v1}/chat/completions",
-                      json={"model": "gpt-4.1", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    body = {"model": "gpt-4.1", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "x"}]}
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", json=body,
                       headers={"authorization": f"Bearer {AGENT_KEY}"}) as response:
         received = b"".join(response.iter_bytes())
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -144,3 +145,18 @@ def test_upstream_headers_pass_through(gateway: RunningGateway, upstream: Script
         model="gpt-4.1", messages=[{"role": "user", "content": "hi"}]
     )
     assert raw.headers["x-request-id"] == "req_up_1" and raw.headers["openai-processing-ms"] == "12"
+
+
+def test_usage_is_asked_upstream_and_hidden_from_clients_that_did_not_ask(
+    gateway: RunningGateway, upstream: ScriptedUpstream
+) -> None:
+    upstream.script(reply="one two three")
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions",
+                      json={"model": "gpt-4.1", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+                      headers={"authorization": f"Bearer {AGENT_KEY}"}) as response:
+        received = b"".join(response.iter_bytes())
+    assert upstream.requests[-1].json()["stream_options"] == {"include_usage": True}
+    assert b'"usage"' in upstream.sent[-1] and b'"usage"' not in received
+    events = [orjson.loads(line[6:]) for line in received.split(b"\n\n") if line.startswith(b"data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == "one two three"
+    assert all(e["choices"] for e in events) and received.endswith(b"data: [DONE]\n\n")
