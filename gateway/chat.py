@@ -43,6 +43,8 @@ class _Call:
     stream: bool = False
     body: bytes | None = None
     user: str | None = None
+    first_byte: float | None = None  # perf_counter when the reply's first byte went to the client
+    attempt: dict[str, object] | None = None
 
 
 class ChatEndpoint:
@@ -72,7 +74,13 @@ class ChatEndpoint:
             strip_usage = chat.stream and not chat.wants_usage
             upstream_model = call.decision.target.upstream_model
             body = chat.with_usage(upstream_model) if strip_usage else chat.with_model(upstream_model)
-            reply = await client.chat(body)
+            sent_at = time.perf_counter()
+            try:
+                reply = await client.chat(body)
+            except UpstreamError as exc:
+                call.attempt = _attempt(call.decision, None, sent_at, exc.kind)
+                raise
+            call.attempt = _attempt(call.decision, reply.status, sent_at, None)
             if chat.stream and reply.status == 200:
                 stripper = UsageStripper() if strip_usage else None
                 return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply, headers))
@@ -86,6 +94,7 @@ class ChatEndpoint:
 
     async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str]) -> Response:
         content = await reply.read()
+        call.first_byte = time.perf_counter()
         if reply.status >= 500:
             excerpt = content[:300].decode("utf-8", "replace")
             raise UpstreamUnavailable(
@@ -104,6 +113,7 @@ class ChatEndpoint:
                 relayed.append(chunk)
                 out = stripper.feed(chunk) if stripper else chunk
                 if out:
+                    call.first_byte = call.first_byte or time.perf_counter()
                     yield out
             if stripper and (rest := stripper.flush()):
                 yield rest
@@ -112,6 +122,8 @@ class ChatEndpoint:
             # Headers are gone already: the failure can only travel as an SSE event the SDKs understand.
             status = exc.status
             self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
+            if call.attempt is not None:
+                call.attempt["error"] = exc.kind
             # A cut can fall mid-event: end what the client holds so the error parses as its own event.
             partial = stripper is None and bool(relayed) and not relayed[-1].endswith(b"\n\n")
             event = (b"\n\n" if partial else b"") + b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
@@ -133,6 +145,8 @@ class ChatEndpoint:
             CallRecord(
                 call.request_id, call.started_at, call.key_name, decision.route, target.name, target.tier,
                 _UNKNOWN_TASK, decision.rule, target.upstream, status, elapsed, call.stream,
+                ttft_s=None if call.first_byte is None else call.first_byte - call.started,
+                attempts=None if call.attempt is None else [call.attempt],
                 request_body=call.body, user=call.user, reply=reply, chunks=chunks,
             )
         )
@@ -160,6 +174,13 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
         f"The request body ({size} bytes) exceeds this gateway's limit of {limit} bytes; "
         "send a smaller request or raise server.max_body_bytes."
     )
+
+
+def _attempt(decision: Decision, status: int | None, sent_at: float, error: str | None) -> dict[str, object]:
+    """One upstream call as the record keeps it (its latency is to the reply's headers)."""
+    target = decision.target
+    return {"upstream": target.upstream, "model": target.upstream_model, "status": status,
+            "latency_s": round(time.perf_counter() - sent_at, 6), "error": error}
 
 
 def _decision_headers(decision: Decision) -> dict[str, str]:

@@ -55,6 +55,10 @@ MIGRATIONS: dict[Dialect, list[str]] = {
             detail   TEXT NOT NULL
         );
         """,
+        """
+        ALTER TABLE calls ADD COLUMN ttft_s REAL;
+        ALTER TABLE calls ADD COLUMN attempts TEXT;
+        """,
     ],
     "postgresql": [
         """
@@ -89,6 +93,10 @@ MIGRATIONS: dict[Dialect, list[str]] = {
             action   TEXT NOT NULL,
             detail   TEXT NOT NULL
         );
+        """,
+        """
+        ALTER TABLE calls ADD COLUMN ttft_s DOUBLE PRECISION;
+        ALTER TABLE calls ADD COLUMN attempts JSONB;
         """,
     ],
 }

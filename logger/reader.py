@@ -30,6 +30,8 @@ class CallReader:
     async def page(self, query: CallQuery, *, payloads: bool, actor: str) -> tuple[list[dict[str, Any]], str | None]:
         """One page and the cursor of the next (None on the last page)."""
         rows = await self.store.read(query, payloads=payloads)
+        for row in rows:  # stored as JSON text (SQLite) or jsonb (PostgreSQL); both drivers hand back text
+            row["attempts"] = orjson.loads(row["attempts"]) if row["attempts"] else None
         if payloads:
             await anyio.to_thread.run_sync(self._open, rows)
             if rows:

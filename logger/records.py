@@ -25,9 +25,11 @@ class CallRecord:
     task: str
     rule: str
     upstream: str
-    status: int
+    status: int  # what the client got
     latency_s: float
     stream: bool
+    ttft_s: float | None = None  # time to the first byte of the reply relayed to the client
+    attempts: list[dict[str, object]] | None = None  # each upstream call: upstream, model, status, latency_s, error
     # Raw material the writer turns into payloads, off the request path (no copies: the bytes the
     # gateway already holds).
     request_body: bytes | None = None
@@ -47,7 +49,7 @@ _BYTES_FIELDS = ("request_payload", "response_payload")
 
 def record_to_bytes(record: CallRecord) -> bytes:
     """A sealed record as one spool entry (raw material is gone by then; payloads are base64)."""
-    values = {name: getattr(record, name) for name in CallRecord.__slots__}
+    values = {name: getattr(record, name) for name in CallRecord.__slots__}  # attempts: plain JSON values
     for name in _BYTES_FIELDS:
         if values[name] is not None:
             values[name] = base64.b64encode(values[name]).decode()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
 from minigate.logger.migrations import MIGRATIONS
 from minigate.logger.query import CallQuery
@@ -22,8 +23,9 @@ __all__ = ["SQLiteStore"]
 
 _INSERT = (
     "INSERT OR IGNORE INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
-    " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
+    " ttft_s, attempts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -82,12 +84,16 @@ class SQLiteStore:
         rows = [
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens, r.client_id,
-             r.request_payload, r.response_payload)
+             r.request_payload, r.response_payload, r.ttft_s, _json(r.attempts))
             for r in records
         ]
         with self._lock, self._db:  # commits, or rolls back on error
             self._db.execute("BEGIN")
             self._db.executemany(_INSERT, rows)
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -37,11 +37,13 @@ def test_records_match_responses_and_survive_shutdown(upstream: ScriptedUpstream
         seen[failed.headers["x-minigate-request-id"]] = failed.status_code
     # The flush interval (5 s) had not passed: these rows were written by the shutdown drain.
     rows = fetch(store_url, "SELECT request_id, status, route, model, tier, key_name, stream, input_tokens,"
-                            " output_tokens FROM calls")
+                            " output_tokens, attempts FROM calls")
     assert {row[0]: row[1] for row in rows} == seen
     by_id = {row[0]: row for row in rows}
     failed_row = by_id[failed.headers["x-minigate-request-id"]]
     assert failed_row[1:6] == (502, "cheap", "mini", "miniature", "agents")
+    [attempt] = orjson.loads(failed_row[9])
+    assert attempt["upstream"] == "scripted" and attempt["status"] == 500 and attempt["latency_s"] > 0
     non_streamed_ok = [row for row in rows if row[1] == 200 and not row[6]]
     assert non_streamed_ok and all(row[7] and row[8] for row in non_streamed_ok)
 

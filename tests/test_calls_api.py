@@ -45,6 +45,9 @@ def test_reads_behind_roles(upstream: ScriptedUpstream, tmp_path: Path, store_ur
         assert [row["request_id"] for row in pages] == sent and third["next_cursor"] is None
         assert "request" not in pages[0] and "request_payload" not in pages[0]
         assert pages[0]["key_name"] == "agents" and pages[0]["tier"] == "miniature"
+        assert 0 < pages[0]["ttft_s"] <= pages[0]["latency_s"]
+        [attempt] = pages[0]["attempts"]
+        assert attempt["upstream"] == "scripted" and attempt["model"] == "mini-lora" and attempt["status"] == 200
 
         routed = httpx.get(url, headers=bearer(ANALYST_KEY), params={"route": "gpt-4.1"}).json()["data"]
         assert [row["request_id"] for row in routed] == sent[3:]
