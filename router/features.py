@@ -1,0 +1,223 @@
+"""Cheap request features: what the router knows about a chat request before choosing a model.
+
+One pass over the parsed request, no model and no I/O, so it can run on every request. Text signals
+look only at user turns (the system prompt is the agent's, the same for every call of a task); the
+last user turn gets the intent and cue checks, because that is what the model must answer now.
+
+The five complexity factors of the EffGen-style router are named features too: `length`,
+`reasoning`, `specialisation`, `multi_step` and `output_constraints`, each in [0, 1].
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["FEATURE_NAMES", "Features", "estimate_tokens", "extract_features"]
+
+# Words, runs of digits, and single punctuation marks approximate BPE tokens; long words split further.
+_TOKENS = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]{1,2}")
+_REASONING = re.compile(
+    r"\b(step[- ]by[- ]step|prove|proof|derive|why\b|explain why|reason(?:ing)?|justify|analy[sz]e|compare"
+    r"|trade-?offs?|pros and cons|think (?:carefully|through))",
+    re.IGNORECASE,
+)
+_MATH = re.compile(r"\$[^$\n]+\$|\\(?:frac|sum|int|sqrt|begin\{)|\b\d+\s*[-+*/^=]\s*\d+|[∑∫√≤≥≠∞π]")
+_CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction \w+\(|#include\b|\bSELECT\b.+\bFROM\b|=>|;\s*$",
+                   re.MULTILINE)
+_QUESTION = re.compile(r"\?")
+_IMPERATIVE = re.compile(
+    r"(?:^|[.!?;]\s+|\band (?:then )?|\balso )(?:please )?(write|list|give|find|summari[sz]e|translate|explain|"
+    r"create|make|draft|fix|compare|describe|tell|show|calculate|generate|rewrite|check)\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CORRECTION = re.compile(
+    r"^\s*(no\b|nope\b|wrong\b|that'?s (?:not|wrong|incorrect)|not what I|I said\b|I meant\b|actually\b|"
+    r"you (?:misunderstood|forgot|missed)|try again|again,|that is incorrect|incorrect\b)",
+    re.IGNORECASE,
+)
+_STEPS = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+|\b(first(?:ly)?|then|next|after that|finally|step \d+)\b",
+                    re.IGNORECASE | re.MULTILINE)
+_DOMAINS = re.compile(
+    r"\b(diagnos\w*|symptom\w*|dosage|clinical|patient|statute|contract|liabilit\w*|plaintiff|tort|"
+    r"theorem|lemma|eigen\w*|integral|derivative|regression|p-value|quantum|molecul\w*|enzyme|"
+    r"portfolio|amorti[sz]\w*|derivatives?|ebitda|tax\w*|kubernetes|compiler|concurrency|cryptograph\w*)\b",
+    re.IGNORECASE,
+)
+
+FEATURE_NAMES = (
+    "prompt_tokens", "turns", "messages", "tools", "tool_results", "images", "audio", "code", "math",
+    "reasoning_cues", "intents", "multiple_intents", "corrections", "max_tokens", "schema_depth", "json_output",
+    "non_latin", "length", "reasoning", "specialisation", "multi_step", "output_constraints",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """The features of one request; rules refer to them by these names (see FEATURE_NAMES)."""
+
+    prompt_tokens: int
+    turns: int  # user messages
+    messages: int
+    tools: int
+    tool_results: int
+    images: int
+    audio: int
+    code: bool
+    math: bool
+    reasoning_cues: int  # in the last user turn
+    intents: int  # questions and imperatives in the last user turn
+    multiple_intents: bool
+    corrections: int  # user turns that contradict or re-ask after an assistant turn
+    max_tokens: int | None
+    schema_depth: int  # nesting depth of the requested json_schema (0: none)
+    json_output: bool
+    non_latin: float  # share of letters outside Latin script in user text: a language signal
+    length: float
+    reasoning: float
+    specialisation: float
+    multi_step: float
+    output_constraints: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_tokens(text: str) -> int:
+    """A BPE token estimate within ~10% on English prose and code, without a tokenizer."""
+    pieces = _TOKENS.findall(text)
+    long_words = sum(len(p) // 7 for p in pieces if len(p) > 7)
+    return len(pieces) + long_words
+
+
+def extract_features(body: Mapping[str, Any]) -> Features:
+    """Features of a parsed chat completions request (unknown shapes count as absent, never raise)."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, Mapping)]
+    scan = _Scan()
+    for message in messages:
+        scan.add(message)
+    last = scan.last_user
+    intents = len(_QUESTION.findall(last)) + len(_IMPERATIVE.findall(last))
+    cues = len(_REASONING.findall(last))
+    steps = len(_STEPS.findall(last))
+    domain_hits = len(_DOMAINS.findall(scan.user_text))
+    depth = _schema_depth(body.get("response_format"))
+    json_output = _is_json_output(body.get("response_format"))
+    max_tokens = _max_tokens(body)
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    return Features(
+        prompt_tokens=scan.tokens,
+        turns=scan.turns,
+        messages=len(messages),
+        tools=len(tools),
+        tool_results=scan.tool_results,
+        images=scan.images,
+        audio=scan.audio,
+        code=bool(_CODE.search(scan.user_text)),
+        math=bool(_MATH.search(scan.user_text)),
+        reasoning_cues=cues,
+        intents=intents,
+        multiple_intents=intents >= 2,
+        corrections=scan.corrections,
+        max_tokens=max_tokens,
+        schema_depth=depth,
+        json_output=json_output,
+        non_latin=scan.non_latin_share(),
+        length=min(1.0, scan.tokens / 4000),
+        reasoning=min(1.0, cues / 2 + (0.5 if _MATH.search(last) else 0.0)),
+        specialisation=min(1.0, domain_hits / 3),
+        multi_step=min(1.0, max(steps, intents - 1) / 4),
+        output_constraints=min(1.0, depth / 4 + (0.25 if json_output else 0) + 0.25 * min(len(tools), 4) / 4),
+    )
+
+
+class _Scan:
+    """Accumulates per-message counts in the single pass over the conversation."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.turns = 0
+        self.tool_results = 0
+        self.images = 0
+        self.audio = 0
+        self.corrections = 0
+        self.last_user = ""
+        self._user_parts: list[str] = []
+        self._after_assistant = False
+
+    def add(self, message: Mapping[str, Any]) -> None:
+        role = message.get("role")
+        text = self._text(message.get("content"))
+        self.tokens += estimate_tokens(text) + 4  # per-message framing, as chat templates add
+        if role == "user":
+            self.turns += 1
+            self.last_user = text
+            self._user_parts.append(text)
+            if self._after_assistant and _CORRECTION.search(text):
+                self.corrections += 1
+        elif role == "tool":
+            self.tool_results += 1
+        self._after_assistant = role == "assistant"
+        for call in message.get("tool_calls") or []:
+            if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
+                self.tokens += estimate_tokens(str(call["function"].get("arguments") or ""))
+
+    def _text(self, content: Any) -> str:
+        if isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            return ""
+        texts = []
+        for part in content:
+            if not isinstance(part, Mapping):
+                continue
+            kind = part.get("type")
+            if kind in ("image_url", "image", "input_image"):
+                self.images += 1
+            elif kind in ("input_audio", "audio"):
+                self.audio += 1
+            elif isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        return "\n".join(texts)
+
+    @property
+    def user_text(self) -> str:
+        return "\n".join(self._user_parts)
+
+    def non_latin_share(self) -> float:
+        letters = [c for c in self.user_text if c.isalpha()]
+        if not letters:
+            return 0.0
+        return sum(1 for c in letters if ord(c) > 0x24F) / len(letters)
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _is_json_output(response_format: Any) -> bool:
+    return isinstance(response_format, Mapping) and response_format.get("type") in ("json_object", "json_schema")
+
+
+def _schema_depth(response_format: Any) -> int:
+    if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
+        return 0
+    spec = response_format.get("json_schema")
+    return _depth(spec.get("schema")) if isinstance(spec, Mapping) else 0
+
+
+def _depth(node: Any, level: int = 0) -> int:
+    """Nesting depth of objects and arrays in a JSON schema (an object of scalars is depth 1)."""
+    if level > 32 or not isinstance(node, Mapping):
+        return level
+    children = []
+    if isinstance(node.get("properties"), Mapping):
+        children.extend(node["properties"].values())
+    if isinstance(node.get("items"), Mapping):
+        children.append(node["items"])
+    if not children:
+        return level + 1 if node.get("type") in ("object", "array") else level
+    return max(_depth(child, level + 1) for child in children)
