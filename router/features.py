@@ -1,8 +1,9 @@
 """Cheap request features: what the router knows about a chat request before choosing a model.
 
 One pass over the parsed request, no model and no I/O, so it can run on every request. Text signals
-look only at user turns (the system prompt is the agent's, the same for every call of a task); the
-last user turn gets the intent and cue checks, because that is what the model must answer now.
+look only at the last user turn (the system prompt is the agent's, the same for every call of a task,
+and the last turn is what the model must answer now), and at most its last `_SCAN_CHARS` characters,
+so their cost doesn't grow with the conversation; only the token estimate reads everything.
 
 The five complexity factors of the EffGen-style router are named features too: `length`,
 `reasoning`, `specialisation`, `multi_step` and `output_constraints`, each in [0, 1].
@@ -28,6 +29,9 @@ _MATH = re.compile(r"\$[^$\n]+\$|\\(?:frac|sum|int|sqrt|begin\{)|\b\d+\s*[-+*/^=
 _CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction \w+\(|#include\b|\bSELECT\b.+\bFROM\b|=>|;\s*$",
                    re.MULTILINE)
 _QUESTION = re.compile(r"\?")
+_NON_LATIN = re.compile(r"[^\W\d_\u0000-\u024F]")
+_LETTERS = re.compile(r"[^\W\d_]")
+_SCAN_CHARS = 4000
 _IMPERATIVE = re.compile(
     r"(?:^|[.!?;]\s+|\band (?:then )?|\balso )(?:please )?(write|list|give|find|summari[sz]e|translate|explain|"
     r"create|make|draft|fix|compare|describe|tell|show|calculate|generate|rewrite|check)\b",
@@ -74,7 +78,7 @@ class Features:
     max_tokens: int | None
     schema_depth: int  # nesting depth of the requested json_schema (0: none)
     json_output: bool
-    non_latin: float  # share of letters outside Latin script in user text: a language signal
+    non_latin: float  # share of letters outside the Latin script in the last user turn
     length: float
     reasoning: float
     specialisation: float
@@ -98,15 +102,16 @@ def extract_features(body: Mapping[str, Any]) -> Features:
     scan = _Scan()
     for message in messages:
         scan.add(message)
-    last = scan.last_user
+    last = scan.last_user[-_SCAN_CHARS:]
     intents = len(_QUESTION.findall(last)) + len(_IMPERATIVE.findall(last))
     cues = len(_REASONING.findall(last))
     steps = len(_STEPS.findall(last))
-    domain_hits = len(_DOMAINS.findall(scan.user_text))
+    domain_hits = len(_DOMAINS.findall(last))
     depth = _schema_depth(body.get("response_format"))
     json_output = _is_json_output(body.get("response_format"))
     max_tokens = _max_tokens(body)
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    offered = body.get("tools")
+    tools: list[Any] = offered if isinstance(offered, list) else []
     return Features(
         prompt_tokens=scan.tokens,
         turns=scan.turns,
@@ -115,8 +120,8 @@ def extract_features(body: Mapping[str, Any]) -> Features:
         tool_results=scan.tool_results,
         images=scan.images,
         audio=scan.audio,
-        code=bool(_CODE.search(scan.user_text)),
-        math=bool(_MATH.search(scan.user_text)),
+        code=bool(_CODE.search(last)),
+        math=bool(_MATH.search(last)),
         reasoning_cues=cues,
         intents=intents,
         multiple_intents=intents >= 2,
@@ -124,7 +129,7 @@ def extract_features(body: Mapping[str, Any]) -> Features:
         max_tokens=max_tokens,
         schema_depth=depth,
         json_output=json_output,
-        non_latin=scan.non_latin_share(),
+        non_latin=_non_latin_share(last),
         length=min(1.0, scan.tokens / 4000),
         reasoning=min(1.0, cues / 2 + (0.5 if _MATH.search(last) else 0.0)),
         specialisation=min(1.0, domain_hits / 3),
@@ -144,7 +149,6 @@ class _Scan:
         self.audio = 0
         self.corrections = 0
         self.last_user = ""
-        self._user_parts: list[str] = []
         self._after_assistant = False
 
     def add(self, message: Mapping[str, Any]) -> None:
@@ -154,7 +158,6 @@ class _Scan:
         if role == "user":
             self.turns += 1
             self.last_user = text
-            self._user_parts.append(text)
             if self._after_assistant and _CORRECTION.search(text):
                 self.corrections += 1
         elif role == "tool":
@@ -182,15 +185,12 @@ class _Scan:
                 texts.append(part["text"])
         return "\n".join(texts)
 
-    @property
-    def user_text(self) -> str:
-        return "\n".join(self._user_parts)
 
-    def non_latin_share(self) -> float:
-        letters = [c for c in self.user_text if c.isalpha()]
-        if not letters:
-            return 0.0
-        return sum(1 for c in letters if ord(c) > 0x24F) / len(letters)
+
+def _non_latin_share(text: str) -> float:
+    """Share of letters outside the Latin script: a cheap language signal."""
+    letters = len(_LETTERS.findall(text))
+    return len(_NON_LATIN.findall(text)) / letters if letters else 0.0
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:

@@ -45,7 +45,7 @@ def test_complexity_signals() -> None:
             {"role": "system", "content": "You are a helpful assistant. Why? Because."},
             user("Compute 12 * 7 for the invoice."),
             {"role": "assistant", "content": "It is 74."},
-            user("No, that's wrong. Explain why step by step, then list the taxes and also translate it to French. "
+            user("No, that's wrong: 12 * 7 = 84. Explain why step by step, then list the taxes and also translate it. "
                  "What about the contract liability? ```python\ndef f(x): return x\n```"),
             {"role": "tool", "content": "{}", "tool_call_id": "c1"},
         ],

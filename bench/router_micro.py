@@ -1,0 +1,65 @@
+"""bench/router_micro: time to compute a request's features (rule evaluation joins when rules land).
+
+Conversations of about 200, 2k and 20k tokens, built from BANKING77 questions when ../shared/data is
+there (else a fixed sentence); p50 and p99 over many runs. Targets: p50 <= 50 us, 200 us, 2 ms.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from minigate.router.features import estimate_tokens, extract_features
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
+TARGETS_US = {200: 50.0, 2000: 200.0, 20000: 2000.0}
+
+
+def sentences() -> list[str]:
+    if DATA.is_file():
+        with DATA.open() as handle:
+            return [row[0] for row in list(csv.reader(handle))[1:]]
+    return ["Why has my card payment been declined twice at the same shop?"]
+
+
+def conversation(tokens: int, pool: list[str]) -> dict[str, object]:
+    messages: list[dict[str, str]] = [{"role": "system", "content": "You are a bank's support agent."}]
+    i = 0
+    while sum(estimate_tokens(m["content"]) for m in messages) < tokens:
+        messages.append({"role": "user" if len(messages) % 2 else "assistant", "content": " ".join(pool[i:i + 5])})
+        i += 5
+    return {"model": "gpt-4.1", "messages": messages}
+
+
+def timings_us(body: dict[str, object], runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter_ns()
+        extract_features(body)
+        samples.append((time.perf_counter_ns() - started) / 1000)
+    return sorted(samples)
+
+
+def main() -> int:
+    pool = sentences()
+    rows = []
+    print(f"{'conversation':>14}{'messages':>10}{'p50 us':>10}{'p99 us':>10}{'target p50':>12}  result")
+    for tokens, target in TARGETS_US.items():
+        body = conversation(tokens, pool)
+        samples = timings_us(body, 2000 if tokens < 20000 else 300)
+        p50, p99 = statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+        verdict = "PASS" if p50 <= target else "FAIL"
+        print(f"{tokens:>9} tok.{len(body['messages']):>10}{p50:>10.1f}{p99:>10.1f}{target:>12.0f}  {verdict}")  # type: ignore[arg-type]
+        rows.append({"tokens": tokens, "p50_us": p50, "p99_us": p99, "target_p50_us": target})
+    out = Path(__file__).resolve().parent / "results" / "router_micro.json"
+    out.write_text(json.dumps({"benchmark": "router_micro", "stage": "features", "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
