@@ -22,7 +22,8 @@ AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 
 def test_records_match_responses_and_survive_shutdown(upstream: ScriptedUpstream, tmp_path: Path,
                                                       store_url: str) -> None:
-    config = gateway_config(upstream.base_url, logging={"store": store_url, "flush_interval_s": 5})
+    config = gateway_config(upstream.base_url, logging={"store": store_url, "flush_interval_s": 5,
+                                                        "spool": str(tmp_path / "spool")})
     path = write_config(tmp_path / "minigate.yaml", config)
     seen: dict[str, int] = {}
     with run_gateway(path) as gateway:
