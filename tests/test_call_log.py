@@ -65,7 +65,8 @@ def test_log_metrics_are_exported(upstream: ScriptedUpstream, tmp_path: Path) ->
 
 def test_payloads_are_redacted_then_encrypted(upstream: ScriptedUpstream, tmp_path: Path, store_url: str) -> None:
     key = generate_key()
-    config = gateway_config(upstream.base_url, logging={"store": store_url, "encryption_key": key})
+    config = gateway_config(upstream.base_url, logging={"store": store_url, "encryption_key": key,
+                                                                 "spool": str(tmp_path / "spool")})
     path = write_config(tmp_path / "minigate.yaml", config)
     secret = "Refund jane.doe@example.com, card 4111 1111 1111 1111, and ping jane.doe@example.com again"
     upstream.enqueue(Script(reply="Done for jane.doe@example.com"))
