@@ -68,7 +68,7 @@ class ChatEndpoint:
             call.stream, call.body = chat.stream, chat.raw
             user = chat.body.get("user")
             call.user = user if isinstance(user, str) else None
-            call.decision = decide(runtime.config.routes, runtime.targets, chat.model)
+            call.decision = decide(runtime.config.routes, runtime.targets, chat.model, chat.body, request.headers)
             headers.update(_decision_headers(call.decision))
             client = runtime.pool[call.decision.target.upstream]
             strip_usage = chat.stream and not chat.wants_usage

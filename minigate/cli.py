@@ -66,6 +66,8 @@ def check(config: Annotated[Path, typer.Argument(help="Config file to validate."
     console = Console()
     console.print(_upstreams_table(cfg))
     console.print(_routes_table(cfg))
+    if any(route.rules for route in cfg.routes.values()):
+        console.print(_rules_table(cfg))
     console.print(f"[green]{config}: valid[/]")
 
 
@@ -134,6 +136,19 @@ def _upstreams_table(cfg: Config) -> Table:
     for name, spec in cfg.upstreams.items():
         where = spec.base_url if spec.kind != "llamacpp" else str(spec.path or f"{spec.model} (bundled GGUF)")
         table.add_row(name, spec.kind, where)
+    return table
+
+
+def _rules_table(cfg: Config) -> Table:
+    import orjson
+
+    table = Table(title="rules (first match wins, else the route's default)")
+    for column in ("route", "#", "rule", "when", "serves with"):
+        table.add_column(column)
+    for name, route in cfg.routes.items():
+        for i, rule in enumerate(route.rules, start=1):
+            target = rule.use or ", ".join(f"{model} {weight}" for model, weight in (rule.split or {}).items())
+            table.add_row(name, str(i), rule.name, orjson.dumps(rule.when).decode() or "{}", target)
     return table
 
 

@@ -131,16 +131,21 @@ class _Builder:
 
 
 def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
-    """Names that point nowhere: a model's upstream, a route's default model."""
+    """Names that point nowhere: a model's upstream, a route's default model, a rule's model."""
     found: list[tuple[_Path, str]] = []
-    for name, model in config.models.items():
-        if model.upstream not in config.upstreams:
-            known = ", ".join(sorted(config.upstreams)) or "none defined"
-            found.append((("models", name, "upstream"), f"unknown upstream {model.upstream!r} (upstreams: {known})"))
+    upstreams = ", ".join(sorted(config.upstreams)) or "none defined"
+    for name, entry in config.models.items():
+        if entry.upstream not in config.upstreams:
+            found.append((("models", name, "upstream"), f"unknown upstream {entry.upstream!r} (upstreams: {upstreams})"))
+    known = ", ".join(sorted(config.models)) or "none defined"
     for name, route in config.routes.items():
         if route.default not in config.models:
-            known = ", ".join(sorted(config.models)) or "none defined"
             found.append((("routes", name, "default"), f"unknown model {route.default!r} (models: {known})"))
+        for i, rule in enumerate(route.rules):
+            for model in rule.models():
+                if model not in config.models:
+                    where = ("routes", name, "rules", i, "use" if rule.use is not None else "split")
+                    found.append((where, f"rule {rule.name!r}: unknown model {model!r} (models: {known})"))
     return found
 
 

@@ -1,15 +1,64 @@
-"""The `routes` section of the config: the model names agents ask for and what serves them."""
+"""The `routes` section of the config: the model names agents ask for, and the rules that pick a model."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
 
-__all__ = ["RouteEntry"]
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from minigate.router.rules import Condition, compile_condition
+
+__all__ = ["RouteEntry", "Rule"]
+
+
+class Rule(BaseModel):
+    """One routing rule: when its condition holds, `use` that model (or `split` traffic by weight).
+
+    >>> Rule.model_validate({"name": "long", "when": {"prompt_tokens": {"gt": 3000}}, "use": "gpt-4.1"})
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    when: dict[str, Any] = Field(default_factory=dict, description="empty: always matches")
+    use: str | None = None
+    split: dict[str, int] | None = Field(None, description="model -> weight; sticky per conversation")
+    _condition: Condition = PrivateAttr()
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, when: dict[str, Any]) -> dict[str, Any]:
+        compile_condition(when)  # raises ValueError naming what is wrong
+        return when
+
+    @field_validator("split")
+    @classmethod
+    def _positive(cls, split: dict[str, int] | None) -> dict[str, int] | None:
+        if split is not None and (not split or any(weight < 0 for weight in split.values()) or not sum(split.values())):
+            raise ValueError("split takes model names with non-negative weights, at least one above 0")
+        return split
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Rule:
+        if (self.use is None) == (self.split is None):
+            raise ValueError(f"rule {self.name!r} needs exactly one of 'use' or 'split'")
+        return self
+
+    def model_post_init(self, context: Any) -> None:
+        self._condition = compile_condition(self.when)
+
+    @property
+    def condition(self) -> Condition:
+        return self._condition
+
+    def models(self) -> list[str]:
+        return [self.use] if self.use is not None else list(self.split or {})
 
 
 class RouteEntry(BaseModel):
-    """A name agents put in `model`; `default` is the model entry that serves it when no rule matches."""
+    """A name agents put in `model`: `rules` in order (first match wins), else `default`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     default: str
+    rules: list[Rule] = Field(default_factory=list)
