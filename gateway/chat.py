@@ -22,7 +22,7 @@ from minigate.gateway.runtime import RuntimeHolder
 from minigate.gateway.usage_stream import UsageStripper
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
-from minigate.router.decision import Decision, decide
+from minigate.router.decision import Decision
 from minigate.serving.upstream import UpstreamReply
 
 __all__ = ["ChatEndpoint"]
@@ -68,7 +68,7 @@ class ChatEndpoint:
             call.stream, call.body = chat.stream, chat.raw
             user = chat.body.get("user")
             call.user = user if isinstance(user, str) else None
-            call.decision = decide(runtime.config.routes, runtime.targets, chat.model, chat.body, request.headers)
+            call.decision = runtime.router.decide(chat.model, chat.body, request.headers)
             headers.update(_decision_headers(call.decision))
             client = runtime.pool[call.decision.target.upstream]
             strip_usage = chat.stream and not chat.wants_usage

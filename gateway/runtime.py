@@ -18,7 +18,7 @@ from minigate.config import Config, load_config
 from minigate.errors import ConfigError
 from minigate.gateway.auth import KeyRing
 from minigate.gateway.metrics import GatewayMetrics
-from minigate.router.decision import Target
+from minigate.router.decision import Router
 from minigate.serving.pool import LocalServers, UpstreamPool
 
 __all__ = ["Runtime", "RuntimeHolder"]
@@ -33,16 +33,13 @@ _RETIRE_AFTER_S = 600.0
 class Runtime:
     config: Config
     keyring: KeyRing
-    targets: dict[str, Target]
+    router: Router
     pool: UpstreamPool
 
     @classmethod
     async def open(cls, config: Config, local: LocalServers) -> Runtime:
-        targets = {
-            name: Target(name, entry.upstream, entry.model, entry.tier) for name, entry in config.models.items()
-        }
         pool = await UpstreamPool.open(config.upstreams, local)
-        return cls(config, KeyRing.from_section(config.auth), targets, pool)
+        return cls(config, KeyRing.from_section(config.auth), Router.from_config(config), pool)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from minigate.errors import ConfigError, ConfigProblem
 from minigate.gateway.settings import AuthSection, MetricsSection, ServerSection
 from minigate.logger.settings import LoggingSection
-from minigate.router.settings import RouteEntry
+from minigate.router.settings import RouteEntry, ScoringSection
 from minigate.serving.settings import ModelEntry, Upstream
 
 __all__ = ["Config", "default_config_path", "load_config", "resolve_config_path"]
@@ -39,6 +39,7 @@ class Config(BaseModel):
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     routes: dict[str, RouteEntry] = Field(min_length=1)
+    scoring: ScoringSection = ScoringSection()
     logging: LoggingSection = LoggingSection()
 
 

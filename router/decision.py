@@ -1,7 +1,7 @@
-"""Which model serves a request: the decision and the function that makes it.
+"""Which model serves a request: the router, its decisions, and their explanations.
 
-A route without rules costs a dictionary lookup; features are computed only for routes that have
-rules, and only once per request.
+A route without rules costs a dictionary lookup; features and the escalation score are computed only
+for routes that have rules, and only once per request.
 """
 
 from __future__ import annotations
@@ -9,14 +9,18 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from minigate.errors import ModelNotFound
-from minigate.router.features import extract_features
+from minigate.router.features import Features, extract_features
 from minigate.router.rules import RuleContext
-from minigate.router.settings import RouteEntry, Rule
+from minigate.router.score import escalation_score
+from minigate.router.settings import RouteEntry, Rule, ScoringSection
 
-__all__ = ["Decision", "Target", "decide"]
+if TYPE_CHECKING:
+    from minigate.config import Config
+
+__all__ = ["Decision", "Explanation", "Router", "Target"]
 
 Tier = Literal["miniature", "frontier"]
 
@@ -38,28 +42,60 @@ class Decision:
     rule: str
 
 
-def decide(
-    routes: Mapping[str, RouteEntry],
-    targets: Mapping[str, Target],
-    requested: str,
-    body: Mapping[str, Any],
-    headers: Mapping[str, str],
-) -> Decision:
-    """Resolve the model an agent asked for to the model that will serve it: first matching rule, else default."""
-    route = routes.get(requested)
-    if route is None:
-        available = ", ".join(sorted(routes))
-        raise ModelNotFound(
-            f"The model {requested!r} does not exist on this gateway; use one of: {available}", param="model"
-        )
-    if route.rules:
+@dataclass(frozen=True)
+class Explanation:
+    """Everything behind one decision, for `minigate route explain` and `route score`."""
+
+    features: Features
+    score: float
+    rules: list[tuple[str, bool]]  # each rule evaluated, in order, and whether it matched
+    decision: Decision
+
+
+class Router:
+    """Decides which model serves a request, from one config generation's routes, models and weights."""
+
+    def __init__(self, routes: Mapping[str, RouteEntry], targets: Mapping[str, Target], scoring: ScoringSection) -> None:
+        self.routes = routes
+        self.targets = targets
+        self.weights = scoring.merged()
+        self.bias = scoring.bias
+
+    @classmethod
+    def from_config(cls, config: Config) -> Router:
+        targets = {name: Target(name, entry.upstream, entry.model, entry.tier) for name, entry in config.models.items()}
+        return cls(config.routes, targets, config.scoring)
+
+    def decide(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> Decision:
+        """First matching rule, else the route's default. Routes without rules compute no features."""
+        route = self._route(requested)
+        if route.rules:
+            context = self._context(body, headers)
+            for rule in route.rules:
+                if rule.condition(context):
+                    return Decision(requested, self.targets[_model_of(rule, body)], rule.name)
+        return Decision(requested, self.targets[route.default], "default")
+
+    def explain(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> Explanation:
+        route = self._route(requested)
+        context = self._context(body, headers)
+        outcomes = [(rule.name, rule.condition(context)) for rule in route.rules]
+        return Explanation(context.features, context.score, outcomes, self.decide(requested, body, headers))
+
+    def _route(self, requested: str) -> RouteEntry:
+        route = self.routes.get(requested)
+        if route is None:
+            available = ", ".join(sorted(self.routes))
+            raise ModelNotFound(
+                f"The model {requested!r} does not exist on this gateway; use one of: {available}", param="model"
+            )
+        return route
+
+    def _context(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> RuleContext:
+        features = extract_features(body)
         metadata = body.get("metadata")
-        context = RuleContext(extract_features(body), headers=headers,
-                              metadata=metadata if isinstance(metadata, Mapping) else {})
-        for rule in route.rules:
-            if rule.condition(context):
-                return Decision(requested, targets[_model_of(rule, body)], rule.name)
-    return Decision(requested, targets[route.default], "default")
+        return RuleContext(features, score=escalation_score(features, self.weights, self.bias), headers=headers,
+                           metadata=metadata if isinstance(metadata, Mapping) else {})
 
 
 def _model_of(rule: Rule, body: Mapping[str, Any]) -> str:

@@ -6,9 +6,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from minigate.router.features import FEATURE_NAMES
 from minigate.router.rules import Condition, compile_condition
+from minigate.router.score import DEFAULT_BIAS, DEFAULT_WEIGHTS
 
-__all__ = ["RouteEntry", "Rule"]
+__all__ = ["RouteEntry", "Rule", "ScoringSection"]
 
 
 class Rule(BaseModel):
@@ -62,3 +64,23 @@ class RouteEntry(BaseModel):
 
     default: str
     rules: list[Rule] = Field(default_factory=list)
+
+
+class ScoringSection(BaseModel):
+    """The escalation score's weights: shipped defaults, each overridable by feature name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bias: float = DEFAULT_BIAS
+    weights: dict[str, float] = Field(default_factory=dict, description="feature -> weight, merged over the defaults")
+
+    @field_validator("weights")
+    @classmethod
+    def _known(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; known: {', '.join(FEATURE_NAMES)}")
+        return weights
+
+    def merged(self) -> dict[str, float]:
+        return {**DEFAULT_WEIGHTS, **self.weights}
