@@ -23,7 +23,6 @@ _TOKENS = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]{1,2}")
 _REASONING = re.compile(
     r"\b(step[- ]by[- ]step|prove|proof|derive|why\b|explain why|reason(?:ing)?|justify|analy[sz]e|compare"
     r"|trade-?offs?|pros and cons|think (?:carefully|through))",
-    re.IGNORECASE,
 )
 _MATH = re.compile(r"\$[^$\n]+\$|\\(?:frac|sum|int|sqrt|begin\{)|\b\d+\s*[-+*/^=]\s*\d+|[∑∫√≤≥≠∞π]")
 _CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction \w+\(|#include\b|\bSELECT\b.+\bFROM\b|=>|;\s*$",
@@ -32,23 +31,24 @@ _QUESTION = re.compile(r"\?")
 _NON_LATIN = re.compile(r"[^\W\d_\u0000-\u024F]")
 _LETTERS = re.compile(r"[^\W\d_]")
 _SCAN_CHARS = 4000
+_EXACT_CHARS = 6000
+_WINDOWS = 6
+_WINDOW_CHARS = 1000
 _IMPERATIVE = re.compile(
     r"(?:^|[.!?;]\s+|\band (?:then )?|\balso )(?:please )?(write|list|give|find|summari[sz]e|translate|explain|"
     r"create|make|draft|fix|compare|describe|tell|show|calculate|generate|rewrite|check)\b",
-    re.IGNORECASE | re.MULTILINE,
+    re.MULTILINE,
 )
 _CORRECTION = re.compile(
     r"^\s*(no\b|nope\b|wrong\b|that'?s (?:not|wrong|incorrect)|not what I|I said\b|I meant\b|actually\b|"
     r"you (?:misunderstood|forgot|missed)|try again|again,|that is incorrect|incorrect\b)",
-    re.IGNORECASE,
 )
 _STEPS = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+|\b(first(?:ly)?|then|next|after that|finally|step \d+)\b",
-                    re.IGNORECASE | re.MULTILINE)
+                    re.MULTILINE)
 _DOMAINS = re.compile(
     r"\b(diagnos\w*|symptom\w*|dosage|clinical|patient|statute|contract|liabilit\w*|plaintiff|tort|"
     r"theorem|lemma|eigen\w*|integral|derivative|regression|p-value|quantum|molecul\w*|enzyme|"
     r"portfolio|amorti[sz]\w*|derivatives?|ebitda|tax\w*|kubernetes|compiler|concurrency|cryptograph\w*)\b",
-    re.IGNORECASE,
 )
 
 FEATURE_NAMES = (
@@ -103,10 +103,11 @@ def extract_features(body: Mapping[str, Any]) -> Features:
     for message in messages:
         scan.add(message)
     last = scan.last_user[-_SCAN_CHARS:]
-    intents = len(_QUESTION.findall(last)) + len(_IMPERATIVE.findall(last))
-    cues = len(_REASONING.findall(last))
-    steps = len(_STEPS.findall(last))
-    domain_hits = len(_DOMAINS.findall(last))
+    lowered = last.lower()  # one lowercasing: the cue patterns are case-sensitive, which is faster
+    intents = len(_QUESTION.findall(last)) + len(_IMPERATIVE.findall(lowered))
+    cues = len(_REASONING.findall(lowered))
+    steps = len(_STEPS.findall(lowered))
+    domain_hits = len(_DOMAINS.findall(lowered))
     depth = _schema_depth(body.get("response_format"))
     json_output = _is_json_output(body.get("response_format"))
     max_tokens = _max_tokens(body)
@@ -142,8 +143,8 @@ class _Scan:
     """Accumulates per-message counts in the single pass over the conversation."""
 
     def __init__(self) -> None:
-        self.tokens = 0
         self.turns = 0
+        self._texts: list[str] = []
         self.tool_results = 0
         self.images = 0
         self.audio = 0
@@ -154,18 +155,34 @@ class _Scan:
     def add(self, message: Mapping[str, Any]) -> None:
         role = message.get("role")
         text = self._text(message.get("content"))
-        self.tokens += estimate_tokens(text) + 4  # per-message framing, as chat templates add
+        self._texts.append(text)
         if role == "user":
             self.turns += 1
             self.last_user = text
-            if self._after_assistant and _CORRECTION.search(text):
+            if self._after_assistant and _CORRECTION.search(text[:200].lower()):
                 self.corrections += 1
         elif role == "tool":
             self.tool_results += 1
         self._after_assistant = role == "assistant"
         for call in message.get("tool_calls") or []:
             if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
-                self.tokens += estimate_tokens(str(call["function"].get("arguments") or ""))
+                self._texts.append(str(call["function"].get("arguments") or ""))
+
+    @property
+    def tokens(self) -> int:
+        """The conversation's token estimate, plus chat-template framing per message.
+
+        Past `_EXACT_CHARS` the estimate reads evenly spaced windows and scales by length, so long
+        conversations cost a bounded amount; the windows keep the text's mix of prose and code.
+        """
+        framing = 4 * len(self._texts)
+        joined = "\n".join(self._texts)
+        if len(joined) <= _EXACT_CHARS:
+            return estimate_tokens(joined) + framing
+        step = len(joined) // _WINDOWS
+        windows = [joined[i * step : i * step + _WINDOW_CHARS] for i in range(_WINDOWS)]
+        ratio = sum(estimate_tokens(w) for w in windows) / sum(len(w) for w in windows)
+        return round(ratio * len(joined)) + framing
 
     def _text(self, content: Any) -> str:
         if isinstance(content, str):
@@ -189,6 +206,8 @@ class _Scan:
 
 def _non_latin_share(text: str) -> float:
     """Share of letters outside the Latin script: a cheap language signal."""
+    if text.isascii():
+        return 0.0
     letters = len(_LETTERS.findall(text))
     return len(_NON_LATIN.findall(text)) / letters if letters else 0.0
 

@@ -117,3 +117,12 @@ def test_token_estimate_within_ten_percent_of_a_real_tokenizer() -> None:
         real = sum(len(tokenizer.tokenize(text.encode(), add_bos=False)) for text in corpus)
         estimate = sum(estimate_tokens(text) for text in corpus)
         assert 0.9 <= estimate / real <= 1.1, f"{name}: estimate {estimate} vs real {real}"
+
+
+def test_long_conversations_are_estimated_from_windows_within_five_percent() -> None:
+    lines = [f"Message {i}: my card ending 4{i:03d} was charged twice at the cafe on Main St, why?" for i in range(400)]
+    code = "def f(x):\n    return [y * 2 for y in range(x)]  # doubled\n" * 50
+    messages = [user(line) if i % 2 else {"role": "assistant", "content": code if i % 7 == 0 else line}
+                for i, line in enumerate(lines)]
+    exact = sum(estimate_tokens(m["content"]) for m in messages) + 4 * len(messages)
+    assert abs(extract_features({"messages": messages}).prompt_tokens - exact) / exact < 0.05
