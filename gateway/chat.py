@@ -6,23 +6,33 @@ and a stream is forwarded chunk by chunk as it arrives, never re-framed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from minigate.errors import InvalidRequest, PayloadTooLarge, RequestError, UpstreamError, UpstreamUnavailable
+from minigate.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from minigate.gateway.errors import error_body, error_response
 from minigate.gateway.metrics import GatewayMetrics
-from minigate.gateway.protocol import parse_chat_request
+from minigate.gateway.protocol import ChatRequest, parse_chat_request
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.gateway.usage_stream import UsageStripper
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
-from minigate.router.decision import Decision
+from minigate.router.cascade import check_reply
+from minigate.router.decision import Decision, Target
+from minigate.serving.pool import UpstreamPool
 from minigate.serving.upstream import UpstreamReply
 
 __all__ = ["ChatEndpoint"]
@@ -44,7 +54,8 @@ class _Call:
     body: bytes | None = None
     user: str | None = None
     first_byte: float | None = None  # perf_counter when the reply's first byte went to the client
-    attempt: dict[str, object] | None = None
+    attempts: list[dict[str, object]] = field(default_factory=list)
+    escalated: str | None = None  # why the chosen miniature was replaced, when it was
 
 
 class ChatEndpoint:
@@ -70,17 +81,11 @@ class ChatEndpoint:
             call.user = user if isinstance(user, str) else None
             call.decision = runtime.router.decide(chat.model, chat.body, request.headers)
             headers.update(_decision_headers(call.decision))
-            client = runtime.pool[call.decision.target.upstream]
             strip_usage = chat.stream and not chat.wants_usage
-            upstream_model = call.decision.target.upstream_model
-            body = chat.with_usage(upstream_model) if strip_usage else chat.with_model(upstream_model)
-            sent_at = time.perf_counter()
-            try:
-                reply = await client.chat(body)
-            except UpstreamError as exc:
-                call.attempt = _attempt(call.decision, None, sent_at, exc.kind)
-                raise
-            call.attempt = _attempt(call.decision, reply.status, sent_at, None)
+            reply = await self._call(runtime.pool, chat, call, strip_usage)
+            headers.update(_decision_headers(call.decision))
+            if call.escalated:
+                headers["x-minigate-escalated"] = call.escalated
             if chat.stream and reply.status == 200:
                 stripper = UsageStripper() if strip_usage else None
                 return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply, headers))
@@ -91,6 +96,60 @@ class ChatEndpoint:
             response = error_response(exc, headers)
             self._finish(call, exc.status, reply=bytes(response.body))
             return response
+
+    async def _call(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, strip_usage: bool) -> UpstreamReply:
+        """Call the chosen model; a miniature that fails its rule's checks is replaced by the escalation model.
+
+        Non-streamed replies are checked whole before any byte leaves; streams are escalated only on
+        failures before their first byte (connect error, timeout, 5xx).
+        """
+        decision = call.decision
+        assert decision is not None
+        try:
+            async with asyncio.timeout(decision.timeout_s):
+                reply = await self._send(pool, chat, call, decision.target, strip_usage)
+                reason = await self._failure(chat, decision, reply)
+        except UpstreamError as exc:
+            reason = "timeout" if exc.kind == "timeout" else "error"
+            if reason not in decision.escalate_on:
+                raise
+            self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
+        except TimeoutError:
+            if "timeout" not in decision.escalate_on:
+                raise UpstreamTimeout(f"model {decision.target.name!r} exceeded its rule's timeout_s",
+                                      upstream=decision.target.upstream, kind="timeout") from None
+            reason = "timeout"
+        if reason is None:
+            return reply
+        assert decision.escalate_to is not None
+        self.metrics.escalations.labels(decision.route, reason).inc()
+        call.escalated = reason
+        call.decision = Decision(decision.route, decision.escalate_to, decision.rule)
+        return await self._send(pool, chat, call, decision.escalate_to, strip_usage)
+
+    async def _send(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, target: Target,
+                    strip_usage: bool) -> UpstreamReply:
+        body = chat.with_usage(target.upstream_model) if strip_usage else chat.with_model(target.upstream_model)
+        sent_at = time.perf_counter()
+        try:
+            reply = await pool[target.upstream].chat(body)
+        except UpstreamError as exc:
+            call.attempts.append(_attempt(target, None, sent_at, exc.kind))
+            raise
+        call.attempts.append(_attempt(target, reply.status, sent_at, None))
+        return reply
+
+    async def _failure(self, chat: ChatRequest, decision: Decision, reply: UpstreamReply) -> str | None:
+        """Why this reply must not reach the client, by the decision's escalate_on; None when it may."""
+        if not decision.escalate_on:
+            return None
+        if reply.status >= 500 and "error" in decision.escalate_on:
+            await reply.close()
+            self.metrics.upstream_errors.labels(reply.upstream, f"status_{reply.status}").inc()
+            return "error"
+        if chat.stream or reply.status != 200:
+            return None
+        return check_reply(chat.body, await reply.read(), decision.escalate_on)
 
     async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str]) -> Response:
         content = await reply.read()
@@ -122,8 +181,8 @@ class ChatEndpoint:
             # Headers are gone already: the failure can only travel as an SSE event the SDKs understand.
             status = exc.status
             self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
-            if call.attempt is not None:
-                call.attempt["error"] = exc.kind
+            if call.attempts:
+                call.attempts[-1]["error"] = exc.kind
             # A cut can fall mid-event: end what the client holds so the error parses as its own event.
             partial = stripper is None and bool(relayed) and not relayed[-1].endswith(b"\n\n")
             event = (b"\n\n" if partial else b"") + b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
@@ -146,7 +205,7 @@ class ChatEndpoint:
                 call.request_id, call.started_at, call.key_name, decision.route, target.name, target.tier,
                 _UNKNOWN_TASK, decision.rule, target.upstream, status, elapsed, call.stream,
                 ttft_s=None if call.first_byte is None else call.first_byte - call.started,
-                attempts=None if call.attempt is None else [call.attempt],
+                attempts=call.attempts or None, escalated=call.escalated,
                 request_body=call.body, user=call.user, reply=reply, chunks=chunks,
             )
         )
@@ -176,9 +235,8 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
     )
 
 
-def _attempt(decision: Decision, status: int | None, sent_at: float, error: str | None) -> dict[str, object]:
+def _attempt(target: Target, status: int | None, sent_at: float, error: str | None) -> dict[str, object]:
     """One upstream call as the record keeps it (its latency is to the reply's headers)."""
-    target = decision.target
     return {"upstream": target.upstream, "model": target.upstream_model, "status": status,
             "latency_s": round(time.perf_counter() - sent_at, 6), "error": error}
 

@@ -34,6 +34,12 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self.escalations = Counter(
+            "minigate_escalations",
+            "Requests a miniature failed and the route's escalation model answered, by route and reason.",
+            ["route", "reason"],
+            registry=registry,
+        )
         self.config_reloads = Counter(
             "minigate_config_reloads",
             "Config reloads (SIGHUP or file change) by result: applied, unchanged or rejected (old config kept).",

@@ -58,6 +58,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         """
         ALTER TABLE calls ADD COLUMN ttft_s REAL;
         ALTER TABLE calls ADD COLUMN attempts TEXT;
+        ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
     ],
     "postgresql": [
@@ -97,6 +98,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         """
         ALTER TABLE calls ADD COLUMN ttft_s DOUBLE PRECISION;
         ALTER TABLE calls ADD COLUMN attempts JSONB;
+        ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
     ],
 }

@@ -18,8 +18,8 @@ __all__ = ["PostgresStore"]
 _INSERT = (
     "INSERT INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
     " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
-    " ttft_s, attempts)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT (request_id) DO NOTHING"
+    " ttft_s, attempts, escalated)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) ON CONFLICT (request_id) DO NOTHING"
 )
 # Serialises concurrent migrators (several gateway replicas starting at once).
 _MIGRATION_LOCK = 0x6D696E6967617465
@@ -45,7 +45,7 @@ class PostgresStore:
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s,
-             None if r.attempts is None else orjson.dumps(r.attempts).decode())
+             None if r.attempts is None else orjson.dumps(r.attempts).decode(), r.escalated)
             for r in records
         ]
         async with self._pool.acquire() as connection, connection.transaction():

@@ -30,6 +30,7 @@ class CallRecord:
     stream: bool
     ttft_s: float | None = None  # time to the first byte of the reply relayed to the client
     attempts: list[dict[str, object]] | None = None  # each upstream call: upstream, model, status, latency_s, error
+    escalated: str | None = None  # why a miniature's request went to the escalation model
     # Raw material the writer turns into payloads, off the request path (no copies: the bytes the
     # gateway already holds).
     request_body: bytes | None = None

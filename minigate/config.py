@@ -142,7 +142,12 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
     for name, route in config.routes.items():
         if route.default not in config.models:
             found.append((("routes", name, "default"), f"unknown model {route.default!r} (models: {known})"))
+        if route.escalate_to is not None and route.escalate_to not in config.models:
+            found.append((("routes", name, "escalate_to"), f"unknown model {route.escalate_to!r} (models: {known})"))
         for i, rule in enumerate(route.rules):
+            if rule.escalate_on and route.escalate_to is None:
+                found.append((("routes", name, "rules", i, "escalate_on"),
+                              f"rule {rule.name!r} escalates, but routes.{name}.escalate_to names no model"))
             for model in rule.models():
                 if model not in config.models:
                     where = ("routes", name, "rules", i, "use" if rule.use is not None else "split")

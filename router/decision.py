@@ -40,6 +40,9 @@ class Decision:
     route: str
     target: Target
     rule: str
+    escalate_on: frozenset[str] = frozenset()  # checks on a miniature's reply (router.cascade)
+    escalate_to: Target | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,11 @@ class Router:
             context = self._context(body, headers)
             for rule in route.rules:
                 if rule.condition(context):
-                    return Decision(requested, self.targets[_model_of(rule, body)], rule.name)
+                    target = self.targets[_model_of(rule, body)]
+                    if target.tier != "miniature" or not rule.escalate_on or route.escalate_to is None:
+                        return Decision(requested, target, rule.name)
+                    return Decision(requested, target, rule.name, frozenset(rule.escalate_on),
+                                    self.targets[route.escalate_to], rule.timeout_s)
         return Decision(requested, self.targets[route.default], "default")
 
     def explain(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> Explanation:

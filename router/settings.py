@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from minigate.router.cascade import EscalationReason
 from minigate.router.features import FEATURE_NAMES
 from minigate.router.rules import Condition, compile_condition
 from minigate.router.score import DEFAULT_BIAS, DEFAULT_WEIGHTS
@@ -25,6 +26,10 @@ class Rule(BaseModel):
     when: dict[str, Any] = Field(default_factory=dict, description="empty: always matches")
     use: str | None = None
     split: dict[str, int] | None = Field(None, description="model -> weight; sticky per conversation")
+    escalate_on: list[EscalationReason] = Field(
+        default_factory=list, description="miniature failures that send the request to the route's escalate_to"
+    )
+    timeout_s: float | None = Field(None, gt=0, description="how long the chosen model may take before escalation")
     _condition: Condition = PrivateAttr()
 
     @field_validator("when")
@@ -64,6 +69,7 @@ class RouteEntry(BaseModel):
 
     default: str
     rules: list[Rule] = Field(default_factory=list)
+    escalate_to: str | None = Field(None, description="the model a failing miniature's requests go to")
 
 
 class ScoringSection(BaseModel):

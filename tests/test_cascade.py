@@ -1,0 +1,144 @@
+"""The cascade: a miniature that fails its rule's checks is replaced by the escalation model, unseen by clients.
+
+The scripted upstream plays both: requests for `mini-lora` get the miniature's scripted failure,
+requests for `gpt-4.1` the frontier's good answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from minigate.router.cascade import check_reply
+from tests.conftest import AGENT_KEY, gateway_config
+from tests.stores import fetch
+from tests.support.servers import RunningGateway
+from tests.support.upstream import Script, ScriptedUpstream
+
+ALL = ["error", "timeout", "invalid_json", "invalid_tool_call", "empty"]
+TOOL = {"type": "function", "function": {"name": "refund", "parameters": {
+    "type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]}}}
+LABELS = {"type": "json_schema", "json_schema": {"name": "label", "schema": {
+    "type": "object", "properties": {"label": {"enum": ["billing", "shipping"]}}, "required": ["label"]}}}
+
+
+def reply(content: str | None = None, calls: list[dict[str, Any]] | None = None) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [{"id": "c", "type": "function", "function": call} for call in calls]
+    return orjson.dumps({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+
+@pytest.mark.parametrize(
+    ("request_extra", "body", "expected"),
+    [
+        ({}, reply("fine"), None),
+        ({}, reply("   "), "empty"),
+        ({"response_format": {"type": "json_object"}}, reply('{"label": "bill'), "invalid_json"),
+        ({"response_format": {"type": "json_object"}}, reply('{"label": "billing"}'), None),
+        ({"response_format": LABELS}, reply('{"label": "returns"}'), "invalid_json"),
+        ({"response_format": LABELS}, reply('{"label": "billing"}'), None),
+        ({"tools": [TOOL]}, reply(calls=[{"name": "refund", "arguments": '{"amount": 5}'}]), None),
+        ({"tools": [TOOL]}, reply(calls=[{"name": "delete_account", "arguments": "{}"}]), "invalid_tool_call"),
+        ({"tools": [TOOL]}, reply(calls=[{"name": "refund", "arguments": '{"amount": "five"}'}]), "invalid_tool_call"),
+        ({"tools": [TOOL]}, reply(calls=[{"name": "refund", "arguments": '{"amount": 5'}]), "invalid_tool_call"),
+        ({}, b"not json", "error"),
+    ],
+)
+def test_check_reply(request_extra: dict[str, Any], body: bytes, expected: str | None) -> None:
+    request = {"messages": [{"role": "user", "content": "x"}], **request_extra}
+    assert check_reply(request, body, frozenset(ALL)) == expected
+
+
+def test_checks_run_only_when_the_policy_names_them() -> None:
+    assert check_reply({}, reply("  "), frozenset({"invalid_json"})) is None
+
+
+@pytest.fixture
+def cascading(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    config = gateway_config(upstream.base_url)
+    config["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "escalate_to": "gpt-4.1", "rules": [
+        {"name": "strict", "when": {"metadata.lenient": {"eq": False}}, "use": "mini",
+         "escalate_on": ALL, "timeout_s": 1},
+        {"name": "lenient", "when": {}, "use": "mini"},
+    ]}
+    return make_gateway(config)
+
+
+def ask(gateway: RunningGateway, *, lenient: bool = False, **extra: Any) -> httpx.Response:
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Where is my parcel?"}],
+            "metadata": {"lenient": lenient}, **extra}
+    return httpx.post(f"{gateway.v1}/chat/completions", json=body, headers={"authorization": f"Bearer {AGENT_KEY}"},
+                      timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("failure", "extra", "reason"),
+    [
+        (Script(status=503), {}, "error"),
+        (Script(latency_s=2.0), {}, "timeout"),
+        (Script(reply=""), {}, "empty"),
+        (Script(invalid_json=True), {"response_format": {"type": "json_object"}}, "invalid_json"),
+        (Script(reply='{"label": "returns"}'), {"response_format": LABELS}, "invalid_json"),
+        (Script(malformed_tool_call=True, tool_call={"name": "refund", "arguments": '{"amount": 5}'}),
+         {"tools": [TOOL]}, "invalid_tool_call"),
+        (Script(tool_call={"name": "refund", "arguments": '{"amount": "all"}'}), {"tools": [TOOL]}, "invalid_tool_call"),
+    ],
+)
+def test_failing_miniature_is_escalated_unseen(
+    cascading: RunningGateway, upstream: ScriptedUpstream, failure: Script, extra: dict[str, Any], reason: str
+) -> None:
+    upstream.script(failure, model="mini-lora")
+    upstream.script(reply='{"label": "shipping"}', tool_call={"name": "refund", "arguments": '{"amount": 5}'}
+                    if "tools" in extra else None)
+    response = ask(cascading, **extra)
+    assert response.status_code == 200
+    assert response.headers["x-minigate-escalated"] == reason
+    assert response.headers["x-minigate-model"] == "gpt-4.1" and response.headers["x-minigate-tier"] == "frontier"
+    assert response.headers["x-minigate-rule"] == "strict"
+    assert [r.json()["model"] for r in upstream.requests] == ["mini-lora", "gpt-4.1"]
+    assert response.content == upstream.sent[-1], "the client gets the frontier's reply, byte for byte"
+    assert cascading.metric("minigate_escalations_total", {"route": "gpt-4.1", "reason": reason}) == 1
+
+
+def test_good_miniature_reply_is_relayed(cascading: RunningGateway, upstream: ScriptedUpstream) -> None:
+    upstream.script(reply='{"label": "billing"}', model="mini-lora")
+    response = ask(cascading, response_format=LABELS)
+    assert response.status_code == 200 and "x-minigate-escalated" not in response.headers
+    assert response.headers["x-minigate-model"] == "mini" and len(upstream.requests) == 1
+
+
+def test_without_escalate_on_the_failure_is_the_clients(cascading: RunningGateway, upstream: ScriptedUpstream) -> None:
+    upstream.script(Script(status=503), model="mini-lora")
+    response = ask(cascading, lenient=True)
+    assert response.status_code == 502 and len(upstream.requests) == 1
+
+
+def test_stream_escalates_before_its_first_byte(cascading: RunningGateway, upstream: ScriptedUpstream) -> None:
+    upstream.script(Script(status=500), model="mini-lora")
+    upstream.script(reply="on its way")
+    with httpx.stream("POST", f"{cascading.v1}/chat/completions", headers={"authorization": f"Bearer {AGENT_KEY}"},
+                      json={"model": "gpt-4.1", "stream": True, "metadata": {"lenient": False},
+                            "messages": [{"role": "user", "content": "x"}]}) as response:
+        body = b"".join(response.iter_bytes())
+        assert response.headers["x-minigate-escalated"] == "error"
+    events = [orjson.loads(line[6:]) for line in body.split(b"\n\n") if line.startswith(b"data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == "on its way"
+
+
+def test_escalation_is_in_the_call_record(cascading: RunningGateway, upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    upstream.script(Script(status=503), model="mini-lora")
+    request_id = ask(cascading).headers["x-minigate-request-id"]
+    deadline = time.monotonic() + 10
+    while cascading.metric("minigate_log_records_written_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [(escalated, model, attempts)] = fetch(f"sqlite:///{tmp_path}/calls-0.db",
+                                           f"SELECT escalated, model, attempts FROM calls WHERE request_id = '{request_id}'")
+    assert escalated == "error" and model == "gpt-4.1"
+    assert [(a["model"], a["status"]) for a in orjson.loads(attempts)] == [("mini-lora", 503), ("gpt-4.1", 200)]
