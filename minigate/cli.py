@@ -300,5 +300,31 @@ def route_score(
     sink.flush()
 
 
+
+router_app = typer.Typer(help="The escalation score: fit its weights on labelled outcomes.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
+
+
+@router_app.command("fit")
+def router_fit(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Request JSONL, each line with 'miniature_ok'.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Scoring file for config's scoring.model.")],
+) -> None:
+    """Fit a logistic regression over request features; write {"bias", "weights"} as JSON."""
+    import orjson
+
+    from minigate.router.fit import fit_scoring, read_labelled
+
+    try:
+        with input.open("rb") as lines:
+            requests, labels = read_labelled(lines)
+        fitted = fit_scoring(requests, labels)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--input") from exc
+    output.write_bytes(orjson.dumps(fitted, option=orjson.OPT_INDENT_2))
+    err.print(f"fitted on {fitted['examples']} requests ({fitted['needs_frontier_share']:.0%} needed the frontier); "
+              f"wrote {output}: set scoring.model to it")
+
+
 if __name__ == "__main__":
     app()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from minigate.router.features import Features
+from minigate.router.features import FEATURE_NAMES, Features
 
-__all__ = ["DEFAULT_BIAS", "DEFAULT_WEIGHTS", "escalation_score", "scored_inputs"]
+__all__ = ["DEFAULT_BIAS", "DEFAULT_WEIGHTS", "escalation_score", "numeric_inputs"]
 
 DEFAULT_BIAS = -2.5
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -28,20 +28,23 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "images": 0.5,
     "non_latin": 0.5,
 }
-_CAPS = {"corrections": 3, "tools": 10, "images": 4}
+_CAPS = {"corrections": 3, "tools": 10, "images": 4, "prompt_tokens": 8000, "max_tokens": 8000,
+         "turns": 20, "messages": 40, "tool_results": 20, "audio": 4, "reasoning_cues": 5, "intents": 8,
+         "schema_depth": 8}
 
 
-def scored_inputs(features: Features) -> dict[str, float]:
-    """The feature values the score reads, as numbers (booleans 0/1, counts capped)."""
+def numeric_inputs(features: Features) -> dict[str, float]:
+    """Every feature as a number the score can weigh: booleans 0/1, absent values 0, counts capped."""
     values: dict[str, float] = {}
-    for name in DEFAULT_WEIGHTS:
-        value = float(getattr(features, name))
+    for name in FEATURE_NAMES:
+        raw = getattr(features, name)
+        value = 0.0 if raw is None else float(raw)
         values[name] = min(value, _CAPS[name]) if name in _CAPS else value
     return values
 
 
 def escalation_score(features: Features, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
                      bias: float = DEFAULT_BIAS) -> float:
-    inputs = scored_inputs(features)
-    z = bias + sum(weight * inputs.get(name, float(getattr(features, name, 0))) for name, weight in weights.items())
-    return 1.0 / (1.0 + math.exp(-z))
+    inputs = numeric_inputs(features)
+    z = bias + sum(weight * inputs[name] for name, weight in weights.items())
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -73,12 +76,29 @@ class RouteEntry(BaseModel):
 
 
 class ScoringSection(BaseModel):
-    """The escalation score's weights: shipped defaults, each overridable by feature name."""
+    """The escalation score's weights: shipped defaults, a fitted file (`minigate router fit`), or both
+    with `weights` overriding feature by feature."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    model: Path | None = Field(None, description="a scoring file written by `minigate router fit`")
     bias: float = DEFAULT_BIAS
     weights: dict[str, float] = Field(default_factory=dict, description="feature -> weight, merged over the defaults")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_model(cls, data: Any) -> Any:
+        """A fitted file replaces the shipped weights; explicit `bias`/`weights` still win."""
+        if not isinstance(data, dict) or not data.get("model"):
+            return data
+        try:
+            fitted = orjson.loads(Path(data["model"]).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read the scoring file {data['model']}: {exc}") from exc
+        if not isinstance(fitted, dict) or not isinstance(fitted.get("weights"), dict):
+            raise ValueError(f"{data['model']} is not a scoring file (written by `minigate router fit`)")
+        return {**data, "bias": data.get("bias", fitted.get("bias", DEFAULT_BIAS)),
+                "weights": {**fitted["weights"], **data.get("weights", {})}, "fitted": True}
 
     @field_validator("weights")
     @classmethod
@@ -88,5 +108,7 @@ class ScoringSection(BaseModel):
             raise ValueError(f"unknown features {unknown}; known: {', '.join(FEATURE_NAMES)}")
         return weights
 
+    fitted: bool = Field(False, exclude=True, description="set when `model` supplied the weights")
+
     def merged(self) -> dict[str, float]:
-        return {**DEFAULT_WEIGHTS, **self.weights}
+        return dict(self.weights) if self.fitted else {**DEFAULT_WEIGHTS, **self.weights}
