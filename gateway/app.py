@@ -76,7 +76,7 @@ def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: Colle
         runtime = holder.current
         names = list(runtime.pool.clients)
         probes = await asyncio.gather(*(runtime.pool[name].probe() for name in names))
-        upstreams = {name: problem or "reachable" for name, problem in zip(names, probes)}
+        upstreams = {name: problem or "reachable" for name, problem in zip(names, probes, strict=True)}
         body = {
             "status": "ready",
             "config_generation": holder.generation,

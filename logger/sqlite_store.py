@@ -69,7 +69,7 @@ class SQLiteStore:
         with self._lock:
             cursor = self._db.execute(sql, params)
             names = [column[0] for column in cursor.description]
-            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         for row in rows:
             row["stream"] = bool(row["stream"])
         return rows

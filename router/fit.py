@@ -51,6 +51,6 @@ def fit_scoring(requests: Sequence[Mapping[str, Any]], needs_frontier: Sequence[
     # Fold the standardisation into the coefficients so the score reads raw feature values.
     scale = [s if s else 1.0 for s in scaler.scale_]
     weights = {name: float(c / s) for name, c, s in zip(FEATURE_NAMES, model.coef_[0], scale, strict=True)}
-    bias = float(model.intercept_[0] - sum(c * m / s for c, m, s in zip(model.coef_[0], scaler.mean_, scale)))
+    bias = float(model.intercept_[0] - sum(c * m / s for c, m, s in zip(model.coef_[0], scaler.mean_, scale, strict=True)))
     return {"bias": bias, "weights": weights, "examples": len(rows),
             "needs_frontier_share": sum(needs_frontier) / len(needs_frontier)}

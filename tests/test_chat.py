@@ -10,7 +10,7 @@ import orjson
 
 from tests.conftest import AGENT_KEY
 from tests.support.servers import RunningGateway
-from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.upstream import ScriptedUpstream
 
 WEATHER_TOOL = {
     "type": "function",

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.support.servers import RunningGateway
-from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.upstream import ScriptedUpstream
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 HELLO = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello"}]}
