@@ -34,7 +34,7 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     metrics = GatewayMetrics(registry)
     holder = RuntimeHolder(config, metrics, config_path)
     # The store is opened once: a reload that changes logging.store takes effect at the next restart.
-    calls = CallLog(config.logging, registry, Sealer.from_settings(config.logging))
+    calls = CallLog(config.logging, registry, Sealer.from_settings(config.logging, create_key=True))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ from minigate.gateway.runtime import RuntimeHolder
 from minigate.gateway.usage_stream import UsageStripper
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
-from minigate.router.cascade import check_reply
+from minigate.router.cascade import CONTENT_CHECKS, StreamCheck, check_reply
 from minigate.router.decision import Decision, Target
 from minigate.serving.pool import UpstreamPool
 from minigate.serving.upstream import UpstreamReply
@@ -56,6 +56,21 @@ class _Call:
     first_byte: float | None = None  # perf_counter when the reply's first byte went to the client
     attempts: list[dict[str, object]] = field(default_factory=list)
     escalated: str | None = None  # why the chosen miniature was replaced, when it was
+
+
+@dataclass(slots=True)
+class _Reply:
+    """The reply to relay. A checked stream arrives part-read: its held chunks, then the rest."""
+
+    upstream: UpstreamReply
+    held: list[bytes] = field(default_factory=list)
+    rest: AsyncIterator[bytes] | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for chunk in self.held:
+            yield chunk
+        async for chunk in self.rest if self.rest is not None else self.upstream.chunks():
+            yield chunk
 
 
 class ChatEndpoint:
@@ -86,10 +101,10 @@ class ChatEndpoint:
             headers.update(_decision_headers(call.decision))
             if call.escalated:
                 headers["x-minigate-escalated"] = call.escalated
-            if chat.stream and reply.status == 200:
+            if chat.stream and reply.upstream.status == 200:
                 stripper = UsageStripper() if strip_usage else None
-                return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply, headers))
-            return await self._complete(reply, call, headers)
+                return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply.upstream, headers))
+            return await self._complete(reply.upstream, call, headers)
         except RequestError as exc:
             if isinstance(exc, UpstreamError):
                 self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
@@ -97,17 +112,17 @@ class ChatEndpoint:
             self._finish(call, exc.status, reply=bytes(response.body))
             return response
 
-    async def _call(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, strip_usage: bool) -> UpstreamReply:
+    async def _call(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, strip_usage: bool) -> _Reply:
         """Call the chosen model; a miniature that fails its rule's checks is replaced by the escalation model.
 
-        Non-streamed replies are checked whole before any byte leaves; streams are escalated only on
-        failures before their first byte (connect error, timeout, 5xx).
+        Non-streamed replies are checked whole before any byte leaves; streams are held only until
+        the chunk that settles the checks (router.cascade.StreamCheck), then relayed.
         """
         decision = call.decision
         assert decision is not None
         try:
             async with asyncio.timeout(decision.timeout_s):
-                reply = await self._send(pool, chat, call, decision.target, strip_usage)
+                reply = _Reply(await self._send(pool, chat, call, decision.target, strip_usage))
                 reason = await self._failure(chat, decision, reply)
         except UpstreamError as exc:
             reason = "timeout" if exc.kind == "timeout" else "error"
@@ -125,7 +140,7 @@ class ChatEndpoint:
         self.metrics.escalations.labels(decision.route, reason).inc()
         call.escalated = reason
         call.decision = Decision(decision.route, decision.escalate_to, decision.rule)
-        return await self._send(pool, chat, call, decision.escalate_to, strip_usage)
+        return _Reply(await self._send(pool, chat, call, decision.escalate_to, strip_usage))
 
     async def _send(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, target: Target,
                     strip_usage: bool) -> UpstreamReply:
@@ -139,17 +154,42 @@ class ChatEndpoint:
         call.attempts.append(_attempt(target, reply.status, sent_at, None))
         return reply
 
-    async def _failure(self, chat: ChatRequest, decision: Decision, reply: UpstreamReply) -> str | None:
+    async def _failure(self, chat: ChatRequest, decision: Decision, reply: _Reply) -> str | None:
         """Why this reply must not reach the client, by the decision's escalate_on; None when it may."""
+        upstream = reply.upstream
         if not decision.escalate_on:
             return None
-        if reply.status >= 500 and "error" in decision.escalate_on:
-            await reply.close()
-            self.metrics.upstream_errors.labels(reply.upstream, f"status_{reply.status}").inc()
+        if upstream.status >= 500 and "error" in decision.escalate_on:
+            await upstream.close()
+            self.metrics.upstream_errors.labels(upstream.upstream, f"status_{upstream.status}").inc()
             return "error"
-        if chat.stream or reply.status != 200:
+        if upstream.status != 200:
             return None
-        return check_reply(chat.body, await reply.read(), decision.escalate_on)
+        if chat.stream:
+            return await self._settle(chat, decision, reply) if decision.escalate_on & CONTENT_CHECKS else None
+        return check_reply(chat.body, await upstream.read(), decision.escalate_on)
+
+    @staticmethod
+    async def _settle(chat: ChatRequest, decision: Decision, reply: _Reply) -> str | None:
+        """Hold the stream's first chunks until they settle the checks; they are relayed first if it passes."""
+        check = StreamCheck(chat.body, decision.escalate_on)
+        chunks = reply.upstream.chunks()
+        verdict = None
+        try:
+            async for chunk in chunks:
+                reply.held.append(chunk)
+                if verdict := check.feed(chunk):
+                    break
+            else:
+                verdict = check.end()
+        except BaseException:  # a cut or the rule's timeout while holding: nothing reached the client
+            await chunks.aclose()
+            raise
+        if verdict == "relay":
+            reply.rest = chunks
+            return None
+        await chunks.aclose()
+        return verdict
 
     async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str]) -> Response:
         content = await reply.read()
@@ -164,7 +204,7 @@ class ChatEndpoint:
         self._finish(call, reply.status, content)
         return Response(content, reply.status, headers=_merge(reply, headers))
 
-    async def _relay(self, reply: UpstreamReply, call: _Call, stripper: UsageStripper | None) -> AsyncIterator[bytes]:
+    async def _relay(self, reply: _Reply, call: _Call, stripper: UsageStripper | None) -> AsyncIterator[bytes]:
         status = _CLIENT_CLOSED
         relayed: list[bytes] = []  # as the upstream sent them, usage included, for the call record
         try:

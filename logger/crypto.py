@@ -1,14 +1,18 @@
-"""Encryption of call-record payloads at rest: AES-256-GCM under the configured log key.
+"""Envelope encryption of call-record payloads at rest: AES-256-GCM data keys wrapped by the log key.
 
-A blob is self-describing, so a reader can tell which key wrote it and reject what it can't read:
+A payload is encrypted under a random data key; the data key travels with it, wrapped (AES-256-GCM)
+by the configured log key (the key-encryption key). Rotating the log key then only re-wraps 48 bytes
+per blob (`PayloadCipher.rewrap`), never re-encrypts a payload. A blob is self-describing:
 
-    [1 byte version = 1][4 bytes key id][12 bytes random nonce][ciphertext + 16-byte tag]
+    [1 byte version = 2][4 bytes log-key id][12 bytes wrap nonce][32-byte data key + 16-byte tag]
+    [12 bytes payload nonce][ciphertext + 16-byte tag]
 
-The key id is the first four bytes of SHA-256 of the key: it tells rotated keys apart and reveals
-nothing usable about a 256-bit random key. The header and the caller's associated data (the record's
-request id) are both authenticated, so a payload copied onto another row, or a header edited to point
-at another key, fails to decrypt instead of decrypting to the wrong thing. Random 96-bit nonces are
-safe for about 2**32 payloads per key; rotate long before that.
+The log-key id is the first four bytes of SHA-256 of the key: it tells rotated keys apart and reveals
+nothing usable about a 256-bit random key. The wrap authenticates the version and log-key id; the
+payload authenticates the version and the caller's associated data (the record's request id), so a
+payload copied onto another row, or a header edited to point at another key, fails to decrypt instead
+of decrypting to the wrong thing. One data key serves many payloads (random 96-bit nonces) and is
+replaced long before the 2**32 safe limit.
 """
 
 from __future__ import annotations
@@ -26,19 +30,23 @@ __all__ = [
     "PayloadError",
     "PayloadIntegrityError",
     "PayloadKeyError",
+    "blob_key_id",
     "generate_key",
+    "key_id",
     "validate_key",
 ]
 
-_VERSION = 1
+_VERSION = 2
 _KEY_BYTES = 32
 _KEY_ID_BYTES = 4
 _NONCE_BYTES = 12
-_HEADER_BYTES = 1 + _KEY_ID_BYTES + _NONCE_BYTES
 _TAG_BYTES = 16
-_HOW_TO_GENERATE = (
-    "generate one with `python -c 'from minigate.logger.crypto import generate_key; print(generate_key())'`"
-)
+_WRAPPED_BYTES = _NONCE_BYTES + _KEY_BYTES + _TAG_BYTES
+_ENVELOPE_BYTES = 1 + _KEY_ID_BYTES + _WRAPPED_BYTES  # what a rotation rewrites
+_HEADER_BYTES = _ENVELOPE_BYTES + _NONCE_BYTES
+_DATA_KEY_USES = 1 << 24  # payloads per data key, far below the 2**32 random-nonce bound
+_UNWRAPPED_CACHE = 256
+_HOW_TO_GENERATE = "generate one with `minigate keys generate`"
 
 
 class PayloadError(Exception):
@@ -66,8 +74,18 @@ def validate_key(text: str) -> None:
         raise ValueError(f"the encryption key {exc}") from None
 
 
+def key_id(text: str) -> str:
+    """The id (hex) that blobs written under this log key carry."""
+    return _key_id(_key_or_raise(text, "the key")).hex()
+
+
+def blob_key_id(blob: bytes) -> str:
+    """The id (hex) of the log key that wrapped this blob's data key."""
+    return blob[1 : 1 + _KEY_ID_BYTES].hex()
+
+
 class PayloadCipher:
-    """Encrypts with the current key; decrypts with the current key or any previous one.
+    """Encrypts under the current log key; decrypts and re-wraps blobs of the current or any previous one.
 
     >>> cipher = PayloadCipher(generate_key())
     >>> blob = cipher.encrypt(b'{"messages": []}', aad=b"req-1")
@@ -78,44 +96,93 @@ class PayloadCipher:
     def __init__(self, current: str, previous: Iterable[str] = ()) -> None:
         keys = [_key_or_raise(current, "the current key")]
         keys += [_key_or_raise(text, f"previous key #{n}") for n, text in enumerate(previous, 1)]
-        self._aeads: dict[bytes, AESGCM] = {}
+        self._wrappers: dict[bytes, AESGCM] = {}
         seen: dict[bytes, bytes] = {}
         for key in keys:
-            key_id = _key_id(key)
-            if seen.setdefault(key_id, key) != key:
+            kid = _key_id(key)
+            if seen.setdefault(kid, key) != key:
                 # 1 in 2**32 for random keys; refusing beats silently failing one key's payloads.
-                raise PayloadKeyError(f"two configured keys share key id {key_id.hex()}: drop or regenerate one")
-            self._aeads.setdefault(key_id, AESGCM(key))
+                raise PayloadKeyError(f"two configured keys share key id {kid.hex()}: drop or regenerate one")
+            self._wrappers.setdefault(kid, AESGCM(key))
         self._current_id = _key_id(keys[0])
+        self._envelope = b""  # the current data key's envelope, made on first use
+        self._data_key: AESGCM | None = None
+        self._uses = 0
+        self._unwrapped: dict[bytes, AESGCM] = {}  # envelope -> data key, for readers of many blobs
 
     @property
     def key_id(self) -> str:
-        """The current key's id in hex, as stored in every blob it writes."""
+        """The current log key's id in hex, as stored in every blob it writes."""
         return self._current_id.hex()
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
-        header = bytes([_VERSION]) + self._current_id + os.urandom(_NONCE_BYTES)
-        return header + self._aeads[self._current_id].encrypt(header[-_NONCE_BYTES:], plaintext, header + aad)
+        if self._data_key is None or self._uses >= _DATA_KEY_USES:
+            self._new_data_key()
+        assert self._data_key is not None
+        self._uses += 1
+        nonce = os.urandom(_NONCE_BYTES)
+        return self._envelope + nonce + self._data_key.encrypt(nonce, plaintext, bytes([_VERSION]) + aad)
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
-        if len(blob) < _HEADER_BYTES + _TAG_BYTES:
-            raise PayloadIntegrityError(f"payload is truncated: {len(blob)} bytes is shorter than any blob")
-        if blob[0] != _VERSION:
-            raise PayloadIntegrityError(f"payload has unknown format version {blob[0]} (this build reads 1)")
-        header, key_id = blob[:_HEADER_BYTES], blob[1 : 1 + _KEY_ID_BYTES]
-        aead = self._aeads.get(key_id)
-        if aead is None:
-            known = ", ".join(k.hex() for k in self._aeads)
-            raise PayloadKeyError(
-                f"wrong key: this payload was written with key id {key_id.hex()}, and no configured key has "
-                f"that id (configured: {known}); add the key that wrote it to the previous keys"
-            )
+        envelope = self._check(blob)
+        data_key = self._unwrapped.get(envelope) or self._unwrap(envelope)
+        nonce = blob[_ENVELOPE_BYTES:_HEADER_BYTES]
         try:
-            return aead.decrypt(header[-_NONCE_BYTES:], blob[_HEADER_BYTES:], header + aad)
+            return data_key.decrypt(nonce, blob[_HEADER_BYTES:], bytes([_VERSION]) + aad)
         except InvalidTag as exc:
             raise PayloadIntegrityError(
                 "payload failed authentication: it was altered, or it belongs to another record (request id)"
             ) from exc
+
+    def rewrap(self, blob: bytes) -> bytes | None:
+        """The blob with its data key wrapped by the current log key; None when it already is.
+
+        The payload's ciphertext is kept byte for byte: rotation touches 65 bytes per blob.
+        """
+        envelope = self._check(blob)
+        if envelope[1 : 1 + _KEY_ID_BYTES] == self._current_id:
+            return None
+        raw = self._unwrap_raw(envelope)
+        return self._wrap(raw) + blob[_ENVELOPE_BYTES:]
+
+    def _new_data_key(self) -> None:
+        raw = os.urandom(_KEY_BYTES)
+        self._envelope, self._data_key, self._uses = self._wrap(raw), AESGCM(raw), 0
+
+    def _wrap(self, raw: bytes) -> bytes:
+        head = bytes([_VERSION]) + self._current_id
+        nonce = os.urandom(_NONCE_BYTES)
+        return head + nonce + self._wrappers[self._current_id].encrypt(nonce, raw, head)
+
+    def _unwrap(self, envelope: bytes) -> AESGCM:
+        data_key = AESGCM(self._unwrap_raw(envelope))
+        if len(self._unwrapped) >= _UNWRAPPED_CACHE:
+            self._unwrapped.clear()
+        self._unwrapped[envelope] = data_key
+        return data_key
+
+    def _unwrap_raw(self, envelope: bytes) -> bytes:
+        head, kid = envelope[: 1 + _KEY_ID_BYTES], envelope[1 : 1 + _KEY_ID_BYTES]
+        wrapper = self._wrappers.get(kid)
+        if wrapper is None:
+            known = ", ".join(k.hex() for k in self._wrappers)
+            raise PayloadKeyError(
+                f"wrong key: this payload was written with key id {kid.hex()}, and no configured key has "
+                f"that id (configured: {known}); add the key that wrote it to logging.previous_keys"
+            )
+        nonce = envelope[1 + _KEY_ID_BYTES : 1 + _KEY_ID_BYTES + _NONCE_BYTES]
+        try:
+            return wrapper.decrypt(nonce, envelope[1 + _KEY_ID_BYTES + _NONCE_BYTES :], head)
+        except InvalidTag as exc:
+            raise PayloadIntegrityError("payload's data key failed authentication: its header was altered") from exc
+
+    @staticmethod
+    def _check(blob: bytes) -> bytes:
+        if len(blob) < _HEADER_BYTES + _TAG_BYTES:
+            raise PayloadIntegrityError(f"payload is truncated: {len(blob)} bytes is shorter than any blob")
+        if blob[0] != _VERSION:
+            raise PayloadIntegrityError(f"payload has unknown format version {blob[0]} (this build reads 2)")
+        return blob[:_ENVELOPE_BYTES]
 
 
 def _key_id(key: bytes) -> bytes:

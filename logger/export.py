@@ -1,8 +1,12 @@
-"""`minigate logs export`: every call in a time window as JSONL, payloads decrypted (still redacted)."""
+"""`minigate logs export`: every call in a time window, payloads decrypted (still redacted), page by page.
+
+The pages go to a sink: JSONL lines by default, Parquet row groups with `parquet_export.ParquetSink`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 
@@ -12,22 +16,22 @@ from minigate.logger.seal import Sealer
 from minigate.logger.settings import LoggingSection
 from minigate.logger.store import open_store
 
-__all__ = ["export_calls"]
+__all__ = ["export_calls", "jsonl"]
 
 _PAGE = 500
 
 
 async def export_calls(
     settings: LoggingSection, *, since: float | None, until: float | None, actor: str,
-    write: Callable[[bytes], object], progress: Callable[[int], object] = lambda n: None,
+    write: Callable[[list[dict[str, Any]]], object], progress: Callable[[int], object] = lambda n: None,
 ) -> int:
-    """Write one JSON line per call (oldest first); returns how many. Each page read is audited."""
+    """Hand every call (oldest first) to `write`, a page at a time; returns how many. Each page read is audited."""
     store = await open_store(settings.store)
     try:
         reader = CallReader(store, Sealer.from_settings(settings).cipher)
         count = 0
         async for rows in _pages(reader, CallQuery(since=since, until=until, limit=_PAGE), actor):
-            write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+            write(rows)
             count += len(rows)
             progress(len(rows))
         return count
@@ -35,7 +39,12 @@ async def export_calls(
         await store.close()
 
 
-async def _pages(reader: CallReader, query: CallQuery, actor: str) -> AsyncIterator[list[dict[str, object]]]:
+def jsonl(write: Callable[[bytes], object]) -> Callable[[list[dict[str, Any]]], object]:
+    """A sink writing one JSON line per call."""
+    return lambda rows: write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
+async def _pages(reader: CallReader, query: CallQuery, actor: str) -> AsyncIterator[list[dict[str, Any]]]:
     while True:
         rows, cursor = await reader.page(query, payloads=True, actor=actor)
         if rows:

@@ -20,6 +20,12 @@ CREATE INDEX IF NOT EXISTS calls_task ON calls (task);
 CREATE INDEX IF NOT EXISTS calls_status ON calls (status);
 """
 
+# Which log key wraps a record's payloads: `minigate keys rotate` finds what is left to re-wrap.
+_KEY_ID = """
+ALTER TABLE calls ADD COLUMN key_id TEXT;
+CREATE INDEX IF NOT EXISTS calls_key_id ON calls (key_id);
+"""
+
 MIGRATIONS: dict[Dialect, list[str]] = {
     "sqlite": [
         """
@@ -60,6 +66,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN attempts TEXT;
         ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
+        _KEY_ID,
     ],
     "postgresql": [
         """
@@ -100,5 +107,6 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN attempts JSONB;
         ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
+        _KEY_ID,
     ],
 }

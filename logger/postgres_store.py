@@ -12,17 +12,28 @@ import orjson
 from minigate.logger.migrations import MIGRATIONS
 from minigate.logger.query import CallQuery
 from minigate.logger.records import CallRecord
+from minigate.logger.store import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
 
 __all__ = ["PostgresStore"]
 
 _INSERT = (
     "INSERT INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
     " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
-    " ttft_s, attempts, escalated)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) ON CONFLICT (request_id) DO NOTHING"
+    " ttft_s, attempts, escalated, key_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+    " ON CONFLICT (request_id) DO NOTHING"
 )
 # Serialises concurrent migrators (several gateway replicas starting at once).
 _MIGRATION_LOCK = 0x6D696E6967617465
+
+
+
+def _dollar(n: int) -> str:
+    return f"${n}"
+
+
+def _bytes(value: bytes | memoryview | None) -> bytes | None:
+    return bytes(value) if isinstance(value, memoryview) else value
 
 
 class PostgresStore:
@@ -45,14 +56,14 @@ class PostgresStore:
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s,
-             None if r.attempts is None else orjson.dumps(r.attempts).decode(), r.escalated)
+             None if r.attempts is None else orjson.dumps(r.attempts).decode(), r.escalated, r.key_id)
             for r in records
         ]
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(_INSERT, rows)
 
     async def read(self, query: CallQuery, *, payloads: bool) -> list[dict[str, Any]]:
-        sql, params = query.sql(lambda n: f"${n}", payloads=payloads)
+        sql, params = query.sql(_dollar, payloads=payloads)
         async with self._pool.acquire() as connection:
             rows = await connection.fetch(sql, *params)
         return [{key: bytes(value) if isinstance(value, memoryview) else value for key, value in row.items()}
@@ -67,6 +78,20 @@ class PostgresStore:
         async with self._pool.acquire() as connection:
             status = await connection.execute("DELETE FROM calls WHERE started_at < $1", before)
         return int(status.split()[-1])
+
+    async def key_usage(self) -> dict[str, int]:
+        async with self._pool.acquire() as connection:
+            return {row[0]: row[1] for row in await connection.fetch(KEY_USAGE)}
+
+    async def sealed(self, *, not_key_id: str, after: str, limit: int) -> list[SealedPayloads]:
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(sealed_sql(_dollar), not_key_id, after, limit)
+        return [SealedPayloads(row[0], _bytes(row[1]), _bytes(row[2])) for row in rows]
+
+    async def reseal(self, rows: Sequence[SealedPayloads], key_id: str) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.executemany(reseal_sql(_dollar), [
+                (row.request_payload, row.response_payload, key_id, row.request_id) for row in rows])
 
     async def close(self) -> None:
         await self._pool.close()

@@ -43,6 +43,7 @@ class CallRecord:
     output_tokens: int | None = None
     request_payload: bytes | None = None  # redacted, then encrypted
     response_payload: bytes | None = None
+    key_id: str | None = None  # the log key that wraps the payloads' data key; what rotation looks for
 
 
 _BYTES_FIELDS = ("request_payload", "response_payload")

@@ -16,6 +16,7 @@ import orjson
 
 from minigate.logger.crypto import PayloadCipher
 from minigate.logger.identity import anonymise
+from minigate.logger.keys import load_keys
 from minigate.logger.payloads import reply_from_body, reply_from_stream, request_payload
 from minigate.logger.records import CallRecord
 from minigate.logger.redact import Placeholders, RedactionPolicy, Redactor
@@ -36,16 +37,18 @@ class Sealer:
         self.pepper = pepper
 
     @classmethod
-    def from_settings(cls, settings: LoggingSection) -> Sealer:
-        """One secret configures all: the log key encrypts, and keys the client-id and hash peppers."""
-        key = settings.encryption_key.get_secret_value() if settings.encryption_key else ""
-        if not key:
+    def from_settings(cls, settings: LoggingSection, *, create_key: bool = False) -> Sealer:
+        """One secret configures all: the log key encrypts, and keys the client-id and hash peppers.
+
+        `create_key`: the gateway may create the embedded default's key file; reading commands never do.
+        """
+        keys = load_keys(settings, create=create_key)
+        if keys is None:
             # No payload is stored, so hashing has nothing to keep stable: any key will do.
             return cls(Redactor(RedactionPolicy(settings.actions(), hash_key=secrets.token_bytes(32))), None, None)
-        pepper = hmac.new(key.encode(), b"minigate client identity", hashlib.sha256).digest()
-        previous = [k.get_secret_value() for k in settings.previous_keys if k.get_secret_value()]
+        pepper = hmac.new(keys.current.strip().encode(), b"minigate client identity", hashlib.sha256).digest()
         redactor = Redactor(RedactionPolicy(settings.actions(), hash_key=pepper))
-        return cls(redactor, PayloadCipher(key, previous), pepper)
+        return cls(redactor, keys.cipher(), pepper)
 
     def seal(self, record: CallRecord) -> None:
         reply = None
@@ -66,5 +69,7 @@ class Sealer:
             if reply is not None:
                 response = self.redactor.redact_json(reply.payload(), state)
                 record.response_payload = self.cipher.encrypt(orjson.dumps(response), aad)
+            if record.request_payload is not None or record.response_payload is not None:
+                record.key_id = self.cipher.key_id
         record.request_body = record.reply = record.chunks = None
         record.user = None

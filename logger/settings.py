@@ -39,8 +39,12 @@ class LoggingSection(BaseModel):
     spool: Path | None = Field(None, description="spool folder; default `<sqlite file>.spool` or ./minigate-spool")
     spool_fsync: Literal["always", "batch", "never"] = "batch"
     replay_interval_s: float = Field(2.0, gt=0, description="how often spooled records are offered to the store")
-    encryption_key: SecretStr | None = Field(None, description="urlsafe base64, 32 bytes; no key: no payloads logged")
+    payloads: bool = Field(True, description="false: only metadata is logged, never conversation text")
+    encryption_key: SecretStr | None = Field(None, description="urlsafe base64, 32 bytes; empty: use key_file")
     previous_keys: list[SecretStr] = Field(default_factory=list, description="older keys, to read older records")
+    key_file: Path | None = Field(
+        None, description="keys, newest first; default `<sqlite file>.key`, created on first start (0600)"
+    )
     redact: list[RedactType] | dict[RedactType, RedactAction] = Field(default_factory=lambda: list(REDACT_TYPES))
 
     @field_validator("encryption_key", "previous_keys")

@@ -18,15 +18,21 @@ import orjson
 from minigate.logger.migrations import MIGRATIONS
 from minigate.logger.query import CallQuery
 from minigate.logger.records import CallRecord
+from minigate.logger.store import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
 
 __all__ = ["SQLiteStore"]
 
 _INSERT = (
     "INSERT OR IGNORE INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
     " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
-    " ttft_s, attempts, escalated)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ttft_s, attempts, escalated, key_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+
+def _qmark(n: int) -> str:
+    return "?"
 
 
 class SQLiteStore:
@@ -56,8 +62,27 @@ class SQLiteStore:
     async def purge(self, before: float) -> int:
         return await anyio.to_thread.run_sync(self._purge, before)
 
+    async def key_usage(self) -> dict[str, int]:
+        return dict(await anyio.to_thread.run_sync(self._fetch, KEY_USAGE, ()))
+
+    async def sealed(self, *, not_key_id: str, after: str, limit: int) -> list[SealedPayloads]:
+        rows = await anyio.to_thread.run_sync(self._fetch, sealed_sql(_qmark), (not_key_id, after, limit))
+        return [SealedPayloads(*row) for row in rows]
+
+    async def reseal(self, rows: Sequence[SealedPayloads], key_id: str) -> None:
+        await anyio.to_thread.run_sync(self._reseal, rows, key_id)
+
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._db.close)
+
+    def _fetch(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _reseal(self, rows: Sequence[SealedPayloads], key_id: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(reseal_sql(_qmark), [(row.request_payload, row.response_payload, key_id, row.request_id) for row in rows])
 
     def _purge(self, before: float) -> int:
         with self._lock, self._db:
@@ -65,7 +90,7 @@ class SQLiteStore:
             return self._db.execute("DELETE FROM calls WHERE started_at < ?", (before,)).rowcount
 
     def _read(self, query: CallQuery, payloads: bool) -> list[dict[str, Any]]:
-        sql, params = query.sql(lambda n: "?", payloads=payloads)
+        sql, params = query.sql(_qmark, payloads=payloads)
         with self._lock:
             cursor = self._db.execute(sql, params)
             names = [column[0] for column in cursor.description]
@@ -84,7 +109,7 @@ class SQLiteStore:
         rows = [
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens, r.client_id,
-             r.request_payload, r.response_payload, r.ttft_s, _json(r.attempts), r.escalated)
+             r.request_payload, r.response_payload, r.ttft_s, _json(r.attempts), r.escalated, r.key_id)
             for r in records
         ]
         with self._lock, self._db:  # commits, or rolls back on error

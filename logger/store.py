@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from minigate.logger.query import CallQuery
 from minigate.logger.records import CallRecord
 
-__all__ = ["CallStore", "open_store"]
+__all__ = ["KEY_USAGE", "CallStore", "SealedPayloads", "open_store", "reseal_sql", "sealed_sql"]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPayloads:
+    """A record's encrypted payloads, as key rotation reads and rewrites them."""
+
+    request_id: str
+    request_payload: bytes | None
+    response_payload: bytes | None
 
 
 class CallStore(Protocol):
@@ -28,7 +38,33 @@ class CallStore(Protocol):
         """Delete calls that started before `before` (unix seconds); returns how many."""
         ...
 
+    async def key_usage(self) -> dict[str, int]:
+        """Records with payloads per log-key id."""
+        ...
+
+    async def sealed(self, *, not_key_id: str, after: str, limit: int) -> list[SealedPayloads]:
+        """Records whose payloads are under another key than `not_key_id`, by request id after `after`."""
+        ...
+
+    async def reseal(self, rows: Sequence[SealedPayloads], key_id: str) -> None:
+        """Replace these records' payloads (now under `key_id`) in one transaction."""
+        ...
+
     async def close(self) -> None: ...
+
+
+# Key rotation's statements, shared by both dialects; `placeholder(n)` spells the n-th parameter.
+KEY_USAGE = "SELECT key_id, count(*) FROM calls WHERE key_id IS NOT NULL GROUP BY key_id"
+
+
+def sealed_sql(placeholder: Callable[[int], str]) -> str:
+    return ("SELECT request_id, request_payload, response_payload FROM calls WHERE key_id IS NOT NULL"
+            f" AND key_id <> {placeholder(1)} AND request_id > {placeholder(2)} ORDER BY request_id LIMIT {placeholder(3)}")
+
+
+def reseal_sql(placeholder: Callable[[int], str]) -> str:
+    return (f"UPDATE calls SET request_payload = {placeholder(1)}, response_payload = {placeholder(2)},"
+            f" key_id = {placeholder(3)} WHERE request_id = {placeholder(4)}")
 
 
 async def open_store(url: str) -> CallStore:

@@ -54,9 +54,24 @@ def serve(
         err.print("[yellow]warning:[/] no API keys configured: anyone on this machine can call the gateway.")
     err.print(f"minigate {__version__}: config {path}")
     err.print(_routes_table(cfg))
+    _log_key_or_exit(cfg)
     started = run(cfg, path, host=bind_host, port=cfg.server.port if port is None else port, log_level=log_level)
     if not started:
         raise typer.Exit(STARTUP_FAILURE)
+
+
+def _log_key_or_exit(cfg: Config) -> None:
+    """Create the embedded default's key file now, and refuse a malformed one before binding a port."""
+    from minigate.logger.keys import KeyFileError, load_keys
+
+    try:
+        keys = load_keys(cfg.logging, create=True)
+    except KeyFileError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(STARTUP_FAILURE) from None
+    if keys is None and cfg.logging.enabled and cfg.logging.payloads:
+        err.print("[yellow]warning:[/] no log key (logging.encryption_key or logging.key_file): calls are logged "
+                  "without their payloads")
 
 
 @app.command()
@@ -188,27 +203,43 @@ def logs_export(
     config: ConfigOption = None,
     since: Annotated[Optional[str], typer.Option(help="Start, unix seconds or ISO 8601.")] = None,
     until: Annotated[Optional[str], typer.Option(help="End (exclusive), unix seconds or ISO 8601.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="JSONL file; default stdout.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file; default stdout (JSONL).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, or parquet (the parquet extra; needs --output).")] = "jsonl",
 ) -> None:
-    """Write every logged call as one JSON line: metadata plus decrypted, redacted payloads (audited)."""
+    """Write every logged call with metadata and decrypted, redacted payloads (each read is audited)."""
     import asyncio
     import getpass
 
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    from minigate.logger.export import export_calls
+    from minigate.logger.export import export_calls, jsonl
+    from minigate.logger.parquet_export import ParquetSink
 
+    if fmt not in ("jsonl", "parquet"):
+        raise typer.BadParameter("choose jsonl or parquet", param_hint="--format")
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
-    sink = output.open("wb") if output else sys.stdout.buffer
+    if fmt == "parquet":
+        if output is None:
+            raise typer.BadParameter("Parquet is binary: name a file with --output", param_hint="--format")
+        try:
+            sink = ParquetSink(output)
+        except RuntimeError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        write, close = sink.write, sink.close
+    else:
+        stream = output.open("wb") if output else sys.stdout.buffer
+        write, close = jsonl(stream.write), (stream.close if output else stream.flush)
     with Progress(SpinnerColumn(), TextColumn("{task.completed} calls exported"), console=err,
                   disable=not err.is_terminal) as bar:
         task = bar.add_task("export", total=None)
-        count = asyncio.run(export_calls(
-            cfg.logging, since=_when(since, "--since"), until=_when(until, "--until"), actor=f"cli:{getpass.getuser()}",
-            write=sink.write, progress=lambda n: bar.advance(task, n),
-        ))
-    if output:
-        sink.close()
+        try:
+            count = asyncio.run(export_calls(
+                cfg.logging, since=_when(since, "--since"), until=_when(until, "--until"),
+                actor=f"cli:{getpass.getuser()}", write=write, progress=lambda n: bar.advance(task, n),
+            ))
+        finally:
+            close()
     err.print(f"{count} calls exported")
 
 
@@ -219,6 +250,72 @@ def _when(value: str | None, option: str) -> float | None:
         return None if value is None else parse_time(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from exc
+
+
+keys = typer.Typer(help="The log key that encrypts payloads: generate one, rotate to a new one.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new log key (for MINIGATE_LOG_KEY or logging.encryption_key)."""
+    from minigate.logger.crypto import generate_key
+
+    typer.echo(generate_key())
+
+
+@keys.command("rotate")
+def keys_rotate(config: ConfigOption = None) -> None:
+    """Re-wrap every stored payload under the current log key.
+
+    With a key file (the embedded default), a new key is generated and put first in the file; the old
+    ones stay as previous keys. With `logging.encryption_key`, set the new key there first and move the
+    old one to `logging.previous_keys`; once this finishes, the old key is no longer needed by the store.
+    """
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from minigate.logger.crypto import generate_key, key_id
+    from minigate.logger.keys import KeyFileError, LogKeys, load_keys, write_key_file
+    from minigate.logger.rotation import rewrap_store
+    from minigate.logger.store import open_store
+
+    cfg = _load_or_exit(resolve_config_path(config, os.environ))
+    try:
+        found = load_keys(cfg.logging, create=False)
+    except KeyFileError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if found is None:
+        err.print("[red]error:[/] no log key is configured (logging.encryption_key, logging.key_file), so no "
+                  "payload is encrypted and there is nothing to rotate")
+        raise typer.Exit(2)
+    if found.file is not None:
+        fresh = generate_key()
+        write_key_file(found.file, [fresh, found.current, *found.previous])
+        found = LogKeys(fresh, (found.current, *found.previous), found.source, found.file)
+        err.print(f"new log key {key_id(fresh)} written first in {found.file}")
+
+    async def rotate() -> tuple[int, dict[str, int]]:
+        store = await open_store(cfg.logging.store)
+        try:
+            usage = await store.key_usage()
+            pending = sum(count for kid, count in usage.items() if kid != key_id(found.current))
+            with Progress(TextColumn("re-wrapping"), BarColumn(), MofNCompleteColumn(), console=err,
+                          disable=not err.is_terminal) as bar:
+                task = bar.add_task("rotate", total=pending)
+                done = await rewrap_store(store, found.cipher(), progress=lambda n: bar.advance(task, n))
+            return done, await store.key_usage()
+        finally:
+            await store.close()
+
+    done, usage = asyncio.run(rotate())
+    table = Table("log key id", "records", "role")
+    for kid, count in sorted(usage.items()):
+        table.add_row(kid, str(count), "current" if kid == key_id(found.current) else "previous")
+    err.print(table)
+    err.print(f"{done} records re-wrapped under key {key_id(found.current)}")
 
 
 

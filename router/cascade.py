@@ -1,8 +1,9 @@
 """Whether a miniature's reply must be escalated: the checks behind `escalate_on`.
 
-A pure function over the request and the reply body. The gateway runs it on a miniature's reply
-before any byte reaches the client; a reason means the client gets the frontier model's answer
-instead, and never sees the miniature's failure.
+Pure code over the request and the reply, no I/O. The gateway runs it on a miniature's reply before
+any byte reaches the client; a reason means the client gets the frontier model's answer instead, and
+never sees the miniature's failure. `check_reply` judges a whole body; `StreamCheck` judges a stream
+as it arrives and settles as early as it can, so the gateway holds a stream only that long.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-__all__ = ["ESCALATION_REASONS", "EscalationReason", "check_reply"]
+__all__ = ["CONTENT_CHECKS", "ESCALATION_REASONS", "EscalationReason", "StreamCheck", "check_reply"]
 
 EscalationReason = Literal["error", "timeout", "invalid_json", "invalid_tool_call", "empty"]
 ESCALATION_REASONS: tuple[EscalationReason, ...] = ("error", "timeout", "invalid_json", "invalid_tool_call", "empty")
+# The checks that read the reply's content; the others are about the call failing.
+CONTENT_CHECKS = frozenset({"invalid_json", "invalid_tool_call", "empty"})
 
 
 def check_reply(request: Mapping[str, Any], reply: bytes, policy: frozenset[str]) -> EscalationReason | None:
@@ -36,6 +39,101 @@ def check_reply(request: Mapping[str, Any], reply: bytes, policy: frozenset[str]
     if "invalid_json" in policy and not calls and not _valid_json(content, request.get("response_format")):
         return "invalid_json"
     return None
+
+
+class StreamCheck:
+    """Feeds on a miniature's SSE stream until it can tell whether the stream may reach the client.
+
+    `feed` and `end` return None while undecided (keep holding), "relay" once the stream passed, or the
+    reason to escalate. What settles it:
+    - content starts (a non-blank content delta): not `empty`; with a JSON `response_format` the first
+      character must also open a JSON value, else `invalid_json`. The rest of the content is relayed
+      unchecked: a stream that starts as JSON and breaks later reaches the client (the trade-off for not
+      holding the whole answer; send the request unstreamed for the full check);
+    - tool calls: held until the choice finishes, then every call is checked like an unstreamed one
+      (name offered, arguments valid JSON matching the tool's parameters). A client can't act on a tool
+      call before its arguments are complete, so holding it costs nothing it could have used;
+    - a finish with neither content nor tool call: `empty`; an error event in the stream: `error`.
+
+    >>> check = StreamCheck({"messages": []}, frozenset({"empty"}))
+    >>> check.feed(b'data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n') is None
+    True
+    >>> check.feed(b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n')
+    'relay'
+    """
+
+    def __init__(self, request: Mapping[str, Any], policy: frozenset[str]) -> None:
+        self._request = request
+        self._policy = policy
+        self._pending = b""  # an event split across chunks
+        self._calls: dict[int, dict[str, str]] = {}  # tool call index -> name and arguments so far
+        response_format = request.get("response_format")
+        kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+        self._json_opens = {"json_object": "{", "json_schema": "{["}.get(kind or "") if "invalid_json" in policy else None
+
+    def feed(self, data: bytes) -> EscalationReason | Literal["relay"] | None:
+        events = (self._pending + data).split(b"\n\n")
+        self._pending = events.pop()
+        for event in events:
+            verdict = self._event(event)
+            if verdict is not None:
+                return verdict
+        return None
+
+    def end(self) -> EscalationReason | Literal["relay"]:
+        """The stream ended while still undecided."""
+        verdict = self._event(self._pending) if self._pending.strip() else None
+        return verdict or self._finished()
+
+    def _event(self, event: bytes) -> EscalationReason | Literal["relay"] | None:
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return self._finished()
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return "error" if "error" in self._policy else "relay"
+            verdict = self._chunk(chunk)
+            if verdict is not None:
+                return verdict
+        return None
+
+    def _chunk(self, chunk: Any) -> EscalationReason | Literal["relay"] | None:
+        if not isinstance(chunk, Mapping) or "error" in chunk:
+            return "error" if "error" in self._policy else "relay"
+        choices = chunk.get("choices") or []
+        choice = choices[0] if isinstance(choices[0] if choices else None, Mapping) else {}
+        delta = choice.get("delta") if isinstance(choice.get("delta"), Mapping) else {}
+        content = delta.get("content")
+        if isinstance(content, str) and content.strip() and not self._calls:
+            if self._json_opens and content.lstrip()[0] not in self._json_opens:
+                return "invalid_json"
+            return "relay"
+        for call in delta.get("tool_calls") or []:
+            if isinstance(call, Mapping):
+                self._add_call_delta(call)
+        if choice.get("finish_reason"):
+            return self._finished()
+        return None
+
+    def _add_call_delta(self, call: Mapping[str, Any]) -> None:
+        index = call.get("index") if isinstance(call.get("index"), int) else len(self._calls)
+        held = self._calls.setdefault(index, {"name": "", "arguments": ""})
+        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        for part in ("name", "arguments"):
+            if isinstance(function.get(part), str):
+                held[part] += function[part]
+
+    def _finished(self) -> EscalationReason | Literal["relay"]:
+        if self._calls:
+            calls = [{"function": call} for _, call in sorted(self._calls.items())]
+            if "invalid_tool_call" in self._policy and not _valid_calls(calls, self._request.get("tools")):
+                return "invalid_tool_call"
+            return "relay"
+        return "empty" if "empty" in self._policy else "relay"
 
 
 def _valid_json(content: Any, response_format: Any) -> bool:

@@ -97,14 +97,32 @@ def test_payloads_are_redacted_then_encrypted(upstream: ScriptedUpstream, tmp_pa
     assert joined["choices"][0]["finish_reason"] == "stop" and stream_tokens
 
 
-def test_without_a_key_no_payload_is_stored(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+def test_without_a_key_the_sqlite_default_generates_a_private_key_file(upstream: ScriptedUpstream,
+                                                                        tmp_path: Path) -> None:
     config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/c.db"})
+    with run_gateway(write_config(tmp_path / "minigate.yaml", config)) as gateway:
+        response = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                              json={"model": "cheap", "messages": [{"role": "user", "content": "mail a@b.co"}]})
+    key_file = tmp_path / "c.db.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    [key] = [line for line in key_file.read_text().splitlines() if not line.startswith("#")]
+    [(request_id, blob, key_id)] = fetch(f"sqlite:///{tmp_path}/c.db",
+                                         "SELECT request_id, request_payload, key_id FROM calls")
+    assert request_id == response.headers["x-minigate-request-id"] and key_id == PayloadCipher(key).key_id
+    request = orjson.loads(PayloadCipher(key).decrypt(bytes(blob), request_id.encode()))
+    assert request["messages"][0]["content"] == "mail <EMAIL_1>"
+
+
+def test_payloads_false_logs_metadata_only(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    logging = {"store": f"sqlite:///{tmp_path}/c.db", "payloads": False, "encryption_key": generate_key()}
+    config = gateway_config(upstream.base_url, logging=logging)
     with run_gateway(write_config(tmp_path / "minigate.yaml", config)) as gateway:
         httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
                    json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
-    [(request_payload, response_payload, input_tokens)] = fetch(
-        f"sqlite:///{tmp_path}/c.db", "SELECT request_payload, response_payload, input_tokens FROM calls")
-    assert request_payload is None and response_payload is None and input_tokens
+    [(request_payload, response_payload, input_tokens, key_id)] = fetch(
+        f"sqlite:///{tmp_path}/c.db", "SELECT request_payload, response_payload, input_tokens, key_id FROM calls")
+    assert request_payload is None and response_payload is None and key_id is None and input_tokens
+    assert not (tmp_path / "c.db.key").exists()
 
 
 def test_bad_input_is_logged_safely(upstream: ScriptedUpstream, tmp_path: Path) -> None:

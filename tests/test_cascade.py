@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from minigate.router.cascade import check_reply
+from minigate.router.cascade import StreamCheck, check_reply
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway
@@ -142,3 +142,93 @@ def test_escalation_is_in_the_call_record(cascading: RunningGateway, upstream: S
                                            f"SELECT escalated, model, attempts FROM calls WHERE request_id = '{request_id}'")
     assert escalated == "error" and model == "gpt-4.1"
     assert [(a["model"], a["status"]) for a in orjson.loads(attempts)] == [("mini-lora", 503), ("gpt-4.1", 200)]
+
+
+def stream(gateway: RunningGateway, **extra: Any) -> tuple[httpx.Headers, list[dict[str, Any]]]:
+    body = {"model": "gpt-4.1", "stream": True, "metadata": {"lenient": False},
+            "messages": [{"role": "user", "content": "Where is my parcel?"}], **extra}
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", headers={"authorization": f"Bearer {AGENT_KEY}"},
+                      json=body, timeout=30) as response:
+        assert response.status_code == 200
+        raw = b"".join(response.iter_bytes())
+    return response.headers, [orjson.loads(line[6:]) for line in raw.split(b"\n\n") if line.startswith(b"data: {")]
+
+
+def streamed_text(events: list[dict[str, Any]]) -> str:
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+
+
+@pytest.mark.parametrize(
+    ("failure", "extra", "reason"),
+    [
+        (Script(reply=""), {}, "empty"),
+        (Script(reply="Sure! The label is billing."), {"response_format": {"type": "json_object"}}, "invalid_json"),
+        (Script(tool_call={"name": "refund", "arguments": '{"amount": "all"}'}), {"tools": [TOOL]}, "invalid_tool_call"),
+        (Script(malformed_tool_call=True), {"tools": [TOOL]}, "invalid_tool_call"),
+        (Script(reply="partial answer", cut_after_chunks=1), {}, "error"),
+        (Script(reply="slow answer", chunk_delay_s=2.0), {}, "timeout"),
+    ],
+)
+def test_stream_is_held_until_its_checks_settle_and_escalated_unseen(
+    cascading: RunningGateway, upstream: ScriptedUpstream, failure: Script, extra: dict[str, Any], reason: str
+) -> None:
+    upstream.script(failure, model="mini-lora")
+    upstream.script(reply='{"label": "shipping"}', tool_call={"name": "refund", "arguments": '{"amount": 5}'}
+                    if "tools" in extra else None)
+    headers, events = stream(cascading, **extra)
+    assert headers["x-minigate-escalated"] == reason and headers["x-minigate-model"] == "gpt-4.1"
+    assert {e["model"] for e in events} == {"gpt-4.1"}, "no chunk of the miniature's stream reached the client"
+    if "tools" in extra:
+        arguments = "".join(e["choices"][0]["delta"]["tool_calls"][0]["function"].get("arguments") or ""
+                            for e in events if e["choices"] and e["choices"][0]["delta"].get("tool_calls"))
+        assert arguments == '{"amount": 5}'
+    else:
+        assert streamed_text(events) == '{"label": "shipping"}'
+    assert cascading.metric("minigate_escalations_total", {"route": "gpt-4.1", "reason": reason}) == 1
+    deadline = time.monotonic() + 5
+    while upstream.open_streams and time.monotonic() < deadline:  # the abandoned miniature stream is closed
+        time.sleep(0.02)
+    assert upstream.open_streams == 0
+
+
+def test_good_stream_is_relayed_as_soon_as_content_starts(cascading: RunningGateway, upstream: ScriptedUpstream) -> None:
+    upstream.script(reply="one two three four", chunk_delay_s=0.3, model="mini-lora")
+    body = {"model": "gpt-4.1", "stream": True, "metadata": {"lenient": False},
+            "messages": [{"role": "user", "content": "count"}]}
+    with httpx.stream("POST", f"{cascading.v1}/chat/completions", headers={"authorization": f"Bearer {AGENT_KEY}"},
+                      json=body, timeout=30) as response:
+        assert response.headers["x-minigate-model"] == "mini" and "x-minigate-escalated" not in response.headers
+        chunks = response.iter_bytes()
+        first = next(chunk for chunk in chunks if b'"content":"one' in chunk.replace(b" ", b""))
+        still_streaming = upstream.open_streams  # the first word arrived while the miniature still writes
+        rest = b"".join(chunks)
+    assert first and still_streaming == 1
+    events = [orjson.loads(line[6:]) for line in (first + rest).split(b"\n\n") if line.startswith(b"data: {")]
+    assert streamed_text(events).endswith("four") and len(upstream.requests) == 1
+
+
+def test_good_tool_call_stream_is_relayed_whole(cascading: RunningGateway, upstream: ScriptedUpstream) -> None:
+    upstream.script(tool_call={"name": "refund", "arguments": '{"amount": 5}'}, model="mini-lora")
+    headers, events = stream(cascading, tools=[TOOL])
+    assert "x-minigate-escalated" not in headers and {e["model"] for e in events} == {"mini-lora"}
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("events", "policy", "expected"),
+    [
+        ([b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n', b'data: {"choices":[{"delta":{"content":" "}}]}\n\n',
+          b'data: {"choices":[{"delta":{"content":"ok"}}]}\n\n'], ALL, "relay"),
+        ([b'data: {"choices":[{"delta":{"content":"o', b'k"}}]}\n', b'\n'], ALL, "relay"),  # an event split mid-way
+        ([b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'], ALL, "empty"),
+        ([b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'], ["error"], "relay"),
+        ([b'data: {"error":{"message":"overloaded"}}\n\n'], ALL, "error"),
+        ([b'data: [DONE]\n\n'], ALL, "empty"),
+    ],
+)
+def test_stream_check_settles_on_the_right_event(events: list[bytes], policy: list[str], expected: str) -> None:
+    check = StreamCheck({"messages": []}, frozenset(policy))
+    verdicts = [check.feed(event) for event in events]
+    settled = next((v for v in verdicts if v), None) or check.end()
+    assert settled == expected
+    assert all(v is None for v in verdicts[:-1]), "it holds no longer than the settling event"

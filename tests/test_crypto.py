@@ -12,7 +12,9 @@ from minigate.logger.crypto import (
     PayloadError,
     PayloadIntegrityError,
     PayloadKeyError,
+    blob_key_id,
     generate_key,
+    key_id,
     validate_key,
 )
 from minigate.logger.identity import anonymise
@@ -26,15 +28,18 @@ def test_round_trip(plaintext: bytes) -> None:
     assert cipher.decrypt(cipher.encrypt(plaintext, b"req-1"), b"req-1") == plaintext
 
 
-def test_blob_layout_names_version_key_and_a_fresh_nonce() -> None:
+def test_blob_layout_is_an_envelope_naming_version_key_and_fresh_nonces() -> None:
     cipher = PayloadCipher(KEY)
     first, second = cipher.encrypt(b"secret", b"req-1"), cipher.encrypt(b"secret", b"req-1")
-    key_id = hashlib.sha256(bytes(range(32))).digest()[:4]
-    assert first[0] == 1
-    assert first[1:5] == key_id and cipher.key_id == key_id.hex()
-    assert len(first) == 1 + 4 + 12 + len(b"secret") + 16
-    assert first[5:17] != second[5:17]
+    expected_id = hashlib.sha256(bytes(range(32))).digest()[:4]
+    assert first[0] == 2
+    assert first[1:5] == expected_id and cipher.key_id == expected_id.hex() == blob_key_id(first) == key_id(KEY)
+    envelope = 1 + 4 + 12 + 32 + 16
+    assert len(first) == envelope + 12 + len(b"secret") + 16
+    assert first[:envelope] == second[:envelope]  # one data key serves many payloads ...
+    assert first[envelope : envelope + 12] != second[envelope : envelope + 12]  # ... under fresh nonces
     assert b"secret" not in first
+    assert PayloadCipher(KEY).encrypt(b"secret", b"req-1")[:envelope] != first[:envelope]  # a data key per cipher
 
 
 @pytest.mark.parametrize(
@@ -42,8 +47,10 @@ def test_blob_layout_names_version_key_and_a_fresh_nonce() -> None:
     [
         (0, PayloadIntegrityError),  # version
         (2, PayloadKeyError),  # key id: names a key nobody has
-        (10, PayloadIntegrityError),  # nonce
-        (20, PayloadIntegrityError),  # ciphertext
+        (10, PayloadIntegrityError),  # wrap nonce
+        (40, PayloadIntegrityError),  # wrapped data key
+        (70, PayloadIntegrityError),  # payload nonce
+        (90, PayloadIntegrityError),  # ciphertext
         (-1, PayloadIntegrityError),  # tag
     ],
 )
@@ -78,10 +85,26 @@ def test_rotation_decrypts_with_previous_keys_and_encrypts_with_the_current() ->
     new_blob = rotated.encrypt(b"written after", b"req-2")
     assert new_blob[1:5].hex() == rotated.key_id != old.key_id
     assert PayloadCipher(new).decrypt(new_blob, b"req-2") == b"written after"
-    with pytest.raises(PayloadKeyError, match=f"wrong key.*{old.key_id}.*previous keys"):
+    with pytest.raises(PayloadKeyError, match=f"wrong key.*{old.key_id}.*previous_keys"):
         PayloadCipher(new).decrypt(old_blob, b"req-1")
     with pytest.raises(PayloadKeyError):
         old.decrypt(new_blob, b"req-2")
+
+
+def test_rewrap_moves_a_blob_to_the_current_key_keeping_its_ciphertext() -> None:
+    old = PayloadCipher(KEY)
+    blob = old.encrypt(b"written before rotation", b"req-1")
+    new_key = generate_key()
+    rotated = PayloadCipher(new_key, previous=[KEY])
+    rewrapped = rotated.rewrap(blob)
+    assert rewrapped is not None and blob_key_id(rewrapped) == key_id(new_key) != blob_key_id(blob)
+    assert rewrapped[65:] == blob[65:]  # the payload itself is not re-encrypted
+    assert PayloadCipher(new_key).decrypt(rewrapped, b"req-1") == b"written before rotation"
+    assert rotated.rewrap(rewrapped) is None  # already under the current key
+    with pytest.raises(PayloadKeyError):
+        old.decrypt(rewrapped, b"req-1")
+    with pytest.raises(PayloadKeyError):
+        PayloadCipher(generate_key()).rewrap(blob)
 
 
 def test_current_key_repeated_among_previous_is_harmless() -> None:

@@ -50,3 +50,24 @@ def test_migrate_creates_the_schema(upstream: ScriptedUpstream, tmp_path: Path, 
     result = minigate("logs", "migrate", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert fetch(store_url, "SELECT count(*) FROM calls") == [(0,)]
+
+
+def test_export_to_parquet_keeps_every_column_typed(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    logging = {"store": f"sqlite:///{tmp_path}/calls.db", "encryption_key": generate_key()}
+    path = write_config(tmp_path / "minigate.yaml", gateway_config(upstream.base_url, logging=logging))
+    with run_gateway(path) as gateway:
+        ids = [httpx.post(f"{gateway.v1}/chat/completions", headers={"authorization": f"Bearer {AGENT_KEY}"},
+                          json={"model": "cheap", "messages": [{"role": "user", "content": f"mail me at x{i}@y.org"}]}
+                          ).headers["x-minigate-request-id"] for i in range(2)]
+    result = minigate("logs", "export", "--config", str(path), "--format", "parquet", "-o", str(tmp_path / "c.parquet"))
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "c.parquet")
+    assert table.column("request_id").to_pylist() == ids
+    assert str(table.schema.field("input_tokens").type) == "int64" and str(table.schema.field("stream").type) == "bool"
+    request = orjson.loads(table.column("request").to_pylist()[0])
+    assert request["messages"][0]["content"] == "mail me at <EMAIL_1>"
+
+    no_file = minigate("logs", "export", "--config", str(path), "--format", "parquet")
+    assert no_file.returncode == 2 and "--output" in no_file.stderr

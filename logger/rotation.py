@@ -1,0 +1,35 @@
+"""Log-key rotation: re-wrap every stored payload's data key under the current log key.
+
+Only the 65-byte envelope of each blob changes (see crypto.py), so a rotation over millions of records
+moves no conversation text and never holds a plaintext payload. Batches commit one by one: an
+interrupted rotation is simply run again, and it picks up what is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from minigate.logger.crypto import PayloadCipher
+from minigate.logger.store import CallStore, SealedPayloads
+
+__all__ = ["rewrap_store"]
+
+
+async def rewrap_store(store: CallStore, cipher: PayloadCipher, *, batch_size: int = 500,
+                       progress: Callable[[int], None] = lambda done: None) -> int:
+    """Re-wrap every record not under the cipher's current key; returns how many records changed."""
+    done, after = 0, ""
+    while rows := await store.sealed(not_key_id=cipher.key_id, after=after, limit=batch_size):
+        resealed = [SealedPayloads(row.request_id, _rewrap(cipher, row.request_payload),
+                                   _rewrap(cipher, row.response_payload)) for row in rows]
+        await store.reseal(resealed, cipher.key_id)
+        done += len(rows)
+        after = rows[-1].request_id
+        progress(len(rows))
+    return done
+
+
+def _rewrap(cipher: PayloadCipher, blob: bytes | None) -> bytes | None:
+    if blob is None:
+        return None
+    return cipher.rewrap(blob) or blob
