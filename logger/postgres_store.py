@@ -1,4 +1,9 @@
-"""The call log in PostgreSQL: an asyncpg pool, versioned migrations at start-up, batched COPY-free inserts."""
+"""The call log in PostgreSQL: an asyncpg pool, versioned migrations at start-up, batches written by COPY.
+
+A batch is COPYed (binary) into a per-connection temporary table and moved into `calls` by one
+`INSERT ... SELECT ... ON CONFLICT DO NOTHING`: idempotent on request id like a plain INSERT, at a
+fraction of the server and client CPU of one INSERT per row.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +21,15 @@ from minigate.logger.store import KEY_USAGE, SealedPayloads, reseal_sql, sealed_
 
 __all__ = ["PostgresStore"]
 
-_INSERT = (
-    "INSERT INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
-    " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
-    " ttft_s, attempts, escalated, key_id)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
-    " ON CONFLICT (request_id) DO NOTHING"
+_COLUMNS = (
+    "request_id", "started_at", "key_name", "route", "model", "tier", "task", "rule", "upstream", "status",
+    "latency_s", "stream", "input_tokens", "output_tokens", "client_id", "request_payload", "response_payload",
+    "ttft_s", "attempts", "escalated", "key_id",
 )
+_STAGE = "calls_incoming"
+_CREATE_STAGE = f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (LIKE calls) ON COMMIT DELETE ROWS"
+_MOVE = (f"INSERT INTO calls ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM {_STAGE}"
+         " ON CONFLICT (request_id) DO NOTHING")
 # Serialises concurrent migrators (several gateway replicas starting at once).
 _MIGRATION_LOCK = 0x6D696E6967617465
 
@@ -47,9 +54,13 @@ class PostgresStore:
 
     @classmethod
     async def open(cls, url: str, *, max_connections: int = 4) -> PostgresStore:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=max_connections)
-        await migrate(pool)
-        return cls(pool)
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate(connection)
+        finally:
+            await connection.close()
+        # Migrated first: each pooled connection's staging table is made `LIKE calls` as it opens.
+        return cls(await asyncpg.create_pool(url, min_size=1, max_size=max_connections, init=_create_stage))
 
     async def write(self, records: Sequence[CallRecord]) -> None:
         rows = [
@@ -60,7 +71,8 @@ class PostgresStore:
             for r in records
         ]
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.executemany(_INSERT, rows)
+            await connection.copy_records_to_table(_STAGE, records=rows, columns=_COLUMNS)
+            await connection.execute(_MOVE)
 
     async def read(self, query: CallQuery, *, payloads: bool) -> list[dict[str, Any]]:
         sql, params = query.sql(_dollar, payloads=payloads)
@@ -97,10 +109,10 @@ class PostgresStore:
         await self._pool.close()
 
 
-async def migrate(pool: asyncpg.Pool) -> list[int]:
+async def migrate(connection: asyncpg.Connection) -> list[int]:
     """Apply the steps not yet applied; returns their versions."""
     done: list[int] = []
-    async with pool.acquire() as connection, connection.transaction():
+    async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await connection.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
@@ -112,3 +124,7 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
                 await connection.execute("INSERT INTO schema_migrations VALUES ($1, now())", version)
                 done.append(version)
     return done
+
+
+async def _create_stage(connection: asyncpg.Connection) -> None:
+    await connection.execute(_CREATE_STAGE)
