@@ -33,6 +33,7 @@ from minigate.logger.records import CallRecord
 from minigate.router.cascade import CONTENT_CHECKS, StreamCheck, check_reply
 from minigate.router.decision import Decision, Target
 from minigate.serving.pool import UpstreamPool
+from minigate.serving.pricing import PriceBook
 from minigate.serving.upstream import UpstreamReply
 
 __all__ = ["ChatEndpoint"]
@@ -56,6 +57,7 @@ class _Call:
     first_byte: float | None = None  # perf_counter when the reply's first byte went to the client
     attempts: list[dict[str, object]] = field(default_factory=list)
     escalated: str | None = None  # why the chosen miniature was replaced, when it was
+    prices: PriceBook | None = None  # of the config generation that served the call
 
 
 @dataclass(slots=True)
@@ -87,6 +89,7 @@ class ChatEndpoint:
         headers = {"x-minigate-request-id": call.request_id}
         try:
             runtime = self.holder.current
+            call.prices = runtime.prices
             caller = runtime.keyring.authenticate(request.headers.get("authorization"))
             call.key_name = caller.name
             caller.require("infer")
@@ -240,6 +243,7 @@ class ChatEndpoint:
             return
         target = decision.target
         self.metrics.observe(decision.route, target.name, target.tier, _UNKNOWN_TASK, status, elapsed)
+        rate, counterfactual = call.prices.rates(decision.route, target.name) if call.prices else (None, None)
         self.calls.submit(
             CallRecord(
                 call.request_id, call.started_at, call.key_name, decision.route, target.name, target.tier,
@@ -247,6 +251,7 @@ class ChatEndpoint:
                 ttft_s=None if call.first_byte is None else call.first_byte - call.started,
                 attempts=call.attempts or None, escalated=call.escalated,
                 request_body=call.body, user=call.user, reply=reply, chunks=chunks,
+                rate=rate, counterfactual_rate=counterfactual,
             )
         )
 

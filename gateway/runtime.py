@@ -20,6 +20,7 @@ from minigate.gateway.auth import KeyRing
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.router.decision import Router
 from minigate.serving.pool import LocalServers, UpstreamPool
+from minigate.serving.pricing import PriceBook
 
 __all__ = ["Runtime", "RuntimeHolder"]
 
@@ -35,11 +36,13 @@ class Runtime:
     keyring: KeyRing
     router: Router
     pool: UpstreamPool
+    prices: PriceBook
 
     @classmethod
     async def open(cls, config: Config, local: LocalServers) -> Runtime:
         pool = await UpstreamPool.open(config.upstreams, local)
-        return cls(config, KeyRing.from_section(config.auth), Router.from_config(config), pool)
+        return cls(config, KeyRing.from_section(config.auth), Router.from_config(config), pool,
+                   PriceBook.from_config(config))
 
 
 @dataclass

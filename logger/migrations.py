@@ -20,10 +20,13 @@ CREATE INDEX IF NOT EXISTS calls_task ON calls (task);
 CREATE INDEX IF NOT EXISTS calls_status ON calls (status);
 """
 
-# Which log key wraps a record's payloads: `minigate keys rotate` finds what is left to re-wrap.
-_KEY_ID = """
+# Which log key wraps a record's payloads (`minigate keys rotate` finds what is left to re-wrap), and what
+# the call cost against what it would have cost at the route's frontier price.
+_KEY_ID_AND_COST = """
 ALTER TABLE calls ADD COLUMN key_id TEXT;
 CREATE INDEX IF NOT EXISTS calls_key_id ON calls (key_id);
+ALTER TABLE calls ADD COLUMN cost_usd DOUBLE PRECISION;
+ALTER TABLE calls ADD COLUMN counterfactual_cost_usd DOUBLE PRECISION;
 """
 
 MIGRATIONS: dict[Dialect, list[str]] = {
@@ -66,7 +69,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN attempts TEXT;
         ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
-        _KEY_ID,
+        _KEY_ID_AND_COST,
     ],
     "postgresql": [
         """
@@ -107,6 +110,6 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN attempts JSONB;
         ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
-        _KEY_ID,
+        _KEY_ID_AND_COST,
     ],
 }

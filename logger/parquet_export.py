@@ -32,7 +32,8 @@ class ParquetSink:
             ("request_id", text), ("started_at", number), ("key_name", text), ("client_id", text), ("route", text),
             ("model", text), ("tier", text), ("task", text), ("rule", text), ("upstream", text), ("status", integer),
             ("latency_s", number), ("ttft_s", number), ("stream", pa.bool_()), ("input_tokens", integer),
-            ("output_tokens", integer), ("attempts", text), ("escalated", text), ("request", text),
+            ("output_tokens", integer), ("attempts", text), ("escalated", text), ("cost_usd", number),
+            ("counterfactual_cost_usd", number), ("request", text),
             ("response", text),
         ])
         self._writer = pq.ParquetWriter(str(path), self._schema, compression="zstd")

@@ -24,7 +24,7 @@ __all__ = ["PostgresStore"]
 _COLUMNS = (
     "request_id", "started_at", "key_name", "route", "model", "tier", "task", "rule", "upstream", "status",
     "latency_s", "stream", "input_tokens", "output_tokens", "client_id", "request_payload", "response_payload",
-    "ttft_s", "attempts", "escalated", "key_id",
+    "ttft_s", "attempts", "escalated", "key_id", "cost_usd", "counterfactual_cost_usd",
 )
 _STAGE = "calls_incoming"
 _CREATE_STAGE = f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (LIKE calls) ON COMMIT DELETE ROWS"
@@ -67,7 +67,8 @@ class PostgresStore:
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s,
-             None if r.attempts is None else orjson.dumps(r.attempts).decode(), r.escalated, r.key_id)
+             None if r.attempts is None else orjson.dumps(r.attempts).decode(), r.escalated, r.key_id,
+             r.cost_usd, r.counterfactual_cost_usd)
             for r in records
         ]
         async with self._pool.acquire() as connection, connection.transaction():

@@ -17,6 +17,7 @@ __all__ = ["METADATA_COLUMNS", "PAYLOAD_COLUMNS", "CallQuery", "decode_cursor", 
 METADATA_COLUMNS = (
     "request_id", "started_at", "key_name", "client_id", "route", "model", "tier", "task", "rule", "upstream",
     "status", "latency_s", "ttft_s", "stream", "input_tokens", "output_tokens", "attempts", "escalated",
+    "cost_usd", "counterfactual_cost_usd",
 )
 PAYLOAD_COLUMNS = ("request_payload", "response_payload")
 

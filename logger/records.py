@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from minigate.serving.pricing import Rate
 
 __all__ = ["CallRecord", "record_from_bytes", "record_to_bytes"]
 
@@ -37,6 +41,8 @@ class CallRecord:
     user: str | None = None  # the request's `user` field, only ever stored as part of client_id
     reply: bytes | None = None  # a non-streamed reply body
     chunks: list[bytes] | None = None  # a streamed reply, as relayed
+    rate: Rate | None = None  # the served model's price
+    counterfactual_rate: Rate | None = None  # the route's frontier model's price
     # Filled by the writer.
     client_id: str | None = None
     input_tokens: int | None = None
@@ -44,6 +50,8 @@ class CallRecord:
     request_payload: bytes | None = None  # redacted, then encrypted
     response_payload: bytes | None = None
     key_id: str | None = None  # the log key that wraps the payloads' data key; what rotation looks for
+    cost_usd: float | None = None  # the tokens at the served model's price; None when unpriced
+    counterfactual_cost_usd: float | None = None  # the same tokens at the route's frontier price
 
 
 _BYTES_FIELDS = ("request_payload", "response_payload")
@@ -55,7 +63,7 @@ def record_to_bytes(record: CallRecord) -> bytes:
     for name in _BYTES_FIELDS:
         if values[name] is not None:
             values[name] = base64.b64encode(values[name]).decode()
-    for name in ("request_body", "reply", "chunks", "user"):
+    for name in ("request_body", "reply", "chunks", "user", "rate", "counterfactual_rate"):
         values.pop(name)
     return orjson.dumps(values)
 

@@ -58,6 +58,12 @@ class Sealer:
             reply = reply_from_body(record.reply)
         if reply is not None:
             record.input_tokens, record.output_tokens = reply.tokens
+        if record.input_tokens is not None and record.output_tokens is not None:
+            if record.rate is not None:
+                record.cost_usd = record.rate.cost(record.input_tokens, record.output_tokens)
+            if record.counterfactual_rate is not None:
+                record.counterfactual_cost_usd = record.counterfactual_rate.cost(record.input_tokens,
+                                                                                 record.output_tokens)
         if self.pepper is not None:
             record.client_id = anonymise(self.pepper, record.key_name, record.user)
         if self.cipher is not None:
@@ -71,5 +77,5 @@ class Sealer:
                 record.response_payload = self.cipher.encrypt(orjson.dumps(response), aad)
             if record.request_payload is not None or record.response_payload is not None:
                 record.key_id = self.cipher.key_id
-        record.request_body = record.reply = record.chunks = None
+        record.request_body = record.reply = record.chunks = record.rate = record.counterfactual_rate = None
         record.user = None

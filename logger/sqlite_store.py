@@ -25,8 +25,8 @@ __all__ = ["SQLiteStore"]
 _INSERT = (
     "INSERT OR IGNORE INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
     " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
-    " ttft_s, attempts, escalated, key_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ttft_s, attempts, escalated, key_id, cost_usd, counterfactual_cost_usd)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -109,7 +109,8 @@ class SQLiteStore:
         rows = [
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens, r.client_id,
-             r.request_payload, r.response_payload, r.ttft_s, _json(r.attempts), r.escalated, r.key_id)
+             r.request_payload, r.response_payload, r.ttft_s, _json(r.attempts), r.escalated, r.key_id,
+             r.cost_usd, r.counterfactual_cost_usd)
             for r in records
         ]
         with self._lock, self._db:  # commits, or rolls back on error

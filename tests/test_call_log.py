@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from minigate.logger.crypto import PayloadCipher, generate_key
 from tests.conftest import AGENT_KEY, gateway_config
@@ -169,3 +170,30 @@ def test_retention_purges_old_records_at_start(upstream: ScriptedUpstream, tmp_p
         while fetch(store, "SELECT count(*) FROM calls") != [(0,)] and time.monotonic() < deadline:
             time.sleep(0.05)
     assert fetch(store, "SELECT count(*) FROM calls") == [(0,)]
+
+
+def test_cost_and_counterfactual_cost_from_config_prices(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    """A miniature call costs its tokens at the miniature's price; without minigate they would have gone to
+    the route's frontier model (escalate_to) at its price."""
+    config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/c.db"})
+    config["models"]["gpt-4.1"]["price"] = {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
+    config["models"]["mini"]["price"] = {"input_per_mtok": 0.1, "output_per_mtok": 0.4}
+    config["routes"]["cheap"]["escalate_to"] = "gpt-4.1"
+    config["routes"]["unpriced"] = {"default": "mini"}
+    del config["models"]["mini"]["price"]
+    config["models"]["mini-priced"] = {"upstream": "scripted", "model": "mini-lora", "tier": "miniature",
+                                       "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.4}}
+    config["routes"]["cheap"]["default"] = "mini-priced"
+    with run_gateway(write_config(tmp_path / "minigate.yaml", config)) as gateway:
+        for route in ("cheap", "gpt-4.1", "unpriced"):
+            httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                       json={"model": route, "messages": [{"role": "user", "content": "one two three"}]})
+    rows = {route: rest for route, *rest in fetch(
+        f"sqlite:///{tmp_path}/c.db", "SELECT route, input_tokens, output_tokens, cost_usd, counterfactual_cost_usd FROM calls")}
+    tokens_in, tokens_out, cost, counterfactual = rows["cheap"]
+    assert tokens_in and tokens_out
+    assert cost == pytest.approx((tokens_in * 0.1 + tokens_out * 0.4) / 1e6)
+    assert counterfactual == pytest.approx((tokens_in * 2.0 + tokens_out * 8.0) / 1e6)
+    tokens_in, tokens_out, cost, counterfactual = rows["gpt-4.1"]  # a frontier default is its own counterfactual
+    assert cost == counterfactual == pytest.approx((tokens_in * 2.0 + tokens_out * 8.0) / 1e6)
+    assert rows["unpriced"][2:] == [None, None]
