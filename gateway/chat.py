@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -66,7 +66,7 @@ class _Reply:
 
     upstream: UpstreamReply
     held: list[bytes] = field(default_factory=list)
-    rest: AsyncIterator[bytes] | None = None
+    rest: AsyncGenerator[bytes, None] | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for chunk in self.held:

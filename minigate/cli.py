@@ -6,8 +6,9 @@ import ipaddress
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.table import Table
 from minigate.config import Config, load_config, resolve_config_path
 from minigate.errors import ConfigError
 from minigate.version import __version__
+
+if TYPE_CHECKING:
+    from minigate.router.replay import Call, Skipped
 
 __all__ = ["app"]
 
@@ -97,7 +101,6 @@ def redact(
     import contextlib
     import io
     import sys
-    from collections.abc import Iterable
 
     import orjson
     import rich.progress
@@ -218,6 +221,7 @@ def logs_export(
     if fmt not in ("jsonl", "parquet"):
         raise typer.BadParameter("choose jsonl or parquet", param_hint="--format")
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
+    write: Callable[[list[dict[str, Any]]], object]
     if fmt == "parquet":
         if output is None:
             raise typer.BadParameter("Parquet is binary: name a file with --output", param_hint="--format")
@@ -396,6 +400,91 @@ def route_score(
             bar.advance(task)
     sink.flush()
 
+
+
+@app.command()
+def replay(
+    config: ConfigOption = None,
+    input: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="Request JSONL or `logs export` JSONL ('-': stdin); default: the config's call log.",
+    )] = None,
+    since: Annotated[Optional[str], typer.Option(help="Logged calls from, unix seconds or ISO 8601.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Logged calls until (exclusive).")] = None,
+    assume_output_tokens: Annotated[int, typer.Option(
+        min=0, help="Reply tokens where none are known (capped at the request's max_tokens).",
+    )] = 256,
+    png: Annotated[Optional[Path], typer.Option(help="Write a plot of projected cost vs share escalated.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Route requests or logged calls through a candidate config: split per tier, rule, task; cost; savings.
+
+    Offline: no upstream is called. Prices come from the config's models (`price`).
+    """
+    import orjson
+    from rich.progress import Progress
+
+    from minigate.router.replay import replay as replay_calls
+    from minigate.router.replay_view import PlotUnavailable, report_notes, report_tables, write_plot
+
+    cfg = _load_or_exit(resolve_config_path(config, os.environ))
+    if input is not None and (since or until):
+        raise typer.BadParameter("they select logged calls, not lines of --input", param_hint="--since/--until")
+    with Progress(console=err, disable=not err.is_terminal) as bar:
+        reading = bar.add_task("reading the call log", total=None, visible=input is None)
+        calls, total = _replay_source(cfg, input, since, until, progress=lambda n: bar.advance(reading, n))
+        task = bar.add_task("replaying", total=total)
+
+        def counted() -> Iterator[Call | Skipped]:
+            for call in calls:
+                bar.advance(task)
+                yield call
+
+        report = replay_calls(cfg, counted(), assumed_output_tokens=assume_output_tokens)
+    if as_json:
+        typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        console = Console()
+        for table in report_tables(report):
+            console.print(table)
+        for note in report_notes(report):
+            console.print(note, highlight=False)  # plain text: no colouring of numbers and quotes
+    if png is not None:
+        try:
+            write_plot(report, png)
+        except PlotUnavailable as exc:
+            err.print(f"[red]no plot:[/] {exc}")
+            raise typer.Exit(1) from exc
+        err.print(f"wrote {png}")
+
+
+def _replay_source(cfg: Config, input: Path | None, since: str | None, until: str | None, *,
+                   progress: Callable[[int], object]) -> tuple[Iterable[Call | Skipped], int | None]:
+    """The calls to replay and how many (None: unknown): a file, stdin, or the call log, payloads opened."""
+    import asyncio
+    import getpass
+
+    from minigate.logger.export import export_calls
+    from minigate.router.replay import logged_call, read_calls
+
+    if input is not None and str(input) == "-":
+        return read_calls(sys.stdin.buffer), None
+    if input is not None:
+        try:
+            with input.open("rb") as counting:
+                total = sum(1 for line in counting if line.strip())
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {input}: {exc.strerror or exc}", param_hint="--input") from exc
+        return read_calls(_file_lines(input)), total
+    calls: list[Call | Skipped] = []  # the replay keeps a summary of every call anyway (to sort by score)
+    asyncio.run(export_calls(cfg.logging, since=_when(since, "--since"), until=_when(until, "--until"),
+                             actor=f"cli:{getpass.getuser()}", write=lambda rows: calls.extend(map(logged_call, rows)),
+                             progress=progress))
+    return calls, len(calls)
+
+
+def _file_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as lines:
+        yield from lines
 
 
 router_app = typer.Typer(help="The escalation score: fit its weights on labelled outcomes.", no_args_is_help=True)

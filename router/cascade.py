@@ -104,9 +104,9 @@ class StreamCheck:
     def _chunk(self, chunk: Any) -> EscalationReason | Literal["relay"] | None:
         if not isinstance(chunk, Mapping) or "error" in chunk:
             return "error" if "error" in self._policy else "relay"
-        choices = chunk.get("choices") or []
-        choice = choices[0] if isinstance(choices[0] if choices else None, Mapping) else {}
-        delta = choice.get("delta") if isinstance(choice.get("delta"), Mapping) else {}
+        choices = chunk.get("choices") or [None]
+        choice = _mapping(choices[0] if isinstance(choices, list) else None)
+        delta = _mapping(choice.get("delta"))
         content = delta.get("content")
         if isinstance(content, str) and content.strip() and not self._calls:
             if self._json_opens and content.lstrip()[0] not in self._json_opens:
@@ -120,9 +120,9 @@ class StreamCheck:
         return None
 
     def _add_call_delta(self, call: Mapping[str, Any]) -> None:
-        index = call.get("index") if isinstance(call.get("index"), int) else len(self._calls)
-        held = self._calls.setdefault(index, {"name": "", "arguments": ""})
-        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        index = call.get("index")
+        held = self._calls.setdefault(index if isinstance(index, int) else len(self._calls), {"name": "", "arguments": ""})
+        function = _mapping(call.get("function"))
         for part in ("name", "arguments"):
             if isinstance(function.get(part), str):
                 held[part] += function[part]
@@ -134,6 +134,11 @@ class StreamCheck:
                 return "invalid_tool_call"
             return "relay"
         return "empty" if "empty" in self._policy else "relay"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """The value when it is a JSON object, else an empty one: streamed chunks are the upstream's to get wrong."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def _valid_json(content: Any, response_format: Any) -> bool:

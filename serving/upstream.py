@@ -7,7 +7,7 @@ request would pay a TCP (and TLS) handshake on every call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -45,7 +45,7 @@ class UpstreamReply:
         finally:
             await self.response.aclose()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives, decoded but otherwise untouched (SSE events are not re-framed)."""
         loop = asyncio.get_running_loop()
         try:
