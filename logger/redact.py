@@ -9,8 +9,10 @@ a dataset built from the log still shows that the user repeated it.
     >>> redactor.redact("mail jane@example.com or call +1 415-555-0100")[0]
     'mail <EMAIL_1> or call <PHONE_1>'
 
-Recognition is pattern-based (see `minigate.logger.redact_patterns`); person names and street
-addresses need a language model and are not detected.
+Recognition is pattern-based (see `minigate.logger.redact_patterns`); street addresses and person
+names are found by `minigate.logger.redact_addresses` and `minigate.logger.redact_names` (patterns,
+name gazetteers and context cues, see `minigate.logger.redact_lexicon`: no language model), and lose
+every overlap to the pattern types.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+from minigate.logger.redact_addresses import address_candidates
+from minigate.logger.redact_lexicon import capitalised_runs
+from minigate.logger.redact_names import name_candidates
 from minigate.logger.redact_patterns import candidates
 
 __all__ = [
@@ -40,7 +45,10 @@ __all__ = [
 Action = Literal["redact", "hash", "keep"]
 
 # Presidio's entity names, so spans compare directly with Presidio's output and its datasets.
-ENTITY_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "SECRET")
+ENTITY_TYPES = (
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "SECRET",
+    "PERSON", "STREET_ADDRESS",
+)  # fmt: skip
 _LABELS = {
     "EMAIL_ADDRESS": "EMAIL",
     "PHONE_NUMBER": "PHONE",
@@ -49,6 +57,8 @@ _LABELS = {
     "US_SSN": "SSN",
     "IP_ADDRESS": "IP",
     "SECRET": "SECRET",
+    "PERSON": "PERSON",
+    "STREET_ADDRESS": "STREET_ADDRESS",
 }
 
 
@@ -120,10 +130,13 @@ def find_spans(text: str) -> list[Span]:
     """Detected entities, non-overlapping and sorted by position.
 
     Overlaps are settled by type rank, then length: an explicit credential beats everything (a
-    password may be all digits), checksummed types beat phone numbers, and the entropy guess only
-    takes what is left.
+    password may be all digits), checksummed types beat phone numbers and street addresses (of those
+    two the longer span wins), and the entropy guess and then person names only take what is left.
     """
     found = candidates(text)
+    if len(text) >= 16 or not text.islower():  # keys, roles and model names hold neither names nor addresses
+        runs = capitalised_runs(text)
+        found += address_candidates(text, runs) + name_candidates(text, runs)
     if not found:
         return []
     accepted: list[tuple[int, int, str]] = []
@@ -211,8 +224,8 @@ def _normalise(entity_type: str, value: str) -> str:
         return "".join(ch for ch in value if ch.isdigit())
     if entity_type == "IBAN_CODE":
         return value.replace(" ", "").upper()
-    if entity_type == "EMAIL_ADDRESS":
-        return value.lower()
+    if entity_type in ("EMAIL_ADDRESS", "PERSON"):
+        return " ".join(value.lower().split())  # "Ann Lee" and "ann  lee" are one person
     return value
 
 

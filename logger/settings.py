@@ -11,7 +11,7 @@ from minigate.logger.crypto import validate_key
 
 __all__ = ["REDACT_TYPES", "LoggingSection", "RedactAction", "RedactType"]
 
-RedactType = Literal["email", "phone", "credit_card", "iban", "ssn", "ip", "secret"]
+RedactType = Literal["email", "phone", "credit_card", "iban", "ssn", "ip", "secret", "person", "address"]
 RedactAction = Literal["redact", "hash", "keep"]
 # Config names -> the entity names spans carry (Presidio's vocabulary).
 REDACT_TYPES: dict[RedactType, str] = {
@@ -22,6 +22,8 @@ REDACT_TYPES: dict[RedactType, str] = {
     "ssn": "US_SSN",
     "ip": "IP_ADDRESS",
     "secret": "SECRET",
+    "person": "PERSON",
+    "address": "STREET_ADDRESS",
 }
 
 

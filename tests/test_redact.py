@@ -209,15 +209,106 @@ def test_not_secrets(text: str) -> None:
     assert_none(text, "SECRET")
 
 
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("Please forward this to Jennifer Hill before Friday.", "Jennifer Hill"),
+        ("Ask Dr. Okafor about the results.", "Okafor"),
+        ("Hi Zuzana, thanks for the update.", "Zuzana"),
+        ("My name is Krisztián Szöllösy and I need help.", "Krisztián Szöllösy"),
+        ("Zuzana: Who are you?", "Zuzana"),
+        ("The report was written by Mohmad R. Vizirov last year.", "Mohmad R. Vizirov"),
+        ("I met Willemine ten Pas at the conference.", "Willemine ten Pas"),
+        ("Mr. O'Brien and Mrs. Smith-Jones signed it.", "O'Brien"),
+        ("Mr. O'Brien and Mrs. Smith-Jones signed it.", "Smith-Jones"),
+        ("They had three kids: Kateřina, James and Emily.", "Kateřina"),
+        ("my name is lena andersson", "lena andersson"),
+        ("Andrew had given the keys to his sister.", "Andrew"),
+    ],
+)
+def test_person_names(text: str, value: str) -> None:
+    assert_finds("PERSON", text, value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "See you on Monday in March.",
+        "Apple and Microsoft released new versions of Python and Docker.",
+        "The meeting is at noon. Will you come? May I join? Hope so.",
+        "We moved here from Kenosha last year and flew to Neupré.",
+        "Russell Investments and Morgan Stanley Group reported earnings.",
+        "Note: Summary of the Results",
+        "User: What is the capital of France?\nAssistant: Paris.",
+        "Claude: Sure, here is the Jenkins pipeline in Ruby.",
+        "The White House is on Pennsylvania Avenue.",
+        "iPhone users on GitHub like JavaScript.",
+    ],
+)
+def test_not_person_names(text: str) -> None:
+    assert_none(text, "PERSON")
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("Ship to 24 Clarke Avenue, Apt. 5, Springfield, IL 62704.", "24 Clarke Avenue, Apt. 5, Springfield, IL 62704"),
+        ("The bus station is on Villacher Strasse 89", "Villacher Strasse 89"),
+        ("Meet me at PSC 1437, Box 3833\nAPO AA 66791", "PSC 1437, Box 3833\nAPO AA 66791"),
+        ("28030 Edeby 55\n Apt. 297\n TYSTBERGA\n Sweden 99178",) * 2,
+        ("She lives on Via Tasso 129.", "Via Tasso 129"),
+        ("Send it to ul. Słowicza 10 Apt. 360", "ul. Słowicza 10 Apt. 360"),
+        ("Our office: Pohlstrasse 9, 10785 Berlin", "Pohlstrasse 9, 10785 Berlin"),
+        ("The letter went to P.O. Box 242.", "P.O. Box 242"),
+        ("Billing: 1668 Glyn St", "1668 Glyn St"),
+        ("corner of 3744 Retreat Avenue and Władysława Route.", "corner of 3744 Retreat Avenue and Władysława Route"),
+    ],
+)
+def test_street_addresses(text: str, value: str) -> None:
+    assert_finds("STREET_ADDRESS", text, value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Python 3 runs on Windows 10; see Chapter 11, Section 2.",
+        "During 1971, Mayo-Walters invested heavily.",
+        "I have 3 Apples and 2 oranges.",
+        "Version 2 Release 3 shipped on 2024-01-15.",
+        "Call Suite 500 support at 555-123-4567",
+    ],
+)
+def test_not_street_addresses(text: str) -> None:
+    assert_none(text, "STREET_ADDRESS")
+
+
+def test_an_address_keeps_a_phone_number_out_of_it() -> None:
+    text = "Lara Pottinger\n\n3247 Rua Igreja 25\n Apt. 236\n Ribeirão\n Portugal 30971\n0490 75 40 81"
+    assert ("STREET_ADDRESS", "3247 Rua Igreja 25\n Apt. 236\n Ribeirão\n Portugal 30971") in found(text)
+    assert ("PHONE_NUMBER", "0490 75 40 81") in found(text)
+
+
+def test_names_and_addresses_get_placeholders() -> None:
+    text, spans = Redactor().redact("Dear Jennifer Hill, your card ships to 24 Clarke Avenue. Thanks, Jennifer  Hill")
+    assert text == "Dear <PERSON_1>, your card ships to <STREET_ADDRESS_1>. Thanks, <PERSON_1>"
+    assert [s.type for s in spans] == ["PERSON", "STREET_ADDRESS", "PERSON"]
+
+
+def test_names_follow_the_policy() -> None:
+    redactor = Redactor(RedactionPolicy({"PERSON": "keep", "STREET_ADDRESS": "redact"}))
+    assert redactor.redact("Dr. Okafor lives at 24 Clarke Avenue")[0] == "Dr. Okafor lives at <STREET_ADDRESS_1>"
+
+
 def test_spans_are_sorted_non_overlapping_and_index_the_original() -> None:
     text = "Ann <ann@example.com> paid with 4111 1111 1111 1111 from 10.0.0.7, call +1 415-555-0100 or ann@example.com"
     spans = find_spans(text)
-    assert [s.type for s in spans] == ["EMAIL_ADDRESS", "CREDIT_CARD", "IP_ADDRESS", "PHONE_NUMBER", "EMAIL_ADDRESS"]
+    kinds = ["PERSON", "EMAIL_ADDRESS", "CREDIT_CARD", "IP_ADDRESS", "PHONE_NUMBER", "EMAIL_ADDRESS"]
+    assert [s.type for s in spans] == kinds
     assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
     redacted, replaced = Redactor().redact(text)
     assert replaced == spans
-    assert [text[s.start : s.end] for s in replaced][:2] == ["ann@example.com", "4111 1111 1111 1111"]
-    assert redacted == "Ann <<EMAIL_1>> paid with <CREDIT_CARD_1> from <IP_1>, call <PHONE_1> or <EMAIL_1>"
+    assert [text[s.start : s.end] for s in replaced][:3] == ["Ann", "ann@example.com", "4111 1111 1111 1111"]
+    assert redacted == "<PERSON_1> <<EMAIL_1>> paid with <CREDIT_CARD_1> from <IP_1>, call <PHONE_1> or <EMAIL_1>"
 
 
 def test_a_credential_wins_over_what_it_contains() -> None:
