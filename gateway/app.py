@@ -97,12 +97,19 @@ async def _watch(holder: RuntimeHolder) -> None:
     """Reload when the config's folder changes.
 
     Watching the folder, not the file, catches editors that write a new file and rename it, and
-    Kubernetes ConfigMaps that swap a symlink; a reload of an unchanged file costs one parse.
+    Kubernetes ConfigMaps that swap a symlink (`..data`); other files there (the embedded default's
+    SQLite call log sits beside its config) are ignored, so log writes never cost a parse.
     """
-    from watchfiles import awatch
+    from watchfiles import Change, awatch
 
     assert holder.path is not None
-    async for _ in awatch(holder.path.absolute().parent, recursive=False):
+    name = holder.path.name
+
+    def concerns_config(change: Change, path: str) -> bool:
+        changed = Path(path).name
+        return changed == name or changed.startswith("..")
+
+    async for _ in awatch(holder.path.absolute().parent, recursive=False, watch_filter=concerns_config):
         await holder.reload()
 
 

@@ -61,3 +61,20 @@ def test_sighup_reloads(upstream: ScriptedUpstream, tmp_path: Path) -> None:
         wait_for(lambda: reloads(gateway.base_url, "unchanged") == before + 1)
         gateway.signal(signal.SIGTERM)
         assert gateway.wait() == 0
+
+
+def test_rename_on_save_reloads_and_log_writes_beside_the_config_do_not(
+        upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway]) -> None:
+    config = gateway_config(upstream.base_url)
+    gateway = make_gateway(config, watch=True)  # its SQLite call log lives in the config's folder
+    path = gateway.app.state.holder.path
+    for _ in range(5):
+        httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                   json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
+    time.sleep(1.5)  # the writer flushes every 0.5 s; the watcher debounces 1.6 s at most
+    assert reloads(gateway.base_url, "unchanged") == 0 and reloads(gateway.base_url, "applied") == 0
+
+    config["routes"]["renamed-in"] = {"default": "mini"}
+    staged = write_config(path.with_name(".minigate.yaml.swp"), config)  # how editors save: write, rename
+    staged.rename(path)
+    wait_for(lambda: "renamed-in" in routes(gateway.base_url))
