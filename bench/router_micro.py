@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 import sys
 import time
@@ -16,10 +17,17 @@ from pathlib import Path
 
 from minigate.config import load_config
 from minigate.router.decision import Router
-from minigate.router.features import estimate_tokens
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
 TARGETS_US = {200: 50.0, 2000: 200.0, 20000: 2000.0}
+# Conversations are sized with the token count this benchmark started with (the router's first
+# estimate_tokens), so that a change to the router's estimate doesn't change what is measured.
+_SIZING_PIECES = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]{1,2}")
+
+
+def sizing_tokens(text: str) -> int:
+    pieces = _SIZING_PIECES.findall(text)
+    return len(pieces) + sum(len(p) // 7 for p in pieces if len(p) > 7)
 
 
 def sentences() -> list[str]:
@@ -32,8 +40,9 @@ def sentences() -> list[str]:
 def conversation(tokens: int, pool: list[str]) -> dict[str, object]:
     messages: list[dict[str, str]] = [{"role": "system", "content": "You are a bank's support agent."}]
     i = 0
-    while sum(estimate_tokens(m["content"]) for m in messages) < tokens:
-        messages.append({"role": "user" if len(messages) % 2 else "assistant", "content": " ".join(pool[i:i + 5])})
+    while sum(sizing_tokens(m["content"]) for m in messages) < tokens:
+        picked = [pool[(i + k) % len(pool)] for k in range(5)]  # wraps round the one-sentence fallback
+        messages.append({"role": "user" if len(messages) % 2 else "assistant", "content": " ".join(picked)})
         i += 5
     return {"model": "gpt-4.1", "messages": messages}
 
@@ -58,7 +67,8 @@ def main() -> int:
         p50, p99 = statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
         verdict = "PASS" if p50 <= target else "FAIL"
         print(f"{tokens:>9} tok.{len(body['messages']):>10}{p50:>10.1f}{p99:>10.1f}{target:>12.0f}  {verdict}")  # type: ignore[arg-type]
-        rows.append({"tokens": tokens, "p50_us": p50, "p99_us": p99, "target_p50_us": target})
+        rows.append({"tokens": tokens, "messages": len(body["messages"]), "p50_us": p50, "p99_us": p99,  # type: ignore[arg-type]
+                     "target_p50_us": target})
     out = Path(__file__).resolve().parent / "results" / "router_micro.json"
     out.write_text(json.dumps({"benchmark": "router_micro", "stage": "features + score + 7 rules", "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")

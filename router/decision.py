@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from minigate.errors import ModelNotFound
 from minigate.router.features import Features, extract_features
+from minigate.router.lexical import Lexicon
 from minigate.router.rules import RuleContext
 from minigate.router.score import escalation_score
 from minigate.router.settings import RouteEntry, Rule, ScoringSection
@@ -63,6 +64,9 @@ class Router:
         self.targets = targets
         self.weights = scoring.merged()
         self.bias = scoring.bias
+        self.lexicon = Lexicon(scoring.lexical) if scoring.lexical else None  # only fitted files have words
+        # Read once: a rule's condition is a pydantic private attribute, ~2 us a read.
+        self._rules = {name: [(rule, rule.condition) for rule in route.rules] for name, route in routes.items()}
 
     @classmethod
     def from_config(cls, config: Config) -> Router:
@@ -74,8 +78,8 @@ class Router:
         route = self._route(requested)
         if route.rules:
             context = self._context(body, headers)
-            for rule in route.rules:
-                if rule.condition(context):
+            for rule, condition in self._rules[requested]:
+                if condition(context):
                     target = self.targets[_model_of(rule, body)]
                     if target.tier != "miniature" or not rule.escalate_on or route.escalate_to is None:
                         return Decision(requested, target, rule.name)
@@ -86,7 +90,7 @@ class Router:
     def explain(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> Explanation:
         route = self._route(requested)
         context = self._context(body, headers)
-        outcomes = [(rule.name, rule.condition(context)) for rule in route.rules]
+        outcomes = [(rule.name, condition(context)) for rule, condition in self._rules[requested]]
         return Explanation(context.features, context.score, outcomes, self.decide(requested, body, headers))
 
     def _route(self, requested: str) -> RouteEntry:
@@ -101,8 +105,12 @@ class Router:
     def _context(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> RuleContext:
         features = extract_features(body)
         metadata = body.get("metadata")
-        return RuleContext(features, score=escalation_score(features, self.weights, self.bias), headers=headers,
+        return RuleContext(features, score=escalation_score(features, self.weights, self._bias(body)), headers=headers,
                            metadata=metadata if isinstance(metadata, Mapping) else {})
+
+    def _bias(self, body: Mapping[str, Any]) -> float:
+        """The score's bias, plus what the request's words add when the scoring file has word weights."""
+        return self.bias if self.lexicon is None else self.bias + self.lexicon.offset(body)
 
 
 def _model_of(rule: Rule, body: Mapping[str, Any]) -> str:

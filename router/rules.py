@@ -38,15 +38,7 @@ class RuleContext:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def value(self, name: str) -> Any:
-        if name == "task":
-            return self.task
-        if name == "score":
-            return self.score
-        if name.startswith("header."):
-            return self.headers.get(name.removeprefix("header.").lower())
-        if name.startswith("metadata."):
-            return self.metadata.get(name.removeprefix("metadata."))
-        return getattr(self.features, name)
+        return _reader(name)(self)
 
 
 Condition = Callable[[RuleContext], bool]
@@ -55,8 +47,7 @@ Condition = Callable[[RuleContext], bool]
 def compile_condition(spec: Any) -> Condition:
     """Compile a `when`; raises ValueError naming the unknown feature, operator or bad operand."""
     if isinstance(spec, Mapping):
-        parts = [_compile_entry(str(key), value) for key, value in spec.items()]
-        return lambda ctx: all(part(ctx) for part in parts)
+        return _all_of([_compile_entry(str(key), value) for key, value in spec.items()])
     raise ValueError(f"a condition is a mapping of names to tests, not {type(spec).__name__}")
 
 
@@ -65,8 +56,7 @@ def _compile_entry(key: str, value: Any) -> Condition:
         if not isinstance(value, list) or not value:
             raise ValueError(f"'{key}' takes a non-empty list of conditions")
         parts = [compile_condition(item) for item in value]
-        combine = all if key == "all" else any
-        return lambda ctx: combine(part(ctx) for part in parts)
+        return _all_of(parts) if key == "all" else _any_of(parts)
     if key == "not":
         inner = compile_condition(value)
         return lambda ctx: not inner(ctx)
@@ -74,34 +64,83 @@ def _compile_entry(key: str, value: Any) -> Condition:
         known = ", ".join(sorted(CONTEXT_NAMES))
         raise ValueError(f"unknown feature {key!r}; use one of: {known}, header.<name>, metadata.<key>")
     tests = value if isinstance(value, Mapping) else {"eq": value}
-    checks = [_compile_test(key, str(op), operand) for op, operand in tests.items()]
-    return lambda ctx: all(check(ctx.value(key)) for check in checks)
+    read = _reader(key)
+    return _all_of([_compile_test(read, key, str(op), operand) for op, operand in tests.items()])
+
+
+# Conditions run for every routed request, so the combinators avoid a generator per call, and a
+# single condition is used as it is.
+def _all_of(parts: list[Condition]) -> Condition:
+    if len(parts) == 1:
+        return parts[0]
+
+    def every(ctx: RuleContext) -> bool:
+        for part in parts:
+            if not part(ctx):
+                return False
+        return True
+
+    return every
+
+
+def _any_of(parts: list[Condition]) -> Condition:
+    if len(parts) == 1:
+        return parts[0]
+
+    def some(ctx: RuleContext) -> bool:
+        for part in parts:
+            if part(ctx):
+                return True
+        return False
+
+    return some
+
+
+def _reader(name: str) -> Callable[[RuleContext], Any]:
+    """How a condition reads `name` from the context, decided once when it compiles."""
+    if name in ("task", "score"):
+        return operator.attrgetter(name)
+    if name.startswith("header."):
+        header = name.removeprefix("header.").lower()
+        return lambda ctx: ctx.headers.get(header)
+    if name.startswith("metadata."):
+        key = name.removeprefix("metadata.")
+        return lambda ctx: ctx.metadata.get(key)
+    return operator.attrgetter(f"features.{name}")
 
 
 _ORDER: dict[str, Callable[[Any, Any], bool]] = {
     "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
 }
+_NUMBER = (int, float)
 
 
-def _compile_test(key: str, op: str, operand: Any) -> Callable[[Any], bool]:
+def _compile_test(read: Callable[[RuleContext], Any], key: str, op: str, operand: Any) -> Condition:
     if op in _ORDER:
         if isinstance(operand, bool) or not isinstance(operand, int | float):
             raise ValueError(f"{key}: '{op}' compares with a number, not {operand!r}")
         compare = _ORDER[op]
-        return lambda actual: isinstance(actual, int | float) and compare(actual, operand)
+        return lambda ctx: isinstance(actual := read(ctx), _NUMBER) and compare(actual, operand)
     if op == "eq":
         if isinstance(operand, bool):
-            return lambda actual: bool(actual) == operand
-        return lambda actual: actual == operand
+            return lambda ctx: bool(read(ctx)) == operand
+        return lambda ctx: read(ctx) == operand
     if op == "in":
         if not isinstance(operand, list):
             raise ValueError(f"{key}: 'in' takes a list, not {operand!r}")
         allowed = frozenset(operand)
-        return lambda actual: actual in allowed
+        return lambda ctx: _is_in(read(ctx), allowed)
     if op == "matches":
         try:
             pattern = re.compile(str(operand))
         except re.error as exc:
             raise ValueError(f"{key}: 'matches' needs a regular expression: {exc}") from exc
-        return lambda actual: isinstance(actual, str) and pattern.search(actual) is not None
+        return lambda ctx: isinstance(actual := read(ctx), str) and pattern.search(actual) is not None
     raise ValueError(f"{key}: unknown comparison {op!r}; use gt, gte, lt, lte, eq, in or matches")
+
+
+def _is_in(actual: Any, allowed: frozenset[Any]) -> bool:
+    try:
+        return actual in allowed
+    except TypeError:  # an unhashable value, as a list in a request's metadata, is none of the scalars
+        return False

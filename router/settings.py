@@ -77,7 +77,10 @@ class RouteEntry(BaseModel):
 
 class ScoringSection(BaseModel):
     """The escalation score's weights: shipped defaults, a fitted file (`minigate router fit`), or both
-    with `weights` overriding feature by feature."""
+    with `weights` overriding feature by feature. A fitted file may also carry word weights (`lexical`).
+
+    >>> ScoringSection.model_validate({"model": "scoring.json", "weights": {"tools": 0.5}})
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -98,7 +101,8 @@ class ScoringSection(BaseModel):
         if not isinstance(fitted, dict) or not isinstance(fitted.get("weights"), dict):
             raise ValueError(f"{data['model']} is not a scoring file (written by `minigate router fit`)")
         return {**data, "bias": data.get("bias", fitted.get("bias", DEFAULT_BIAS)),
-                "weights": {**fitted["weights"], **data.get("weights", {})}, "fitted": True}
+                "weights": {**fitted["weights"], **data.get("weights", {})}, "fitted": True,
+                "lexical": fitted.get("lexical") or {}}
 
     @field_validator("weights")
     @classmethod
@@ -109,6 +113,8 @@ class ScoringSection(BaseModel):
         return weights
 
     fitted: bool = Field(False, exclude=True, description="set when `model` supplied the weights")
+    lexical: dict[str, float] = Field(default_factory=dict, exclude=True,
+                                      description="word -> weight, from the scoring file (router/lexical.py)")
 
     def merged(self) -> dict[str, float]:
         return dict(self.weights) if self.fitted else {**DEFAULT_WEIGHTS, **self.weights}

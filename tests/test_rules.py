@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import operator
+import re
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minigate.config import load_config
 from minigate.errors import ConfigError
@@ -62,6 +67,71 @@ def test_conditions(when: dict[str, Any], ctx: RuleContext, expected: bool) -> N
 def test_bad_conditions_say_what_is_wrong(when: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         compile_condition(when)
+
+
+# Headers and metadata come from clients: a condition takes any value, never raises, and `matches`
+# stays linear on long or odd text (a deadline per example, far above the microseconds these take).
+TEXT = (st.text(st.characters(exclude_categories=()), max_size=2000)
+        | st.builds(operator.mul, st.sampled_from(["a", "?", "`", "((", "ab", "\n", "é", "1-"]), st.integers(0, 100_000)))
+VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                      max_leaves=10)
+PATTERNS = ("^pay", "frontier|premium", r"\d{3}-\d{4}", "(?i)urgent", r"^[\w.-]+@[\w-]+\.\w+$", "")
+CLIENT = settings(max_examples=200, deadline=timedelta(milliseconds=500))
+
+
+@CLIENT
+@given(st.sampled_from(PATTERNS), TEXT, VALUES)
+def test_matches_takes_any_text_quickly_and_never_raises(pattern: str, header: str, value: Any) -> None:
+    when = {"any": [{"header.X-Team": {"matches": pattern}}, {"metadata.team": {"matches": pattern}}]}
+    expected = re.search(pattern, header) is not None or (isinstance(value, str) and re.search(pattern, value) is not None)
+    assert compile_condition(when)(context(headers={"x-team": header}, metadata={"team": value})) is expected
+
+
+@CLIENT
+@given(VALUES)
+def test_every_comparison_takes_any_client_value(value: Any) -> None:
+    ctx = context(metadata={"k": value})
+    for test in ({"gt": 1}, {"lte": 2.5}, {"eq": "a"}, {"eq": True}, {"in": ["a", 1, None]}, {"matches": "a"}):
+        assert isinstance(compile_condition({"metadata.k": test})(ctx), bool), test
+
+
+LEAVES = st.sampled_from([{"turns": 1}, {"code": True}, {"tools": {"gt": 0}}, {"task": {"in": ["a", "b"]}},
+                          {"score": {"gte": 0.5}}, {"prompt_tokens": {"gt": 3, "lte": 9}}, {}])
+CONDITIONS = st.recursive(LEAVES, lambda inner: st.one_of(
+    st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"all": parts}),
+    st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"any": parts}),
+    inner.map(lambda part: {"not": part}),
+    st.lists(inner, max_size=3).map(lambda parts: {key: value for part in parts for key, value in part.items()}),
+), max_leaves=8)
+_ORDER = {"gt": operator.gt, "gte": operator.ge, "lte": operator.le}
+
+
+def holds(when: dict[str, Any], ctx: RuleContext) -> bool:
+    """The condition language read aloud: a reference for the compiled closures."""
+    results = []
+    for key, value in when.items():
+        if key in ("all", "any"):
+            results.append((all if key == "all" else any)(holds(part, ctx) for part in value))
+        elif key == "not":
+            results.append(not holds(value, ctx))
+        else:
+            actual = ctx.value(key)
+            for op, operand in (value if isinstance(value, dict) else {"eq": value}).items():
+                if op == "eq":
+                    results.append(bool(actual) == operand if isinstance(operand, bool) else actual == operand)
+                else:
+                    results.append(actual in operand if op == "in" else _ORDER[op](actual, operand))
+    return all(results)
+
+
+@settings(max_examples=300, deadline=timedelta(milliseconds=500))
+@given(CONDITIONS, st.sampled_from(["hello", "one two three four five", "```def f(x):``` why?"]),
+       st.sampled_from(["a", "c"]), st.floats(0, 1), st.integers(0, 2))
+def test_compiled_conditions_agree_with_their_reading(when: dict[str, Any], text: str, task: str, score: float,
+                                                      tools: int) -> None:
+    ctx = context(text, task=task, score=score, body={"tools": [{"type": "function"}] * tools})
+    assert compile_condition(when)(ctx) is holds(when, ctx)
 
 
 RULES_YAML = """\
