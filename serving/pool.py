@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from minigate.serving.anthropic import AnthropicClient
 from minigate.serving.llamacpp import LlamaCppClient, LlamaCppServer, LlamaCppSettings, default_gguf_path
-from minigate.serving.settings import LlamaCppUpstream, OpenAIUpstream, Upstream
+from minigate.serving.settings import AnthropicUpstream, LlamaCppUpstream, OpenAIUpstream, Upstream
 from minigate.serving.upstream import UpstreamClient
 
 __all__ = ["LocalServers", "UpstreamPool"]
@@ -72,4 +73,6 @@ async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamCli
             max_connections=spec.max_connections,
             max_keepalive=spec.max_keepalive,
         )
+    if isinstance(spec, AnthropicUpstream):
+        return AnthropicClient(name, spec)
     return LlamaCppClient(name, await local.ensure(spec), spec.timeouts)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price", "Timeouts", "Upstream"]
+__all__ = ["AnthropicUpstream", "LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price", "Timeouts", "Upstream"]
 
 
 class _Section(BaseModel):
@@ -45,7 +45,20 @@ class LlamaCppUpstream(_Section):
     timeouts: Timeouts = Timeouts()
 
 
-Upstream = Annotated[OpenAIUpstream | LlamaCppUpstream, Field(discriminator="kind")]
+class AnthropicUpstream(_Section):
+    """Anthropic's Messages API: chat completions are translated to it and back (serving/anthropic*.py)."""
+
+    kind: Literal["anthropic"]
+    base_url: str = Field("https://api.anthropic.com", pattern=r"^https?://", description="the API root")
+    api_key: SecretStr | None = None
+    anthropic_version: str = "2023-06-01"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(256, ge=1)
+    max_keepalive: int = Field(64, ge=0)
+
+
+Upstream = Annotated[OpenAIUpstream | LlamaCppUpstream | AnthropicUpstream, Field(discriminator="kind")]
 
 
 class Price(_Section):

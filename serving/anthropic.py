@@ -1,0 +1,95 @@
+"""The `anthropic` upstream kind: chat completions sent to Anthropic's Messages API, replies translated back.
+
+To the gateway this is one more `UpstreamClient`: it takes an OpenAI request body and returns a reply
+whose bytes are OpenAI's (a `chat.completion` body, `chat.completion.chunk` events ending with
+`[DONE]`, or an error in OpenAI's shape), so nothing above `serving` knows which protocol was spoken.
+The translation itself is pure code in `anthropic_request`, `anthropic_reply` and `anthropic_stream`;
+this module only adds the HTTP: the pooled transport, timeouts and transport errors are
+`UpstreamClient`'s and `UpstreamReply`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import httpx
+import orjson
+
+from minigate.errors import InvalidRequest, UpstreamError, UpstreamStreamCut, UpstreamUnavailable
+from minigate.serving.anthropic_reply import ReplyError, completion, error_body, openai_status
+from minigate.serving.anthropic_request import MessagesRequest, to_messages_request
+from minigate.serving.anthropic_stream import StreamTranslator
+from minigate.serving.settings import AnthropicUpstream
+from minigate.serving.upstream import UpstreamClient, UpstreamReply
+
+__all__ = ["AnthropicClient", "AnthropicReply"]
+
+
+@dataclass
+class AnthropicReply(UpstreamReply):
+    """An Anthropic reply that reads as OpenAI's; `status` is already the client's (529 becomes 503)."""
+
+    request: MessagesRequest
+    created: int  # the completion's `created`: when the request was sent
+
+    async def read(self) -> bytes:
+        body = await super().read()
+        if self.response.status_code != 200:
+            return error_body(self.response.status_code, body, self.upstream)
+        try:
+            return completion(body, self.request.answer, self.created)
+        except ReplyError as exc:
+            raise self._failure(exc) from exc
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        translator = StreamTranslator(self.request, self.created)
+        source = super().chunks()
+        try:
+            async for chunk in source:
+                if translated := translator.feed(chunk):
+                    yield translated
+            if rest := translator.close():
+                yield rest
+        except ReplyError as exc:
+            raise self._failure(exc) from exc
+        finally:
+            await source.aclose()
+
+    def _failure(self, exc: ReplyError) -> UpstreamError:
+        if exc.kind == "stream_cut":
+            return UpstreamStreamCut(f"upstream {self.upstream!r} ended the stream early ({exc}); retry the request",
+                                     upstream=self.upstream, kind=exc.kind)
+        return UpstreamUnavailable(f"upstream {self.upstream!r} failed: {exc}", upstream=self.upstream, kind=exc.kind)
+
+
+class AnthropicClient(UpstreamClient):
+    """A pooled connection to Anthropic's Messages API (or anything speaking it).
+
+    >>> client = AnthropicClient("claude", AnthropicUpstream(kind="anthropic", api_key="sk-ant-..."))
+    >>> reply = await client.chat(openai_body)  # doctest: +SKIP
+    >>> await reply.read()  # doctest: +SKIP
+    b'{"id":"msg_...","object":"chat.completion",...}'
+    """
+
+    def __init__(self, name: str, settings: AnthropicUpstream) -> None:
+        headers = {"anthropic-version": settings.anthropic_version, **settings.headers}
+        if settings.api_key is not None:
+            headers["x-api-key"] = settings.api_key.get_secret_value()
+        root = settings.base_url.rstrip("/").removesuffix("/v1")  # a base URL copied with /v1 works too
+        super().__init__(name, f"{root}/v1", settings.timeouts, headers=headers,
+                         max_connections=settings.max_connections, max_keepalive=settings.max_keepalive)
+        # The base class posts to {base_url}/chat/completions; `probe`'s GET {base_url}/models is Anthropic's too.
+        self._chat_url = httpx.URL(f"{self.base_url}/messages")
+
+    async def chat(self, body: bytes) -> AnthropicReply:
+        """Translate and send; raises `InvalidRequest` (400) for what Anthropic can't be asked."""
+        payload = orjson.loads(body)
+        if not isinstance(payload, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        request = to_messages_request(payload)
+        created = int(time.time())
+        reply = await super().chat(orjson.dumps(request.body))
+        return AnthropicReply(openai_status(reply.status), reply.headers, reply.response, reply.upstream,
+                              reply.deadline, request, created)
