@@ -66,10 +66,12 @@ _CODE = re.compile(
 )
 _CODE_MARKERS = ("```", "def ", "class ", "function ", "#include", "SELECT", "=>", ";")
 _MATH_MARKERS = ("$", "\\", "=", "+", "-", "*", "/", "^")  # or a symbol outside ASCII
-_MATH = re.compile(r"[$\\\d∑∫√≤≥≠∞π](?:(?<=\$)[^$\n]+\$|(?<=\\)(?:frac|sum|int|sqrt|begin\{)"
+# TeX inline math hugs its dollars (`$x + 1$`); two prices do not pair up (`$100 or $200`: no space may
+# follow the opening dollar or precede the closing one, and a closing dollar is not followed by a digit).
+_MATH = re.compile(r"[$\\\d∑∫√≤≥≠∞π](?:(?<=\$)(?=\S)[^$\n]*\S\$(?!\d)|(?<=\\)(?:frac|sum|int|sqrt|begin\{)"
                    r"|(?<=\d)(?<!\w\d)\d*\s*[-+*/^=]\s*\d+|(?<=[∑∫√≤≥≠∞π]))")
 _CORRECTION = re.compile(  # on a lowercased turn; `^` without MULTILINE is tried at the start only
-    r"^\s*(no\b|nope\b|wrong\b|that'?s (?:not|wrong|incorrect)|not what I|I said\b|I meant\b|actually\b|"
+    r"^\s*(no\b|nope\b|wrong\b|that'?s (?:not|wrong|incorrect)|not what i\b|i said\b|i meant\b|actually\b|"
     r"you (?:misunderstood|forgot|missed)|try again|again,|that is incorrect|incorrect\b)",
 )
 _NON_LATIN = re.compile(r"[^\W\d_\u0000-\u024F]")
