@@ -29,8 +29,12 @@ __all__ = ["create_app"]
 log = logging.getLogger("minigate.gateway")
 
 
-def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path | None = None) -> FastAPI:
-    """Build the gateway. With `config_path`, SIGHUP and edits to that file reload the config."""
+def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path | None = None,
+               announce: bool = False) -> FastAPI:
+    """Build the gateway. With `config_path`, SIGHUP and edits to that file reload the config.
+
+    `announce`: once started, print which models answer (`minigate serve` does; tests don't).
+    """
     metrics = GatewayMetrics(registry)
     holder = RuntimeHolder(config, metrics, config_path)
     # The store is opened once: a reload that changes logging.store takes effect at the next restart.
@@ -40,13 +44,16 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await calls.start()
         await holder.start()
-        watcher = asyncio.get_running_loop().create_task(_watch(holder)) if config_path else None
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(_watch(holder)) if config_path else None
+        announcer = loop.create_task(_announce(holder)) if announce else None
         with _reload_on_sighup(holder):
             try:
                 yield
             finally:
-                if watcher is not None:
-                    watcher.cancel()
+                for task in (watcher, announcer):
+                    if task is not None:
+                        task.cancel()
                 await holder.stop()
                 await calls.stop()
 
@@ -91,6 +98,22 @@ def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: Colle
         if runtime.config.metrics.require_role is not None:
             runtime.keyring.authenticate(request.headers.get("authorization")).require("read_metrics")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _announce(holder: RuntimeHolder) -> None:
+    """Print the models, their tiers and whether their upstream answers; probed after start-up, in the
+    background, so an unreachable frontier never delays serving the local miniature."""
+    from rich.console import Console
+    from rich.table import Table
+
+    runtime = holder.current
+    names = list(runtime.pool.clients)
+    probes = dict(zip(names, await asyncio.gather(*(runtime.pool[n].probe() for n in names)), strict=True))
+    table = Table("model", "tier", "upstream", "reachable", title="models")
+    for name, entry in runtime.config.models.items():
+        problem = probes.get(entry.upstream)
+        table.add_row(name, entry.tier, entry.upstream, "[green]yes[/]" if problem is None else f"[red]no[/]: {problem}")
+    Console(stderr=True).print(table)
 
 
 async def _watch(holder: RuntimeHolder) -> None:

@@ -42,7 +42,7 @@ def run(config: Config, config_path: Path, *, host: str, port: int, log_level: s
     """Serve until SIGTERM/SIGINT; False when the server could not start (port taken, upstream failing)."""
     server = _Server(
         uvicorn.Config(
-            create_app(config, REGISTRY, config_path=config_path),
+            create_app(config, REGISTRY, config_path=config_path, announce=True),
             host=host,
             port=port,
             loop="uvloop" if sys.platform != "win32" else "asyncio",

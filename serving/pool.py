@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from minigate.serving.anthropic import AnthropicClient
 from minigate.serving.llamacpp import LlamaCppClient, LlamaCppServer, LlamaCppSettings, default_gguf_path
 from minigate.serving.settings import AnthropicUpstream, LlamaCppUpstream, OpenAIUpstream, Upstream
-from minigate.serving.upstream import UpstreamClient
+from minigate.serving.upstream import UnconfiguredClient, UpstreamClient
 
 __all__ = ["LocalServers", "UpstreamPool"]
 
@@ -63,6 +63,8 @@ class UpstreamPool:
 
 
 async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamClient:
+    if isinstance(spec, OpenAIUpstream | AnthropicUpstream) and spec.missing_key():
+        return UnconfiguredClient(name, spec.base_url, spec.timeouts)
     if isinstance(spec, OpenAIUpstream):
         return UpstreamClient(
             name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -33,6 +34,12 @@ class OpenAIUpstream(_Section):
     max_connections: int = Field(256, ge=1)
     max_keepalive: int = Field(64, ge=0)
 
+    def missing_key(self) -> bool:
+        """A hosted API that can't answer without a key (an empty `${OPENAI_API_KEY:-}`, say)."""
+        host = urlsplit(self.base_url).hostname or ""
+        hosted = host == "api.openai.com" or host.endswith(".openai.azure.com")
+        return hosted and not (self.api_key and self.api_key.get_secret_value().strip())
+
 
 class LlamaCppUpstream(_Section):
     """A llama.cpp server that minigate starts and supervises itself (the embedded CPU miniature)."""
@@ -56,6 +63,9 @@ class AnthropicUpstream(_Section):
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(256, ge=1)
     max_keepalive: int = Field(64, ge=0)
+
+    def missing_key(self) -> bool:
+        return not (self.api_key and self.api_key.get_secret_value().strip())
 
 
 Upstream = Annotated[OpenAIUpstream | LlamaCppUpstream | AnthropicUpstream, Field(discriminator="kind")]

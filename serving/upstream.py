@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from minigate.errors import UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
+from minigate.errors import ServiceUnavailable, UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
 from minigate.serving.settings import Timeouts
 from minigate.version import __version__
 
@@ -141,3 +141,21 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+class UnconfiguredClient(UpstreamClient):
+    """A hosted API configured without its key: every call is a clear 503, never a doomed request.
+
+    The embedded default names OpenAI as its frontier with `${OPENAI_API_KEY:-}`, so that the gateway
+    starts and serves its local miniature on a machine with no key; its frontier routes say what to set.
+    """
+
+    async def chat(self, body: bytes) -> UpstreamReply:
+        raise ServiceUnavailable(
+            f"no frontier model configured: upstream {self.name!r} ({self.base_url}) has no API key. Set "
+            "OPENAI_API_KEY (the embedded default's frontier; MINIGATE_FRONTIER_MODEL picks the model), or "
+            "MINIGATE_FRONTIER_BASE_URL to use any OpenAI-compatible API, or the upstream's api_key in your config."
+        )
+
+    async def probe(self, timeout_s: float = 2.0) -> str | None:
+        return "not configured: no API key"

@@ -7,6 +7,7 @@ import json
 import signal
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -40,5 +41,17 @@ def test_embedded_default_serves_a_real_completion(tmp_path: Path) -> None:
             response_format={"type": "json_schema", "json_schema": {"name": "ticket", "schema": schema}},
         )
         assert json.loads(labelled.choices[0].message.content or "")["label"] in labels
+
+        # No OPENAI_API_KEY: the frontier route says what to set instead of trying OpenAI without a key.
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 503
+        assert "no frontier model configured" in refused.value.message and "OPENAI_API_KEY" in refused.value.message
+        ready = httpx.get(f"{gateway.base_url}/readyz").json()
+        assert ready["upstreams"]["openai"] == "not configured: no API key"
+        # At start, serve prints each model, its tier and whether it answers.
+        announced = " ".join("".join(gateway.log).split())
+        assert "smollm2-135m │ miniature │ local │ yes" in announced
+        assert "frontier │ frontier │ openai │ no: not configured" in announced
         gateway.signal(signal.SIGTERM)
         assert gateway.wait() == 0
