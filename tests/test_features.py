@@ -158,7 +158,7 @@ PLAIN_IMPERATIVE = re.compile(r"(?:^|[.!?;]\s+|\band (?:then )?|\balso )" + modu
 PLAIN_STEPS = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+|\b(" + "|".join(module._STEP_CUES) + r")\b", re.MULTILINE)
 PLAIN_REASONING = re.compile(r"\b(" + "|".join(module._REASONING_CUES) + ")")
 PLAIN_DOMAINS = re.compile(r"\b(" + "|".join(module._DOMAIN_CUES) + r")\b")
-PLAIN_MATH = re.compile(r"\$[^$\n]+\$|\\(?:frac|sum|int|sqrt|begin\{)|\b\d+\s*[-+*/^=]\s*\d+|[∑∫√≤≥≠∞π]")
+PLAIN_MATH = re.compile(r"\$(?=\S)[^$\n]*\S\$(?!\d)|\\(?:frac|sum|int|sqrt|begin\{)|\b\d+\s*[-+*/^=]\s*\d+|[∑∫√≤≥≠∞π]")
 PLAIN_CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction \w+\(|#include\b|\bSELECT\b.+\bFROM\b|=>|;\s*$",
                         re.MULTILINE)
 CUES = ("step by step", "step-by-step", "step 2", "proven", "derivative", "why", "explain why", "reasoning", "analyse",
