@@ -123,15 +123,12 @@ def test_large_records_round_trip_and_bound_batches_by_size(spool: Spool) -> Non
     assert [r for b in batches for r in b.records] == [big[0], b"small", *big[1:]]
 
 
-def test_many_small_records_append_and_replay_quickly(spool: Spool) -> None:
+def test_many_small_records_append_and_replay_in_order(spool: Spool) -> None:
+    """Speed is bench/logging's business; here 100k records across many segments come back exactly."""
     batch = records(100_000)
-    start = time.perf_counter()
     for offset in range(0, len(batch), 1000):
         spool.append(batch[offset : offset + 1000])
-    replayed = drain(spool)
-    elapsed = time.perf_counter() - start
-    assert replayed == batch
-    assert elapsed < 2.0, f"100k records took {elapsed:.2f} s"
+    assert drain(spool) == batch
 
 
 def test_torn_tail_is_dropped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
