@@ -130,7 +130,9 @@ async def _watch(holder: RuntimeHolder) -> None:
 
     def concerns_config(change: Change, path: str) -> bool:
         changed = Path(path).name
-        return changed == name or changed.startswith("..")
+        catalogue = holder.config.tasks.catalogue  # a re-discovery writes tasks.yaml and tasks.npz
+        watched = {catalogue.name, catalogue.with_suffix(".npz").name} if catalogue is not None else set()
+        return changed == name or changed.startswith("..") or changed in watched
 
     async for _ in awatch(holder.path.absolute().parent, recursive=False, watch_filter=concerns_config):
         await holder.reload()

@@ -32,13 +32,13 @@ from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
 from minigate.router.cascade import CONTENT_CHECKS, StreamCheck, check_reply
 from minigate.router.decision import Decision, Target
+from minigate.router.matcher import UNKNOWN_TASK
 from minigate.serving.pool import UpstreamPool
 from minigate.serving.pricing import PriceBook
 from minigate.serving.upstream import UpstreamReply
 
 __all__ = ["ChatEndpoint"]
 
-_UNKNOWN_TASK = "unknown"
 _CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 
 
@@ -58,6 +58,8 @@ class _Call:
     attempts: list[dict[str, object]] = field(default_factory=list)
     escalated: str | None = None  # why the chosen miniature was replaced, when it was
     prices: PriceBook | None = None  # of the config generation that served the call
+    task: str = UNKNOWN_TASK  # catalogue task id (records, metrics)
+    task_name: str = UNKNOWN_TASK  # its name (headers, rules)
 
 
 @dataclass(slots=True)
@@ -97,11 +99,14 @@ class ChatEndpoint:
             call.stream, call.body = chat.stream, chat.raw
             user = chat.body.get("user")
             call.user = user if isinstance(user, str) else None
-            call.decision = runtime.router.decide(chat.model, chat.body, request.headers)
-            headers.update(_decision_headers(call.decision))
+            if runtime.tasks is not None:
+                call.task = await runtime.tasks.match(chat.body)
+                call.task_name = runtime.tasks.name_of(call.task)
+            call.decision = runtime.router.decide(chat.model, chat.body, request.headers, call.task_name)
+            headers.update(_decision_headers(call.decision, call.task_name))
             strip_usage = chat.stream and not chat.wants_usage
             reply = await self._call(runtime.pool, chat, call, strip_usage)
-            headers.update(_decision_headers(call.decision))
+            headers.update(_decision_headers(call.decision, call.task_name))
             if call.escalated:
                 headers["x-minigate-escalated"] = call.escalated
             if chat.stream and reply.upstream.status == 200:
@@ -239,15 +244,15 @@ class ChatEndpoint:
         elapsed = time.perf_counter() - call.started
         decision = call.decision
         if decision is None:  # refused before routing (auth, malformed body, unknown model)
-            self.metrics.requests.labels("", "", "", _UNKNOWN_TASK, str(status)).inc()
+            self.metrics.requests.labels("", "", "", UNKNOWN_TASK, str(status)).inc()
             return
         target = decision.target
-        self.metrics.observe(decision.route, target.name, target.tier, _UNKNOWN_TASK, status, elapsed)
+        self.metrics.observe(decision.route, target.name, target.tier, call.task, status, elapsed)
         rate, counterfactual = call.prices.rates(decision.route, target.name) if call.prices else (None, None)
         self.calls.submit(
             CallRecord(
                 call.request_id, call.started_at, call.key_name, decision.route, target.name, target.tier,
-                _UNKNOWN_TASK, decision.rule, target.upstream, status, elapsed, call.stream,
+                call.task, decision.rule, target.upstream, status, elapsed, call.stream,
                 ttft_s=None if call.first_byte is None else call.first_byte - call.started,
                 attempts=call.attempts or None, escalated=call.escalated,
                 request_body=call.body, user=call.user, reply=reply, chunks=chunks,
@@ -286,11 +291,11 @@ def _attempt(target: Target, status: int | None, sent_at: float, error: str | No
             "latency_s": round(time.perf_counter() - sent_at, 6), "error": error}
 
 
-def _decision_headers(decision: Decision) -> dict[str, str]:
+def _decision_headers(decision: Decision, task_name: str) -> dict[str, str]:
     return {
         "x-minigate-model": decision.target.name,
         "x-minigate-tier": decision.target.tier,
-        "x-minigate-task": _UNKNOWN_TASK,
+        "x-minigate-task": task_name,
         "x-minigate-rule": decision.rule,
     }
 

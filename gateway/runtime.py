@@ -19,6 +19,7 @@ from minigate.errors import ConfigError
 from minigate.gateway.auth import KeyRing
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.router.decision import Router
+from minigate.router.matcher import TaskMatcher
 from minigate.serving.pool import LocalServers, UpstreamPool
 from minigate.serving.pricing import PriceBook
 
@@ -37,12 +38,31 @@ class Runtime:
     router: Router
     pool: UpstreamPool
     prices: PriceBook
+    tasks: TaskMatcher | None = None  # None: no catalogue configured, every call's task is `unknown`
+    catalogue_stamp: int | None = None  # the catalogue file's mtime: a re-discovery is a change to reload
 
     @classmethod
     async def open(cls, config: Config, local: LocalServers) -> Runtime:
+        tasks, stamp = None, _stamp(config)
+        if config.tasks.catalogue is not None:
+            tasks = await anyio.to_thread.run_sync(TaskMatcher.load, config.tasks)
+            await tasks.warm_up()  # the embedding model, when on, loads now and never on a request
         pool = await UpstreamPool.open(config.upstreams, local)
         return cls(config, KeyRing.from_section(config.auth), Router.from_config(config), pool,
-                   PriceBook.from_config(config))
+                   PriceBook.from_config(config), tasks, stamp)
+
+    async def close(self) -> None:
+        await self.pool.aclose()
+        if self.tasks is not None:
+            self.tasks.close()
+
+
+def _stamp(config: Config) -> int | None:
+    path = config.tasks.catalogue
+    try:
+        return path.stat().st_mtime_ns if path is not None else None
+    except OSError:
+        return None
 
 
 @dataclass
@@ -76,7 +96,7 @@ class RuntimeHolder:
         async with self._lock:
             try:
                 config = await anyio.to_thread.run_sync(load_config, self.path)
-                if config == self.config:
+                if config == self.config and _stamp(config) == self.current.catalogue_stamp:
                     self.metrics.config_reloads.labels("unchanged").inc()
                     return True
                 runtime = await Runtime.open(config, self.local)
@@ -106,7 +126,7 @@ class RuntimeHolder:
             try:
                 await asyncio.sleep(_RETIRE_AFTER_S)
             finally:
-                await old.pool.aclose()
+                await old.close()
 
         task = asyncio.get_running_loop().create_task(close_later())
         self._retiring.add(task)
@@ -117,7 +137,7 @@ class RuntimeHolder:
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._current is not None:
-            await self._current.pool.aclose()
+            await self._current.close()
         await self.local.stop_all()
 
 

@@ -19,6 +19,9 @@ from minigate.errors import ConfigError
 from minigate.version import __version__
 
 if TYPE_CHECKING:
+    from minigate.router.catalogue import Catalogue
+    from minigate.router.observations import Observation
+    from minigate.router.observations import Skipped as TaskSkip
     from minigate.router.replay import Call, Skipped
 
 __all__ = ["app"]
@@ -345,13 +348,14 @@ def route_explain(
     try:
         body = orjson.loads(raw)
         headers = dict(item.split("=", 1) for item in header or [])
-        explanation = Router.from_config(cfg).explain(str(body.get("model", "")), body, headers)
+        task = _task_by_signature(cfg, body)
+        explanation = Router.from_config(cfg).explain(str(body.get("model", "")), body, headers, task)
     except (orjson.JSONDecodeError, AttributeError, ValueError) as exc:
         raise typer.BadParameter(f"the input must be one chat completions request as JSON: {exc}") from exc
     except RequestError as exc:
         raise typer.BadParameter(exc.message) from exc
     decision = explanation.decision
-    report = {"features": explanation.features.as_dict(), "score": explanation.score,
+    report = {"task": task, "features": explanation.features.as_dict(), "score": explanation.score,
               "rules": [{"rule": name, "matched": matched} for name, matched in explanation.rules],
               "decision": {"route": decision.route, "model": decision.target.name, "tier": decision.target.tier,
                            "rule": decision.rule}}
@@ -372,7 +376,18 @@ def route_explain(
         chosen = matched and name == decision.rule
         rules.add_row(name, "matched, chosen" if chosen else "matched" if matched else "no match")
     console.print(rules)
-    console.print(f"decision: [bold]{decision.target.name}[/] ({decision.target.tier}) by rule {decision.rule!r}")
+    console.print(f"task: {task}; decision: [bold]{decision.target.name}[/] ({decision.target.tier}) "
+                  f"by rule {decision.rule!r}")
+
+
+def _task_by_signature(cfg: Config, body: dict[str, Any]) -> str:
+    """The request's task name as the gateway would match it by signature (no embedding offline)."""
+    if cfg.tasks.catalogue is None:
+        return "unknown"
+    from minigate.router.matcher import TaskMatcher
+
+    matcher = TaskMatcher.load(cfg.tasks.model_copy(update={"embedding": False}))
+    return matcher.name_of(matcher.known(body))
 
 
 @route.command("score")
@@ -528,6 +543,229 @@ def router_fit(
     err.print(f"fitted on {fitted['examples']} requests ({fitted['needs_frontier_share']:.0%} needed the frontier), "
               f"{len(fitted['lexical'])} words; wrote {output} ({output.stat().st_size / 1024:.0f} KiB): "
               "set scoring.model to it")
+
+
+tasks_app = typer.Typer(help="Recurring tasks: discover them in calls; list, show, rename and merge them.",
+                        no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+CatalogueOption = Annotated[Path, typer.Option(
+    "--catalogue", envvar="MINIGATE_TASKS_CATALOGUE", help="The catalogue `tasks discover` wrote.",
+)]
+
+
+@tasks_app.command("discover")
+def tasks_discover(
+    config: ConfigOption = None,
+    input: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="Request JSONL or `logs export` JSONL ('-': stdin); default: the config's call log.",
+    )] = None,
+    since: Annotated[Optional[str], typer.Option(help="Logged calls from, unix seconds or ISO 8601.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Logged calls until (exclusive).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Directory for tasks.yaml, tasks.npz and the plots.",
+    )] = Path("."),
+    assignments: Annotated[Optional[Path], typer.Option(
+        help='Write {"id", "task", "name"} per input call, as JSONL.',
+    )] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        envvar="MINIGATE_EMBEDDING_CACHE", help="Embedding cache directory; default OUT/.embeddings.",
+    )] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the catalogue as JSON instead of a table.")] = False,
+) -> None:
+    """Find the recurring tasks in calls and write the catalogue: ids carry over from the one already in OUT."""
+    import datetime
+
+    import orjson
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from minigate.router.catalogue import catalogue_document, save_catalogue
+    from minigate.router.discovery import discover
+    from minigate.router.embedding import Embedder, EmbeddingCache, EmbeddingsUnavailable
+    from minigate.router.observations import Observation
+    from minigate.router.observations import Skipped as TaskSkip
+    from minigate.router.task_view import PlotUnavailable, catalogue_table, write_map, write_shares
+
+    if input is not None and (since or until):
+        raise typer.BadParameter("they select logged calls, not lines of --input", param_hint="--since/--until")
+    previous = _catalogue_or_none(out / "tasks.yaml")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
+                  disable=not err.is_terminal) as bar:
+        stages: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            stages.setdefault(stage, bar.add_task(stage, total=total))
+            bar.update(stages[stage], completed=done, total=total)
+
+        reading = bar.add_task("reading the call log", total=None, visible=input is None)
+        read = _task_observations(config, input, since, until, lambda n: bar.advance(reading, n))
+        observations = [item for item in read if isinstance(item, Observation)]
+        skipped = [item for item in read if isinstance(item, TaskSkip)]
+        if not observations:
+            err.print("[red]error:[/] no calls to discover tasks in"
+                      + (f" ({len(skipped)} lines skipped)" if skipped else ""))
+            raise typer.Exit(1)
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        try:
+            found = discover(observations, Embedder(EmbeddingCache(cache or out / ".embeddings")), previous=previous,
+                             discovered_at=now, progress=progress)
+        except EmbeddingsUnavailable as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+    save_catalogue(found.catalogue, out / "tasks.yaml")
+    written = [out / "tasks.yaml", out / "tasks.npz"]
+    if assignments is not None:
+        assignments.write_bytes(_assignment_lines(read, found.assignments, found.catalogue))
+        written.append(assignments)
+    try:
+        write_shares(found.catalogue, out / "tasks.png")
+        write_map(found.vectors, [task for _, task in found.assignments], found.catalogue, out / "tasks-map.png")
+        written += [out / "tasks.png", out / "tasks-map.png"]
+    except PlotUnavailable as exc:
+        err.print(f"[yellow]no plots:[/] {exc}")
+    if as_json:
+        typer.echo(orjson.dumps(catalogue_document(found.catalogue), option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(catalogue_table(found.catalogue))
+    if skipped:
+        err.print(f"skipped {len(skipped)} input line(s), e.g. {skipped[0].id}: {skipped[0].reason}", highlight=False)
+    err.print("wrote " + ", ".join(map(str, written)), highlight=False)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    catalogue: CatalogueOption = Path("tasks.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the catalogue's tasks, most calls first."""
+    import orjson
+
+    from minigate.router.catalogue import catalogue_document
+    from minigate.router.task_view import catalogue_table
+
+    found = _catalogue_or_exit(catalogue)
+    if as_json:
+        typer.echo(orjson.dumps(catalogue_document(found), option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(catalogue_table(found))
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task: Annotated[str, typer.Argument(help="Task id or name.")],
+    catalogue: CatalogueOption = Path("tasks.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show one task: calls, shares, tokens, kind of output, signatures, who served it, example calls."""
+    import dataclasses
+
+    import orjson
+
+    from minigate.router.catalogue import CatalogueError
+    from minigate.router.task_view import task_table
+
+    try:
+        found = _catalogue_or_exit(catalogue).find(task)
+    except CatalogueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="TASK") from None
+    if as_json:
+        typer.echo(orjson.dumps(dataclasses.asdict(found), option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(task_table(found))
+
+
+@tasks_app.command("rename")
+def tasks_rename(
+    task: Annotated[str, typer.Argument(help="Task id or name.")],
+    name: Annotated[str, typer.Argument(help="The new name (lower case, digits, _ . / -).")],
+    catalogue: CatalogueOption = Path("tasks.yaml"),
+) -> None:
+    """Rename a task; the name survives re-discovery."""
+    from minigate.router.catalogue import CatalogueError, rename, save_catalogue
+
+    try:
+        edited = rename(_catalogue_or_exit(catalogue), task, name)
+    except CatalogueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    save_catalogue(edited, catalogue)
+    err.print(f"{edited.find(name).id} is now {name}")
+
+
+@tasks_app.command("merge")
+def tasks_merge(
+    into: Annotated[str, typer.Argument(help="The task that stays (id or name).")],
+    others: Annotated[list[str], typer.Argument(help="Tasks folded into it.")],
+    catalogue: CatalogueOption = Path("tasks.yaml"),
+) -> None:
+    """Merge tasks into the first one; the merge survives re-discovery."""
+    from minigate.router.catalogue import CatalogueError, merge, save_catalogue
+
+    try:
+        edited = merge(_catalogue_or_exit(catalogue), into, others)
+    except CatalogueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    save_catalogue(edited, catalogue)
+    kept = edited.find(into)
+    err.print(f"{kept.id} ({kept.name}) now holds {', '.join(kept.merged)}: {kept.size} calls")
+
+
+def _catalogue_or_none(path: Path) -> Catalogue | None:
+    """The catalogue at `path` (None when there is none yet); a broken one stops the command."""
+    from minigate.router.catalogue import CatalogueError, load_catalogue
+
+    if not path.is_file():
+        return None
+    try:
+        return load_catalogue(path)
+    except (CatalogueError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _catalogue_or_exit(path: Path) -> Catalogue:
+    found = _catalogue_or_none(path)
+    if found is None:
+        err.print(f"[red]error:[/] no catalogue at {path}: run `minigate tasks discover` first")
+        raise typer.Exit(2)
+    return found
+
+
+def _task_observations(config: Path | None, input: Path | None, since: str | None, until: str | None,
+                       progress: Callable[[int], object]) -> list[Observation | TaskSkip]:
+    """The calls to learn from (or why a line was skipped), in input order: a file, stdin or the call log."""
+    import asyncio
+    import getpass
+
+    from minigate.logger.export import export_calls
+    from minigate.router.observations import logged_observation, read_observations
+
+    if input is not None:
+        try:
+            return list(read_observations(sys.stdin.buffer if str(input) == "-" else _file_lines(input)))
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {input}: {exc.strerror or exc}", param_hint="--input") from exc
+    cfg = _load_or_exit(resolve_config_path(config, os.environ))
+    found: list[Observation | TaskSkip] = []
+    asyncio.run(export_calls(cfg.logging, since=_when(since, "--since"), until=_when(until, "--until"),
+                             actor=f"cli:{getpass.getuser()}",
+                             write=lambda rows: found.extend(map(logged_observation, rows)), progress=progress))
+    return found
+
+
+def _assignment_lines(read: list[Observation | TaskSkip], assigned: list[tuple[str, str]],
+                      catalogue: Catalogue) -> bytes:
+    """`{"id", "task", "name"}` per input line, in input order; "unknown" for lines without a request."""
+    import orjson
+
+    from minigate.router.observations import Skipped as TaskSkip
+
+    names = {task.id: task.name for task in catalogue.tasks}
+    tasks = iter(task for _, task in assigned)  # in the order of the lines that held a request
+    lines = []
+    for item in read:
+        task = "unknown" if isinstance(item, TaskSkip) else next(tasks)
+        lines.append(orjson.dumps({"id": item.id, "task": task, "name": names.get(task, "unknown")}) + b"\n")
+    return b"".join(lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from minigate.errors import ConfigError, ConfigProblem
 from minigate.gateway.settings import AuthSection, MetricsSection, ServerSection
 from minigate.logger.settings import LoggingSection
-from minigate.router.settings import RouteEntry, ScoringSection
+from minigate.router.rules import task_references
+from minigate.router.settings import RouteEntry, ScoringSection, TasksSection
 from minigate.serving.settings import ModelEntry, Upstream
 
 __all__ = ["Config", "default_config_path", "load_config", "resolve_config_path"]
@@ -40,6 +41,7 @@ class Config(BaseModel):
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     routes: dict[str, RouteEntry] = Field(min_length=1)
     scoring: ScoringSection = ScoringSection()
+    tasks: TasksSection = TasksSection()
     logging: LoggingSection = LoggingSection()
 
 
@@ -71,7 +73,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(name, [_problem(err["loc"], err["msg"], lines) for err in exc.errors()]) from exc
-    problems = [_problem(loc, msg, lines) for loc, msg in _dangling_references(config)]
+    catalogue = config.tasks.catalogue
+    if catalogue is not None and not catalogue.is_absolute():  # a catalogue sits beside its config
+        config = config.model_copy(update={"tasks": config.tasks.model_copy(update={"catalogue": path.parent / catalogue})})
+    problems = [_problem(loc, msg, lines) for loc, msg in _dangling_references(config) + _unknown_tasks(config)]
     if problems:
         raise ConfigError(name, problems)
     return config
@@ -153,6 +158,29 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
                     where = ("routes", name, "rules", i, "use" if rule.use is not None else "split")
                     found.append((where, f"rule {rule.name!r}: unknown model {model!r} (models: {known})"))
     return found
+
+
+def _unknown_tasks(config: Config) -> list[tuple[_Path, str]]:
+    """Rules testing for a task the catalogue doesn't have (or any task, with no catalogue configured)."""
+    referenced = [(("routes", name, "rules", i, "when", "task"), rule.name, task)
+                  for name, route in config.routes.items() for i, rule in enumerate(route.rules)
+                  for task in task_references(rule.when)]
+    path = config.tasks.catalogue
+    if not referenced and path is None:
+        return []
+    if path is None:
+        return [(where, f"rule {rule!r} tests for task {task!r}, but tasks.catalogue names no catalogue")
+                for where, rule, task in referenced]
+    from minigate.router.catalogue import CatalogueError, load_catalogue
+
+    try:
+        tasks = load_catalogue(path).tasks
+    except (OSError, CatalogueError) as exc:
+        return [(("tasks", "catalogue"), f"cannot read the task catalogue {path}: {exc}")]
+    known = {task.name for task in tasks}
+    listing = ", ".join(sorted(known)) or "none"
+    return [(where, f"rule {rule!r}: unknown task {task!r} (tasks: {listing}; `minigate tasks list`)")
+            for where, rule, task in referenced if task not in known and task != "unknown"]
 
 
 def _problem(loc: tuple[Any, ...], message: str, lines: dict[_Path, int]) -> ConfigProblem:

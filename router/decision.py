@@ -73,11 +73,25 @@ class Router:
         targets = {name: Target(name, entry.upstream, entry.model, entry.tier) for name, entry in config.models.items()}
         return cls(config.routes, targets, config.scoring)
 
-    def decide(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> Decision:
-        """First matching rule, else the route's default. Routes without rules compute no features."""
+    def decide(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str],
+               task: str = "unknown") -> Decision:
+        """First matching rule, else the route's default. Routes without rules compute no features.
+
+        `task` is the name of the request's catalogue task (router.matcher), what rules' `task` tests read.
+        """
         route = self._route(requested)
-        if route.rules:
-            context = self._context(body, headers)
+        return self._choose(requested, route, body, self._context(body, headers, task) if route.rules else None)
+
+    def explain(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str],
+                task: str = "unknown") -> Explanation:
+        route = self._route(requested)
+        context = self._context(body, headers, task)
+        outcomes = [(rule.name, condition(context)) for rule, condition in self._rules[requested]]
+        return Explanation(context.features, context.score, outcomes, self._choose(requested, route, body, context))
+
+    def _choose(self, requested: str, route: RouteEntry, body: Mapping[str, Any],
+                context: RuleContext | None) -> Decision:
+        if context is not None:
             for rule, condition in self._rules[requested]:
                 if condition(context):
                     target = self.targets[_model_of(rule, body)]
@@ -86,12 +100,6 @@ class Router:
                     return Decision(requested, target, rule.name, frozenset(rule.escalate_on),
                                     self.targets[route.escalate_to], rule.timeout_s)
         return Decision(requested, self.targets[route.default], "default")
-
-    def explain(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> Explanation:
-        route = self._route(requested)
-        context = self._context(body, headers)
-        outcomes = [(rule.name, condition(context)) for rule, condition in self._rules[requested]]
-        return Explanation(context.features, context.score, outcomes, self.decide(requested, body, headers))
 
     def _route(self, requested: str) -> RouteEntry:
         route = self.routes.get(requested)
@@ -102,11 +110,11 @@ class Router:
             )
         return route
 
-    def _context(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> RuleContext:
+    def _context(self, body: Mapping[str, Any], headers: Mapping[str, str], task: str) -> RuleContext:
         features = extract_features(body)
         metadata = body.get("metadata")
-        return RuleContext(features, score=escalation_score(features, self.weights, self._bias(body)), headers=headers,
-                           metadata=metadata if isinstance(metadata, Mapping) else {})
+        return RuleContext(features, task, escalation_score(features, self.weights, self._bias(body)), headers,
+                           metadata if isinstance(metadata, Mapping) else {})
 
     def _bias(self, body: Mapping[str, Any]) -> float:
         """The score's bias, plus what the request's words add when the scoring file has word weights."""

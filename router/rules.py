@@ -21,7 +21,7 @@ from typing import Any
 
 from minigate.router.features import FEATURE_NAMES, Features
 
-__all__ = ["CONTEXT_NAMES", "Condition", "RuleContext", "compile_condition"]
+__all__ = ["CONTEXT_NAMES", "Condition", "RuleContext", "compile_condition", "task_references"]
 
 CONTEXT_NAMES = frozenset(FEATURE_NAMES) | {"task", "score"}
 _PREFIXES = ("header.", "metadata.")
@@ -49,6 +49,26 @@ def compile_condition(spec: Any) -> Condition:
     if isinstance(spec, Mapping):
         return _all_of([_compile_entry(str(key), value) for key, value in spec.items()])
     raise ValueError(f"a condition is a mapping of names to tests, not {type(spec).__name__}")
+
+
+def task_references(spec: Any) -> list[str]:
+    """The task names a condition tests for, so the config can check them against the catalogue."""
+    found: list[str] = []
+    if not isinstance(spec, Mapping):
+        return found
+    for key, value in spec.items():
+        if key in ("all", "any") and isinstance(value, list):
+            found += [name for item in value for name in task_references(item)]
+        elif key == "not":
+            found += task_references(value)
+        elif key == "task":
+            tests = value if isinstance(value, Mapping) else {"eq": value}
+            for op, operand in tests.items():
+                if op == "eq":
+                    found.append(str(operand))
+                elif op == "in" and isinstance(operand, list):
+                    found += [str(item) for item in operand]
+    return found
 
 
 def _compile_entry(key: str, value: Any) -> Condition:

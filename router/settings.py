@@ -14,7 +14,7 @@ from minigate.router.features import FEATURE_NAMES
 from minigate.router.rules import Condition, compile_condition
 from minigate.router.score import DEFAULT_BIAS, DEFAULT_WEIGHTS
 
-__all__ = ["RouteEntry", "Rule", "ScoringSection"]
+__all__ = ["RouteEntry", "Rule", "ScoringSection", "TasksSection"]
 
 
 class Rule(BaseModel):
@@ -118,3 +118,14 @@ class ScoringSection(BaseModel):
 
     def merged(self) -> dict[str, float]:
         return dict(self.weights) if self.fitted else {**DEFAULT_WEIGHTS, **self.weights}
+
+
+class TasksSection(BaseModel):
+    """The task catalogue live requests are matched to (`minigate tasks discover` writes it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalogue: Path | None = Field(None, description="tasks.yaml; relative paths are read from the config's folder")
+    embedding: bool = Field(False, description="match unseen signatures by embedding (loads torch and MiniLM)")
+    budget_ms: float = Field(15.0, gt=0, description="longest a request waits for an embedding match")
+    min_similarity: float = Field(0.5, ge=-1, le=1, description="below it, the nearest task is not close enough")

@@ -1,0 +1,184 @@
+"""`minigate tasks discover`: find the recurring tasks in a set of calls and write them as a catalogue.
+
+Each call is read two ways: its user content (the last user turn) and its step's context (masked
+system prompt, tools, response format; one text per signature). Both are embedded with MiniLM and
+blended half and half, so a call sits near calls asking similar things in a similar setting: one
+signature can hold several tasks (a router step that sees many kinds of question), and several
+signatures can share one (two wordings of the same instruction). The blend is clustered
+(`clustering.cluster`), clusters get stable ids from the previous catalogue (`catalogue.identify`),
+and every task is described from its calls: size, shares of calls and cost, tokens, the kind of
+reply, signatures, tools, its distinctive terms and the calls nearest its centroid.
+
+>>> found = discover(calls, Embedder(cache), previous=None, discovered_at="2025-06-01T00:00Z")  # doctest: +SKIP
+>>> found.catalogue.tasks[0].name  # doctest: +SKIP
+'card-arrived-delivery'
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from minigate.router.catalogue import Catalogue, Identity, Task, identify
+from minigate.router.clustering import cluster
+from minigate.router.embedding import MODEL_NAME
+from minigate.router.features import extract_features
+from minigate.router.naming import distinctive_terms, task_name
+from minigate.router.observations import Observation, OutputKind
+from minigate.router.signature import signature, tool_names
+from minigate.router.task_text import content_text, context_text
+
+__all__ = ["METHOD", "Discovery", "Progress", "TextEmbedder", "blend", "discover"]
+
+METHOD = "spectral-ward-silhouette"
+_EXAMPLES = 5
+_ANCHOR_SHARE = 0.5  # a tool (or schema) names a task when at least this share of its calls offer it
+
+Floats = npt.NDArray[np.float32]
+Progress = Callable[[str, int, int], object]  # stage, done, total
+
+
+class TextEmbedder(Protocol):
+    def embed(self, texts: Sequence[str], progress: Callable[[int, int], object] = ...) -> Floats: ...
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The catalogue, each call's task id (in input order), and each call's blended vector."""
+
+    catalogue: Catalogue
+    assignments: list[tuple[str, str]]
+    vectors: Floats
+
+
+def discover(observations: Sequence[Observation], embedder: TextEmbedder, *, previous: Catalogue | None,
+             discovered_at: str, progress: Progress = lambda stage, done, total: None) -> Discovery:
+    """Cluster the calls into tasks and describe each; ids and people's edits carry over from `previous`."""
+    if not observations:
+        raise ValueError("there are no calls to discover tasks in")
+    signatures = [signature(observation.body) for observation in observations]
+    vectors = _vectors(observations, signatures, embedder, progress)
+    progress("clustering", 0, 1)
+    # Identical calls (same content, same step) are clustered once: repeats would weigh on the tree and
+    # the silhouettes, and make the tasks found depend on how often a caller retried.
+    unique, inverse = np.unique(vectors, axis=0, return_inverse=True)
+    labels = cluster(unique).labels[inverse.reshape(-1)]
+    progress("clustering", 1, 1)
+    clusters = sorted((np.flatnonzero(labels == label) for label in range(int(labels.max()) + 1)),
+                      key=len, reverse=True)  # new ids go to the biggest tasks first
+    identities, centroids, next_id = identify(previous, np.stack([_centroid(vectors[rows]) for rows in clusters]))
+    groups: dict[Identity, list[int]] = {}
+    for identity, rows in zip(identities, clusters):
+        groups.setdefault(identity, []).extend(rows.tolist())
+    kept = _kept(previous, {identity.id for identity in groups})
+    tasks = _describe(groups, observations, signatures, vectors, taken={task.name for task in kept}) + kept
+    catalogue = Catalogue(sorted(tasks, key=lambda task: (-task.size, task.id)), centroids, len(observations),
+                          discovered_at, METHOD, MODEL_NAME, next_id)
+    owner = {row: identity.id for identity, rows in groups.items() for row in rows}
+    assignments = [(observation.id, owner[row]) for row, observation in enumerate(observations)]
+    return Discovery(catalogue, assignments, vectors)
+
+
+def blend(content: Floats, context: Floats) -> Floats:
+    """Unit vectors weighing the user content and the step's context equally (both unit vectors)."""
+    return np.hstack([content, context]) / np.float32(np.sqrt(2.0))
+
+
+def _vectors(observations: Sequence[Observation], signatures: list[str], embedder: TextEmbedder,
+             progress: Progress) -> Floats:
+    contexts: dict[str, str] = {}
+    for key, observation in zip(signatures, observations):
+        contexts.setdefault(key, context_text(observation.body))
+    texts = [content_text(observation.body) for observation in observations]
+    context_texts = [contexts[key] for key in signatures]
+    every = embedder.embed([*texts, *dict.fromkeys(context_texts)],
+                           progress=lambda done, total: progress("embedding", done, total))
+    by_context = dict(zip(dict.fromkeys(context_texts), every[len(texts):]))
+    return blend(every[:len(texts)], np.stack([by_context[text] for text in context_texts]))
+
+
+def _centroid(vectors: Floats) -> Floats:
+    mean = vectors.mean(axis=0)
+    return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), dtype=np.float32)
+
+
+def _describe(groups: dict[Identity, list[int]], observations: Sequence[Observation], signatures: list[str],
+              vectors: Floats, *, taken: set[str]) -> list[Task]:
+    total_cost = sum(observation.cost or 0.0 for observation in observations)
+    has_cost = any(observation.cost is not None for observation in observations)
+    terms = distinctive_terms([[content_text(observations[row].body) for row in rows] for rows in groups.values()])
+    taken = taken | {identity.name for identity in groups if identity.name}
+    tasks = []
+    for (identity, rows), words in zip(groups.items(), terms):
+        members = [observations[row] for row in rows]
+        tools = _common_tools(members)
+        name = identity.name or _unique(task_name(words, _anchor(members, tools)), taken)
+        taken.add(name)
+        costs = [member.cost or 0.0 for member in members]
+        nearest = np.argsort(-(vectors[rows] @ _centroid(vectors[rows])), kind="stable")[:_EXAMPLES]
+        tasks.append(Task(
+            id=identity.id, name=name, size=len(rows), call_share=round(len(rows) / len(observations), 6),
+            signatures=dict(Counter(signatures[row] for row in rows).most_common()),
+            cost_share=round(sum(costs) / total_cost, 6) if has_cost and total_cost else None,
+            prompt_tokens=_median(member.input_tokens or extract_features(member.body).prompt_tokens
+                                  for member in members),
+            output_tokens=_median(member.output_tokens for member in members),
+            output_kind=_output_kind(members), tools=tools, terms=words,
+            examples=[members[int(index)].id for index in nearest],
+            served_by=dict(Counter(member.model for member in members if member.model).most_common()),
+            named_by=identity.named_by, merged=list(identity.merged),
+        ))
+    return tasks
+
+
+def _kept(previous: Catalogue | None, found: set[str]) -> list[Task]:
+    """Tasks a person renamed or merged stay listed, with no calls, when this run didn't find them."""
+    if previous is None:
+        return []
+    return [replace(task, size=0, call_share=0.0, signatures={}, cost_share=None, prompt_tokens=None,
+                    output_tokens=None, examples=[], served_by={})
+            for task in previous.tasks if task.id not in found and (task.named_by == "user" or task.merged)]
+
+
+def _common_tools(members: Sequence[Observation]) -> list[str]:
+    counts = Counter(name for member in members for name in tool_names(member.body))
+    return sorted(name for name, count in counts.items() if count >= _ANCHOR_SHARE * len(members))
+
+
+def _anchor(members: Sequence[Observation], tools: list[str]) -> str | None:
+    """What names a task besides its words: its one common tool, else its common response schema."""
+    if len(tools) == 1:
+        return tools[0]
+    schemas = Counter(_schema_name(member) for member in members)
+    name, count = schemas.most_common(1)[0]
+    return name if name and count >= _ANCHOR_SHARE * len(members) else None
+
+
+def _schema_name(observation: Observation) -> str | None:
+    response_format = observation.body.get("response_format")
+    schema = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    name = schema.get("name") if isinstance(schema, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _output_kind(members: Sequence[Observation]) -> OutputKind | None:
+    kinds = Counter(member.output_kind for member in members if member.output_kind is not None)
+    return kinds.most_common(1)[0][0] if kinds else None
+
+
+def _median(values: Iterable[int | None]) -> int | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known)) if known else None
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate

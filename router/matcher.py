@@ -1,0 +1,152 @@
+"""Live task matching: which catalogue task a request is, decided on the request path.
+
+A signature the catalogue knows, held by one task, is a dictionary lookup: no model, microseconds.
+Everything else (a signature never seen, or one shared by several tasks) is matched, when
+`tasks.embedding` is on, to the nearest task centroid by the same blended embedding discovery
+clusters on. That runs in one worker thread, with the model loaded once at start-up, never per
+request; results are cached by signature and content; and it is bounded by `tasks.budget_ms`: over
+budget the request goes on as `unknown` at once, while the embedding finishes in the background and
+fills the cache for the next such call. A slower request is never the price of a task label.
+
+Without `tasks.embedding`, nothing here imports torch or sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from minigate.router.signature import signature
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from minigate.router.embedding import Embedder
+    from minigate.router.settings import TasksSection
+
+__all__ = ["UNKNOWN_TASK", "TaskMatcher"]
+
+UNKNOWN_TASK = "unknown"
+log = logging.getLogger("minigate.router")
+
+
+@dataclass(frozen=True, slots=True)
+class _Centroids:
+    ids: list[str]
+    matrix: npt.NDArray[np.float32]  # one unit row per task id
+
+
+class TaskMatcher:
+    """Task ids for requests, from one catalogue.
+
+    >>> matcher = TaskMatcher({"9f2c41d07a5be113": "t001"})
+    >>> matcher.known({"messages": [{"role": "user", "content": "hi"}]})
+    'unknown'
+    """
+
+    def __init__(self, by_signature: Mapping[str, str], names: Mapping[str, str] | None = None, *,
+                 centroids: _Centroids | None = None, embedder: Embedder | None = None, budget_s: float = 0.015,
+                 min_similarity: float = 0.5, cache_size: int = 4096) -> None:
+        self._by_signature = dict(by_signature)  # signature -> task id, for signatures one task holds
+        self.names = dict(names or {})  # task id -> name: ids go to records and metrics, names to headers and rules
+        self._centroids = centroids
+        self._embedder = embedder
+        self._budget_s = budget_s
+        self._min_similarity = min_similarity
+        self._cache: OrderedDict[bytes, str] = OrderedDict()
+        self._cache_size = cache_size
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="minigate-tasks") if embedder else None
+
+    @classmethod
+    def load(cls, settings: TasksSection) -> TaskMatcher:
+        """The matcher of the configured catalogue; embedding fallback only when `settings.embedding`."""
+        from minigate.router.catalogue import load_catalogue
+
+        if settings.catalogue is None:
+            return cls({})
+        catalogue = load_catalogue(settings.catalogue)
+        holders: dict[str, set[str]] = {}
+        for task in catalogue.tasks:
+            for sig in task.signatures:
+                holders.setdefault(sig, set()).add(task.id)
+        by_signature = {sig: next(iter(ids)) for sig, ids in holders.items() if len(ids) == 1}
+        names = {task.id: task.name for task in catalogue.tasks}
+        if not settings.embedding:
+            return cls(by_signature, names)
+        import numpy as np
+        import torch
+
+        from minigate.router.embedding import Embedder
+
+        # One request's two short texts gain nothing from intra-op threads, and on a busy host they
+        # cost several times the work in contention: the matcher's one worker uses one core.
+        torch.set_num_threads(1)
+
+        live = [task.id for task in catalogue.tasks]
+        centroids = _Centroids(live, np.stack([catalogue.centroids[task_id] for task_id in live]).astype(np.float32))
+        return cls(by_signature, names, centroids=centroids, embedder=Embedder(), budget_s=settings.budget_ms / 1000,
+                   min_similarity=settings.min_similarity)
+
+    def name_of(self, task_id: str) -> str:
+        return self.names.get(task_id, UNKNOWN_TASK)
+
+    def known(self, body: Mapping[str, Any]) -> str:
+        """The task by signature alone (what `route explain` and replay use): a hit, or `unknown`."""
+        return self._by_signature.get(signature(body), UNKNOWN_TASK)
+
+    async def match(self, body: Mapping[str, Any]) -> str:
+        """The task of a live request, within the time budget."""
+        sig = signature(body)
+        task = self._by_signature.get(sig)
+        if task is not None or self._worker is None:
+            return task or UNKNOWN_TASK
+        from minigate.router.task_text import content_text
+
+        key = hashlib.blake2b(f"{sig}\x00{content_text(body)}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        future = asyncio.get_running_loop().run_in_executor(self._worker, self._nearest, body)
+        future.add_done_callback(lambda done: self._remember(key, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._budget_s)
+        except TimeoutError:
+            return UNKNOWN_TASK
+
+    async def warm_up(self) -> None:
+        """Load the embedding model now, at start-up, so no request ever waits for it."""
+        if self._worker is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._worker, self._nearest, {"messages": [{"role": "user", "content": "warm up"}]})
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
+
+    def _nearest(self, body: Mapping[str, Any]) -> str:
+        from minigate.router.discovery import blend
+        from minigate.router.task_text import content_text, context_text
+
+        assert self._embedder is not None and self._centroids is not None
+        vectors = self._embedder.embed([content_text(body), context_text(body)])
+        point = blend(vectors[:1], vectors[1:])[0]
+        similarities = self._centroids.matrix @ point
+        best = int(similarities.argmax())
+        return self._centroids.ids[best] if similarities[best] >= self._min_similarity else UNKNOWN_TASK
+
+    def _remember(self, key: bytes, done: asyncio.Future[str]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            if not done.cancelled():
+                log.warning("task matching failed: %s", done.exception())
+            return
+        self._cache[key] = done.result()
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,105 @@
+"""Live task matching in the gateway: a catalogue signature names the task in headers, records, metrics
+and rules; an unknown signature is `unknown`; rules naming tasks the catalogue lacks are config errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from minigate.config import load_config
+from minigate.errors import ConfigError
+from minigate.router.catalogue import Catalogue, Task, save_catalogue
+from minigate.router.signature import signature
+from tests.conftest import AGENT_KEY, gateway_config
+from tests.stores import fetch
+from tests.support.servers import RunningGateway, write_config
+from tests.support.upstream import ScriptedUpstream
+
+AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
+REFUNDS = "You handle refund requests for ACME. Today is 2026-11-23. Answer with the refund amount."
+TRIAGE = "Label the support ticket as billing, shipping or other."
+
+
+def ask(system: str, user: str) -> dict[str, Any]:
+    return {"model": "gpt-4.1", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+def write_catalogue(path: Path, refund_name: str = "refund-request") -> None:
+    # The signature masks the date: a call made on another day is the same agent step.
+    refund_sig = signature(ask(REFUNDS.replace("2026-11-23", "2026-01-02"), "any user text"))
+    triage_sig = signature(ask(TRIAGE, "any user text"))
+    tasks = [Task("t001", refund_name, size=40, call_share=0.8, signatures={refund_sig: 40}),
+             Task("t002", "ticket-triage", size=10, call_share=0.2, signatures={triage_sig: 10})]
+    unit = np.eye(2, 768, dtype=np.float32)
+    save_catalogue(Catalogue(tasks, {"t001": unit[0], "t002": unit[1]}, 50, "2026-11-23T00:00:00Z", "test",
+                             "all-MiniLM-L6-v2", 3), path)
+
+
+@pytest.fixture
+def tasked(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path) -> RunningGateway:
+    write_catalogue(tmp_path / "tasks.yaml")
+    config = gateway_config(upstream.base_url, tasks={"catalogue": str(tmp_path / "tasks.yaml")})
+    config["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "rules": [
+        {"name": "refunds-to-mini", "when": {"task": "refund-request"}, "use": "mini"}]}
+    return make_gateway(config, watch=True)
+
+
+def test_signature_hit_names_the_task_everywhere(tasked: RunningGateway, upstream: ScriptedUpstream,
+                                                  tmp_path: Path) -> None:
+    hit = httpx.post(f"{tasked.v1}/chat/completions", headers=AUTH, json=ask(REFUNDS, "I want my 40 EUR back"))
+    assert hit.headers["x-minigate-task"] == "refund-request"
+    assert hit.headers["x-minigate-rule"] == "refunds-to-mini" and hit.headers["x-minigate-model"] == "mini"
+    other = httpx.post(f"{tasked.v1}/chat/completions", headers=AUTH, json=ask(TRIAGE, "parcel lost"))
+    assert other.headers["x-minigate-task"] == "ticket-triage" and other.headers["x-minigate-model"] == "gpt-4.1"
+    new = httpx.post(f"{tasked.v1}/chat/completions", headers=AUTH, json=ask("A prompt never seen.", "hello"))
+    assert new.headers["x-minigate-task"] == "unknown" and new.headers["x-minigate-rule"] == "default"
+
+    assert tasked.metric("minigate_requests_total", {"route": "gpt-4.1", "model": "mini", "tier": "miniature",
+                                                     "task": "t001", "status": "200"}) == 1
+    deadline = time.monotonic() + 10
+    while tasked.metric("minigate_log_records_written_total") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stored = dict(fetch(f"sqlite:///{tmp_path}/calls-0.db", "SELECT request_id, task FROM calls"))
+    assert stored == {hit.headers["x-minigate-request-id"]: "t001", other.headers["x-minigate-request-id"]: "t002",
+                      new.headers["x-minigate-request-id"]: "unknown"}
+
+
+def test_a_re_discovered_catalogue_is_picked_up_without_a_restart(tasked: RunningGateway, tmp_path: Path) -> None:
+    config_path = tasked.app.state.holder.path
+    write_catalogue(tmp_path / "tasks.yaml", refund_name="refunds")  # as `tasks rename` would leave it
+    text = config_path.read_text().replace("task: refund-request", "task: refunds")
+    config_path.write_text(text)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        response = httpx.post(f"{tasked.v1}/chat/completions", headers=AUTH, json=ask(REFUNDS, "refund please"))
+        if response.headers["x-minigate-task"] == "refunds":
+            break
+        time.sleep(0.1)
+    assert response.headers["x-minigate-task"] == "refunds" and response.headers["x-minigate-model"] == "mini"
+
+
+def test_rules_naming_unknown_tasks_are_config_errors(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    write_catalogue(tmp_path / "tasks.yaml")
+    config = gateway_config(upstream.base_url, tasks={"catalogue": "tasks.yaml"})  # relative to the config
+    config["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "rules": [
+        {"name": "r", "when": {"any": [{"task": "refund-request"}, {"task": {"in": ["nope"]}}]}, "use": "mini"}]}
+    path = write_config(tmp_path / "minigate.yaml", config)
+    with pytest.raises(ConfigError, match=r"minigate.yaml:\d+: routes.gpt-4.1.rules.0.when.task: rule 'r': "
+                                          r"unknown task 'nope' \(tasks: refund-request, ticket-triage"):
+        load_config(path)
+
+    no_catalogue = gateway_config(upstream.base_url)
+    no_catalogue["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "rules": [
+        {"name": "r", "when": {"task": "refund-request"}, "use": "mini"}]}
+    with pytest.raises(ConfigError, match="tests for task 'refund-request', but tasks.catalogue names no catalogue"):
+        load_config(write_config(tmp_path / "other.yaml", no_catalogue))
+
+    missing = gateway_config(upstream.base_url, tasks={"catalogue": "absent.yaml"})
+    with pytest.raises(ConfigError, match="tasks.catalogue: cannot read the task catalogue"):
+        load_config(write_config(tmp_path / "missing.yaml", missing))
