@@ -709,6 +709,61 @@ def tasks_merge(
     err.print(f"{kept.id} ({kept.name}) now holds {', '.join(kept.merged)}: {kept.size} calls")
 
 
+@tasks_app.command("candidates")
+def tasks_candidates(
+    config: ConfigOption = None,
+    catalogue: Annotated[Optional[Path], typer.Option(
+        "--catalogue", help="Default: the config's tasks.catalogue, else ./tasks.yaml.")] = None,
+    frontier: Annotated[Optional[str], typer.Option(help="The model the calls go to now (a priced config model); "
+                                                           "default: the priced frontier model serving most calls.")] = None,
+    miniature: Annotated[Optional[str], typer.Option(help="The miniature to price conversions at; default: the "
+                                                           "cheapest priced miniature in the config.")] = None,
+    days: Annotated[float, typer.Option(min=1, help="Window of the call log to read (and the span the "
+                                                    "catalogue's counts cover when the log has none).")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Rank tasks for conversion to a miniature (S4): savings per month times how learnable the task looks."""
+    import asyncio
+    import time
+
+    import orjson
+
+    from minigate.router.candidates import CandidatePrices, rank_candidates, read_task_stats
+    from minigate.serving.pricing import PriceBook
+
+    cfg = _load_or_exit(resolve_config_path(config, os.environ))
+    found = _catalogue_or_exit(catalogue or cfg.tasks.catalogue or Path("tasks.yaml"))
+    book = PriceBook.from_config(cfg)
+    served = {model: calls for task in found.tasks for model, calls in task.served_by.items()}
+    frontiers = sorted((name for name, entry in cfg.models.items() if entry.tier == "frontier" and name in book.models),
+                       key=lambda name: -served.get(name, 0))
+    minis = sorted((name for name, entry in cfg.models.items() if entry.tier == "miniature" and name in book.models),
+                   key=lambda name: book.models[name].cost(1000, 100))
+    chosen = (frontier or next(iter(frontiers), None), miniature or next(iter(minis), None))
+    for option, name in zip(("--frontier", "--miniature"), chosen, strict=True):
+        if name is not None and name not in book.models:
+            raise typer.BadParameter(f"{name!r} is not a priced model of the config", param_hint=option)
+    prices = (CandidatePrices(book.models[chosen[0]], book.models[chosen[1]])
+              if chosen[0] is not None and chosen[1] is not None else None)
+    now = time.time()
+    stats = asyncio.run(read_task_stats(cfg.logging.store, since=now - days * 86400, until=now))
+    ranked = rank_candidates(found, prices, period_days=days, stats={k: v for k, v in stats.items() if v.calls})
+    if as_json:
+        typer.echo(orjson.dumps([{"task": c.task.id, "name": c.task.name, "monthly_calls": round(c.monthly_calls, 1),
+                                  "monthly_savings_usd": c.monthly_savings, "fit": c.fit, "reason": c.reason}
+                                 for c in ranked], option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("rank", "task", "calls/month", "saves/month", "fit", "why", title="conversion candidates")
+    for rank, c in enumerate(ranked, start=1):
+        saves = "unpriced" if c.monthly_savings is None else f"${c.monthly_savings:,.2f}"
+        table.add_row(str(rank), f"{c.task.id} {c.task.name}", f"{c.monthly_calls:,.0f}", saves, f"{c.fit:.2f}", c.reason)
+    Console().print(table)
+    if prices is None:
+        err.print("[yellow]no savings projected:[/] the config needs a priced frontier and a priced miniature model")
+    else:
+        err.print(f"savings priced as {chosen[0]} -> {chosen[1]}")
+
+
 def _catalogue_or_none(path: Path) -> Catalogue | None:
     """The catalogue at `path` (None when there is none yet); a broken one stops the command."""
     from minigate.router.catalogue import CatalogueError, load_catalogue
