@@ -60,7 +60,8 @@ class TaskMatcher:
         self._embedder = embedder
         self._budget_s = budget_s
         self._min_similarity = min_similarity
-        self._cache: OrderedDict[bytes, str] = OrderedDict()
+        self._cache: OrderedDict[bytes, str] = OrderedDict()  # signature + content -> task
+        self._contexts: OrderedDict[str, Any] = OrderedDict()  # signature -> its context's embedding (worker only)
         self._cache_size = cache_size
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="minigate-tasks") if embedder else None
 
@@ -114,7 +115,7 @@ class TaskMatcher:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        future = asyncio.get_running_loop().run_in_executor(self._worker, self._nearest, body)
+        future = asyncio.get_running_loop().run_in_executor(self._worker, self._nearest, body, sig)
         future.add_done_callback(lambda done: self._remember(key, done))
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._budget_s)
@@ -125,19 +126,29 @@ class TaskMatcher:
         """Load the embedding model now, at start-up, so no request ever waits for it."""
         if self._worker is not None:
             await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._nearest, {"messages": [{"role": "user", "content": "warm up"}]})
+                self._worker, self._nearest, {"messages": [{"role": "user", "content": "warm up"}]}, "")
+            self._contexts.clear()
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.shutdown(wait=False, cancel_futures=True)
 
-    def _nearest(self, body: Mapping[str, Any]) -> str:
+    def _nearest(self, body: Mapping[str, Any], sig: str) -> str:
+        """Runs in the worker. A step's context (system prompt, tools, format) is the same for every call
+        with its signature, so its embedding is computed once per signature; a call then embeds one text."""
         from minigate.router.discovery import blend
         from minigate.router.task_text import content_text, context_text
 
         assert self._embedder is not None and self._centroids is not None
-        vectors = self._embedder.embed([content_text(body), context_text(body)])
-        point = blend(vectors[:1], vectors[1:])[0]
+        context = self._contexts.get(sig)
+        if context is None:
+            content, context = self._embedder.embed([content_text(body), context_text(body)])
+            self._contexts[sig] = context
+            if len(self._contexts) > self._cache_size:
+                self._contexts.popitem(last=False)
+        else:
+            content = self._embedder.embed([content_text(body)])[0]
+        point = blend(content[None, :], context[None, :])[0]
         similarities = self._centroids.matrix @ point
         best = int(similarities.argmax())
         return self._centroids.ids[best] if similarities[best] >= self._min_similarity else UNKNOWN_TASK

