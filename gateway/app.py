@@ -20,6 +20,7 @@ from minigate.gateway.chat import ChatEndpoint
 from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.runtime import RuntimeHolder
+from minigate.gateway.tasks_api import add_tasks_api
 from minigate.logger.pipeline import CallLog
 from minigate.logger.seal import Sealer
 from minigate.version import __version__
@@ -63,6 +64,7 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls), methods=["POST"])
     _add_operational_routes(app, holder, registry)
     add_calls_api(app, holder, calls)
+    add_tasks_api(app, holder)
     return app
 
 

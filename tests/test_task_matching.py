@@ -174,3 +174,14 @@ import minigate.gateway.app, minigate.cli
 sys.exit(1 if "torch" in sys.modules or "sentence_transformers" in sys.modules else 0)
 """
     assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == 0
+
+
+def test_tasks_api_lists_the_catalogue_for_analysts(tasked: RunningGateway) -> None:
+    from tests.conftest import ANALYST_KEY
+
+    listed = httpx.get(f"{tasked.v1}/minigate/tasks", headers={"authorization": f"Bearer {ANALYST_KEY}"}).json()
+    assert [(t["id"], t["name"], t["size"]) for t in listed["data"]] == [("t001", "refund-request", 40),
+                                                                       ("t002", "ticket-triage", 10)]
+    assert listed["catalogue"]["calls"] == 50
+    refused = httpx.get(f"{tasked.v1}/minigate/tasks", headers=AUTH)
+    assert refused.status_code == 403 and refused.json()["error"]["type"]
