@@ -9,7 +9,10 @@ groupings and refused when they look like dates, years, prices or parts of ident
 Speed comes from anchors, not from one giant regex: Python's `re` scans about 30 MB/s per pattern
 that starts with a lookbehind, so a text is scanned whole only twice (digit chunks, long tokens);
 every other pattern runs in a small window around an anchor (a digit chunk, an '@', a '::'),
-and families whose anchor is absent are skipped.
+and families whose anchor is absent are skipped. Inside a digit chunk, each number family runs only
+if the chunk's digit count and separators could hold its shape (see `_in_chunk`): most chunks in
+prose are prices, dates and ids that no family could match, and the per-family Python calls, not the
+regex scans, are what a small window costs.
 
 Each recognizer yields `(start, end, type, rank)`; the lower rank wins an overlap (see `find_spans`).
 Nothing here does IO or keeps state, so it is safe to call from any thread.
@@ -41,6 +44,8 @@ _HAS_UPPER = re.compile(r"[A-Z]").search
 # one (the IBAN's check digits too), so the number patterns only ever run inside these chunks.
 _CHUNK = re.compile(r"\d[\d().+x/ -]*")  # a leading digit lets `re` skip ahead fast; "+(" are added back
 _CHUNK_MARGIN = 12  # lookaheads and a phone extension ("x204", "ext. 204") reach past the chunk
+# A chunk is digits (any script's) and these characters only, so deleting them leaves its digits.
+_CHUNK_SEPARATORS_DELETED = str.maketrans("", "", "().+x/ -")
 
 _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}"  # local part
@@ -65,6 +70,7 @@ _CARD = re.compile(
 # Only delimited SSNs: a bare nine-digit run is far more often an id than an SSN.
 _SSN = re.compile(r"(?<![\w.+-])\d{3}([- .])\d{2}\1\d{4}(?!\w|[.,-]\d)")
 _SSN_SAMPLES = ("078051120", "123456789", "219099999", "457555462")
+_SSN_SHAPE = re.compile(r"\d{3}([- .])\d{2}\1\d{4}").search  # without the lookarounds: a cheap first test
 
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
 _IPV6_ANCHOR = re.compile(r":[0-9A-Fa-f]{0,4}:")
@@ -93,6 +99,13 @@ _NOT_PHONE_CONTEXT = re.compile(
 )
 _WORD_AFTER = re.compile(r"[ \t]+(?P<word>[^\W\d_]+)")
 _EXTENSION = re.compile(r"\s?(?:x|ext\.?)\s?\d+$")
+_DIGIT_RUN = re.compile(r"\d+")
+_TEN_DIGITS = re.compile(r"\d{10}").search  # the shortest bare phone number
+# Groups of four, each a year of this century or the last, between runs of separators.
+_YEARS = re.compile(r"(?:19|20)[^ .()-]{2}(?:[ .()-]+(?:19|20)[^ .()-]{2})*")
+_SSN_OR_POSTCODE = re.compile(r"\d{3}-\d{2}-\d{4}|\d{5}-\d{3,4}")
+_DIGITS_AND_DOTS = re.compile(r"[\d.]+")
+_PHONE_PUNCTUATION = frozenset(" .()-")
 _DATE_START = re.compile(r"(\d{4})[-./](\d{1,2})[-./](\d{1,2})|(\d{1,2})[-./](\d{1,2})[-./](\d{4})")
 _CURRENCY_BEFORE = re.compile(r"(?:[$€£¥]|\b(?:USD|EUR|GBP|CHF|JPY))\s?$")
 _CURRENCY_AFTER = re.compile(r"^\s?(?:[$€£¥%]|(?:USD|EUR|GBP|CHF|JPY|dollars?|euros?)\b)")
@@ -113,7 +126,8 @@ _PREFIXES = ("sk-", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIP
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?![\w-])")  # base64url '{"' header, payload
 _BEARER_BEFORE = re.compile(r"(?i)\bbearer\s+\Z")
 _BEARER_VALUE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
-_KEYWORD_HINT = re.compile(r"key|secret|token|passw|pwd|credential|authoriz")  # before the slower `_ASSIGNED`
+# Before the slower `_ASSIGNED`; substring tests, since `re` has no fast scan for an alternation.
+_KEYWORD_HINTS = ("key", "secret", "token", "passw", "pwd", "credential", "authoriz")
 # `password = "..."`, `"api_key": "..."`, `Authorization: Basic ...`: the value is the secret.
 _ASSIGNED = re.compile(  # runs on lowered text
     r"(?:api[_-]?key|apikey|secret|token|passwd|password|pwd|access[_-]?key|auth[_-]?key|private[_-]?key"
@@ -144,24 +158,41 @@ def candidates(text: str) -> list[Candidate]:
     return found
 
 
-def _numbers(text: str) -> Iterator[Candidate]:
+def _numbers(text: str) -> list[Candidate]:
+    found: list[Candidate] = []
     for chunk in _CHUNK.finditer(text):
         start, end = chunk.span()
         while start > 0 and text[start - 1] in "+(":
             start -= 1
         if start >= 2 and text[start - 2 : start].isalpha():  # "GB82 WEST ...", "DE89370400..."
-            yield from _ibans(text, start - 2)
+            found += _ibans(text, start - 2)
         if end - start >= 7:  # shorter chunks hold no card, SSN, IP or phone number
-            yield from _in_chunk(text, start, end)
+            found += _in_chunk(text, start, end)
+    return found
 
 
-def _in_chunk(text: str, start: int, end: int) -> Iterator[Candidate]:
-    window = (start, min(len(text), end + _CHUNK_MARGIN))
-    found = [*_cards(text, *window), *_ssns(text, *window), *_phones(text, *window)]
-    if "." in text[start:end]:
-        found += _ipv4s(text, *window)
+def _in_chunk(text: str, start: int, end: int) -> list[Candidate]:
+    """The number families' matches that start in the chunk `text[start:end]`.
+
+    Every character a card, SSN, IPv4 or phone number (bar a phone's "ext.") is written with belongs
+    to `_CHUNK`, and a chunk is a maximal run of them, so a match starting in the chunk keeps its
+    digits and dots inside it: a family that needs more digits or dots than the chunk has cannot
+    match, and is skipped rather than scanned and validated for nothing.
+    """
+    chunk = text[start:end]
+    digits = len(chunk.translate(_CHUNK_SEPARATORS_DELETED))
+    window_end = min(len(text), end + _CHUNK_MARGIN)
+    found: list[Candidate] = []
+    if digits >= 12:  # the shortest card is a bare run of 12
+        found += _cards(text, start, window_end)
+    if digits >= 9 and _SSN_SHAPE(chunk):
+        found += _ssns(text, start, window_end)
+    if digits >= 7:  # `_is_phone`'s minimum
+        found += _phones(text, start, window_end, chunk, digits)
+    if chunk.count(".") >= 3:
+        found += _ipv4s(text, start, window_end)
     # A match starting in the margin is the next chunk's, and may be cut short by the window's end.
-    return (candidate for candidate in found if candidate[0] < end)
+    return [candidate for candidate in found if candidate[0] < end]
 
 
 def _emails(text: str) -> Iterator[Candidate]:
@@ -176,10 +207,11 @@ def _emails(text: str) -> Iterator[Candidate]:
         at = text.find("@", resume)
 
 
-def _ibans(text: str, start: int) -> Iterator[Candidate]:
+def _ibans(text: str, start: int) -> list[Candidate]:
     m = _IBAN.match(text, start)
     if m is not None and is_valid_iban(m.group()):
-        yield m.start(), m.end(), "IBAN_CODE", _RANK_IBAN
+        return [(m.start(), m.end(), "IBAN_CODE", _RANK_IBAN)]
+    return []
 
 
 def is_valid_iban(value: str) -> bool:
@@ -188,43 +220,50 @@ def is_valid_iban(value: str) -> bool:
     if _IBAN_LENGTHS.get(compact[:2]) != len(compact):
         return False
     rearranged = compact[4:] + compact[:4]
+    if rearranged.isascii() and rearranged.isalnum():  # what `_IBAN` matches: one translate, not a loop
+        return int(rearranged.translate(_BASE36_LETTERS)) % 97 == 1
+    # Other digits (`int` reads "٣" as 3), or the ValueError `int` raises for what no IBAN holds.
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
-def _cards(text: str, start: int, end: int) -> Iterator[Candidate]:
-    for m in _CARD.finditer(text, start, end):
-        if is_luhn_valid(m.group()):
-            yield m.start(), m.end(), "CREDIT_CARD", _RANK_CARD
+# Each letter's base-36 value as text ("A" -> "10"); ASCII digits stand for themselves.
+_BASE36_LETTERS = str.maketrans({ch: str(int(ch, 36)) for ch in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"})
+
+
+def _cards(text: str, start: int, end: int) -> list[Candidate]:
+    matches = _CARD.finditer(text, start, end)
+    return [(m.start(), m.end(), "CREDIT_CARD", _RANK_CARD) for m in matches if is_luhn_valid(m.group())]
 
 
 def is_luhn_valid(value: str) -> bool:
     """Luhn checksum over the digits; runs of one repeated digit pass Luhn but are placeholders, not cards."""
-    digits = [int(ch) for ch in value if ch.isdigit()]
+    digits = list(map(int, filter(str.isdigit, value)))
     if len(set(digits)) == 1:
         return False
-    total = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
+    total = sum(digits[-1::-2]) + sum(map(_LUHN_DOUBLED.__getitem__, digits[-2::-2]))
     return total % 10 == 0
 
 
-def _ssns(text: str, start: int, end: int) -> Iterator[Candidate]:
-    for m in _SSN.finditer(text, start, end):
-        if is_valid_ssn(m.group()):
-            yield m.start(), m.end(), "US_SSN", _RANK_SSN
+_LUHN_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # the digit sum of twice each digit
+
+
+def _ssns(text: str, start: int, end: int) -> list[Candidate]:
+    matches = _SSN.finditer(text, start, end)
+    return [(m.start(), m.end(), "US_SSN", _RANK_SSN) for m in matches if is_valid_ssn(m.group())]
 
 
 def is_valid_ssn(value: str) -> bool:
     """SSA rules: area not 000, 666 or 9xx (ITINs), group not 00, serial not 0000; no advertised samples."""
-    digits = "".join(ch for ch in value if ch.isdigit())
+    digits = "".join(filter(str.isdigit, value))
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
         return False
     return len(set(digits)) > 1 and digits not in _SSN_SAMPLES
 
 
-def _ipv4s(text: str, start: int, end: int) -> Iterator[Candidate]:
-    for m in _IPV4.finditer(text, start, end):
-        if _parses_as_ip(m.group()):
-            yield m.start(), m.end(), "IP_ADDRESS", _RANK_IP
+def _ipv4s(text: str, start: int, end: int) -> list[Candidate]:
+    matches = _IPV4.finditer(text, start, end)
+    return [(m.start(), m.end(), "IP_ADDRESS", _RANK_IP) for m in matches if _parses_as_ip(m.group())]
 
 
 def _ipv6s(text: str) -> Iterator[Candidate]:
@@ -254,17 +293,33 @@ def _parses_as_ip(value: str) -> bool:
     return True
 
 
-def _phones(text: str, window_start: int, window_end: int) -> Iterator[Candidate]:
-    for pattern in (_PHONE_INTL, _PHONE_NATIONAL, _PHONE_BARE):
+def _phones(text: str, window_start: int, window_end: int, chunk: str, digits: int) -> list[Candidate]:
+    found: list[Candidate] = []
+    for pattern in _phone_patterns(chunk, digits):
         for m in pattern.finditer(text, window_start, window_end):
             start, end = m.span()
             if _is_phone(text, start, end, pattern) and not _has_non_phone_context(text, start):
-                yield start, end, "PHONE_NUMBER", _RANK_PHONE
+                found.append((start, end, "PHONE_NUMBER", _RANK_PHONE))
+    return found
+
+
+def _phone_patterns(chunk: str, digits: int) -> list[re.Pattern[str]]:
+    """The phone patterns whose shape the chunk can hold, with `_is_phone`'s digit minimums."""
+    patterns = []
+    if digits >= 8 and ("+" in chunk or "00" in chunk):  # international numbers start "+" or "00"
+        patterns.append(_PHONE_INTL)
+    if "(" in chunk or " " in chunk or "-" in chunk or "." in chunk:  # national numbers have 2+ groups
+        patterns.append(_PHONE_NATIONAL)
+    if digits >= 10 and _TEN_DIGITS(chunk):
+        patterns.append(_PHONE_BARE)
+    return patterns
 
 
 def _is_phone(text: str, start: int, end: int, pattern: re.Pattern[str]) -> bool:
-    value = _EXTENSION.sub("", text[start:end])
-    digits = sum(ch.isdigit() for ch in value.removeprefix("00"))  # "00" is the dialling prefix, not the number
+    value = text[start:end]
+    if "x" in value:  # both spellings of an extension have one
+        value = _EXTENSION.sub("", value)
+    digits = sum(map(str.isdigit, value.removeprefix("00")))  # "00" is the dialling prefix, not the number
     if not (8 if pattern is _PHONE_INTL else 7) <= digits <= 15:
         return False
     if _CURRENCY_BEFORE.search(text, max(0, start - 5), start) or _CURRENCY_AFTER.match(text[end : end + 9]):
@@ -285,14 +340,13 @@ def _is_national_phone(value: str) -> bool:
     """Refuse the number-like things that share a phone's shape: dates, years, SSN-shaped ids, decimals."""
     if _starts_with_date(value):
         return False
-    groups = re.split(r"[ .()-]+", value.strip("()"))
-    if all(len(g) == 4 and g[:2] in ("19", "20") for g in groups):
+    if _YEARS.fullmatch(value.strip("()")):
         return False  # "2019 2020 2021"
-    if re.fullmatch(r"\d{3}-\d{2}-\d{4}|\d{5}-\d{3,4}", value) or len(set(value) - set(" .()-")) == 1:
+    if _SSN_OR_POSTCODE.fullmatch(value) or len(set(value) - _PHONE_PUNCTUATION) == 1:
         return False  # SSN-shaped (an invalid SSN is not thereby a phone), ZIP+4, Brazil's CEP, "00 00 00 00"
     # Dots only alone and thrice or more ("03.93.92.16.85", "(02).4506.1231"), never "12.50 34.99".
     bare = value.replace("(", "").replace(")", "")
-    return "." not in bare or (re.fullmatch(r"[\d.]+", bare) is not None and bare.count(".") >= 2)
+    return "." not in bare or (_DIGITS_AND_DOTS.fullmatch(bare) is not None and bare.count(".") >= 2)
 
 
 def _starts_with_date(value: str) -> bool:
@@ -307,7 +361,7 @@ def _starts_with_date(value: str) -> bool:
 
 
 def _group_count(value: str) -> int:
-    return len(re.findall(r"\d+", value))
+    return len(_DIGIT_RUN.findall(value))
 
 
 def _has_phone_context(text: str, start: int, end: int) -> bool:
@@ -317,9 +371,11 @@ def _has_phone_context(text: str, start: int, end: int) -> bool:
 def _has_non_phone_context(text: str, start: int) -> bool:
     """A postcode/unit/licence word earlier on the same line, with no phone word after it."""
     window = text[max(text.rfind("\n", 0, start) + 1, start - 30) : start]
+    if _NOT_PHONE_CONTEXT.search(window) is None:  # the usual case: no need to look for phone words
+        return False
     negative = [m.start() for m in _NOT_PHONE_CONTEXT.finditer(window)]
     positive = [m.start() for m in _PHONE_CONTEXT.finditer(window)]
-    return bool(negative) and max(negative) > max(positive, default=-1)
+    return max(negative) > max(positive, default=-1)
 
 
 def _secrets(text: str) -> Iterator[Candidate]:
@@ -334,7 +390,7 @@ def _secrets(text: str) -> Iterator[Candidate]:
         if found is not None:
             yield found
     lowered = text.lower()
-    if _KEYWORD_HINT.search(lowered):
+    if any(hint in lowered for hint in _KEYWORD_HINTS):
         yield from _assigned(text, lowered if len(lowered) == len(text) else _lower_keeping_length(text))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from minigate.logger.redact import Placeholders, RedactionPolicy, Redactor, Span, find_spans, redact_lines
+from minigate.logger.redact_patterns import is_valid_iban
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio_synth" / "synth_dataset_v2.json"
 TARGET_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
@@ -61,6 +62,8 @@ def test_not_emails(text: str) -> None:
         ("my number is 555 1234", "555 1234"),
         ("Fax: 4155550100", "4155550100"),
         ("dial 0044 20 7946 0958", "0044 20 7946 0958"),
+        ("desk 555-123-4567 ext. 204", "555-123-4567 ext. 204"),  # the extension reaches past the digits
+        ("call ٤١٥-٥٥٥-٠١٣٢ now", "٤١٥-٥٥٥-٠١٣٢"),  # any script's digits are digits
     ],
 )
 def test_phones(text: str, value: str) -> None:
@@ -102,6 +105,7 @@ def test_not_phones(text: str) -> None:
         ("amex 3782 822463 10005", "3782 822463 10005"),
         ("cc 4007070753690781 on file", "4007070753690781"),
         ("maestro 6759649826438453", "6759649826438453"),
+        ("card ٤١١١ ١١١١ ١١١١ ١١١١", "٤١١١ ١١١١ ١١١١ ١١١١"),
     ],
 )
 def test_credit_cards(text: str, value: str) -> None:
@@ -133,7 +137,16 @@ def test_invalid_iban_is_not_redacted(text: str) -> None:
     assert_none(text)
 
 
-@pytest.mark.parametrize("text, value", [("SSN: 536-22-8718", "536-22-8718"), ("ssn 536 22 8718", "536 22 8718")])
+def test_iban_check_reads_any_scripts_digits() -> None:
+    iban = "GB82 WEST 1234 5698 7654 32"
+    arabic_indic = iban.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    assert is_valid_iban(arabic_indic) and not is_valid_iban(arabic_indic.replace("٣٢", "٣٣"))
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("SSN: 536-22-8718", "536-22-8718"), ("ssn 536 22 8718", "536 22 8718"), ("ssn 536.22.8718", "536.22.8718")],
+)
 def test_ssns(text: str, value: str) -> None:
     assert_finds("US_SSN", text, value)
 
@@ -150,6 +163,7 @@ def test_invalid_ssns(text: str) -> None:
     "text, value",
     [
         ("from 192.168.1.10:8080", "192.168.1.10"),
+        ("ip 1.2.3.4 ok", "1.2.3.4"),
         ("client_ip = |106.31.73.20|", "106.31.73.20"),
         ("v6 2001:db8::8a2e:370:7334 ok", "2001:db8::8a2e:370:7334"),
         ("[fe80::1]", "fe80::1"),
