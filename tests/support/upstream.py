@@ -75,6 +75,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""  # the raw query string (Azure's api-version)
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -206,6 +207,7 @@ class ScriptedUpstream:
     def _app(self) -> Starlette:
         routes = [
             Route("/v1/chat/completions", self._endpoint(self._chat), methods=["POST"]),
+            Route("/openai/deployments/{deployment}/chat/completions", self._endpoint(self._chat), methods=["POST"]),
             Route("/v1/embeddings", self._endpoint(self._embeddings), methods=["POST"]),
             Route("/v1/models", self._endpoint(self._models), methods=["GET"]),
             Route("/v1/load_lora_adapter", self._endpoint(self._load_adapter), methods=["POST"]),
@@ -220,7 +222,8 @@ class ScriptedUpstream:
 
         async def endpoint(request: Request) -> Response:
             body = await request.body()
-            self.requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers.items()), body))
+            self.requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers.items()), body,
+                                                 request.url.query))
             try:
                 return await handler(body)
             except _BadRequest as exc:
