@@ -32,6 +32,7 @@ __all__ = ["CallLog"]
 log = logging.getLogger("minigate.logger")
 
 _PURGE_EVERY_S = 3600.0
+_COLLECT_POLL_S = 0.05  # how often the writer looks for queued records while a batch fills
 
 
 class CallLog:
@@ -115,12 +116,15 @@ class CallLog:
             # Records taken from the queue sit in self._pending, so a cancel at shutdown can't lose them.
             self._pending.append(await self._queue.get())
             deadline = loop.time() + self.settings.flush_interval_s
-            try:
-                async with asyncio.timeout_at(deadline):
-                    while len(self._pending) < self.settings.batch_size:
-                        self._pending.append(await self._queue.get())
-            except TimeoutError:
-                pass
+            # Collect by polling, not by awaiting each record: a `get()` per record would wake this task
+            # once per request, a loop iteration that every request would pay for on the gateway's core.
+            while True:
+                while len(self._pending) < self.settings.batch_size and not self._queue.empty():
+                    self._pending.append(self._queue.get_nowait())
+                remaining = deadline - loop.time()
+                if len(self._pending) >= self.settings.batch_size or remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, _COLLECT_POLL_S))
             batch, self._pending = self._pending, []
             if self._overflow:
                 batch, self._overflow = batch + self._overflow, []
