@@ -9,26 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import orjson
+from minigate.router.decision import Router
+from minigate.router.jsonl import json_objects
 
 from minigate.errors import RequestError
-from minigate.router.decision import Router
 
 __all__ = ["score_lines"]
 
 
 def score_lines(router: Router, lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
     """One result per non-blank input line, in order: {"id", "score", "model", "tier", "rule"}, or an error."""
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            body = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield {"id": str(number), "error": f"line {number + 1}: not JSON ({exc})"}
-            continue
-        if not isinstance(body, dict):
-            yield {"id": str(number), "error": f"line {number + 1}: not a JSON object"}
+    for number, body in json_objects(lines):
+        if isinstance(body, str):
+            yield {"id": str(number), "error": body}
             continue
         request_id = str(body.pop("id", number))
         try:

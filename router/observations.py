@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+from minigate.router.jsonl import json_objects
 
 __all__ = ["Observation", "OutputKind", "Skipped", "logged_observation", "output_kind", "read_observations",
            "requested_kind"]
@@ -54,16 +55,9 @@ class Skipped:
 
 def read_observations(lines: Iterable[str | bytes]) -> Iterator[Observation | Skipped]:
     """One Observation (or Skipped) per non-blank line of Request JSONL or `logs export` JSONL."""
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield Skipped(str(number), f"line {number + 1}: not JSON ({exc})")
-            continue
-        if not isinstance(value, dict):
-            yield Skipped(str(number), f"line {number + 1}: not a JSON object")
+    for number, value in json_objects(lines):
+        if isinstance(value, str):
+            yield Skipped(str(number), value)
         elif "request_id" in value and "request" in value:  # a request body has neither
             yield logged_observation(value)
         else:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from minigate.errors import RequestError
 from minigate.router.decision import Router
+from minigate.router.jsonl import json_objects
 from minigate.router.settings import RouteEntry
 from minigate.serving.settings import ModelEntry
+
+from minigate.errors import RequestError
 
 if TYPE_CHECKING:
     from minigate.config import Config
@@ -137,16 +137,9 @@ class ReplayReport:
 
 def read_calls(lines: Iterable[str | bytes]) -> Iterator[Call | Skipped]:
     """One Call (or Skipped) per non-blank line: request JSONL or `logs export` lines, mixed freely."""
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield Skipped(str(number), f"line {number + 1}: not JSON ({exc})")
-            continue
-        if not isinstance(value, dict):
-            yield Skipped(str(number), f"line {number + 1}: not a JSON object")
+    for number, value in json_objects(lines):
+        if isinstance(value, str):
+            yield Skipped(str(number), value)
         elif _is_logged(value):
             yield logged_call(value)
         else:
