@@ -18,12 +18,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from minigate.errors import RequestError
 from minigate.router.decision import Router
 from minigate.router.jsonl import json_objects
 from minigate.router.settings import RouteEntry
 from minigate.serving.settings import ModelEntry
-
-from minigate.errors import RequestError
 
 if TYPE_CHECKING:
     from minigate.config import Config
