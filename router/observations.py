@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from minigate.router.jsonl import json_objects
 
 __all__ = ["Observation", "OutputKind", "Skipped", "logged_observation", "output_kind", "read_observations",
