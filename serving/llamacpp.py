@@ -43,6 +43,13 @@ _MAX_BACKOFF_S = 10.0
 _STABLE_AFTER_S = 30.0  # a child that lived this long was healthy: its death starts backoff afresh
 
 
+def default_threads() -> int:
+    """Two threads keep a 135M model fast, but never all the cores: llama.cpp's threads spin in lockstep,
+    and one of them losing its core to the gateway stalls them all (bench/local_miniature, 2 cores: 2
+    threads through minigate decode 36 tokens/s, 1 thread 71)."""
+    return max(1, min(2, (os.cpu_count() or 1) - 1))
+
+
 class LocalModelError(Exception):
     """The local miniature cannot be found, started or kept running; the message says what to do."""
 
@@ -95,8 +102,7 @@ class LlamaCppSettings:
     """How to run the child: which GGUF, how many CPU threads, how long start-up may take."""
 
     model_path: Path
-    # Two threads keep a 135M model fast while leaving cores for the gateway itself.
-    threads: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    threads: int = field(default_factory=lambda: default_threads())
     context: int = 2048
     port: int = 0  # 0: a free loopback port, chosen at start
     startup_timeout_s: float = 60.0

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from minigate.serving.anthropic import AnthropicClient
-from minigate.serving.llamacpp import LlamaCppClient, LlamaCppServer, LlamaCppSettings, default_gguf_path
+from minigate.serving.llamacpp import (
+    LlamaCppClient,
+    LlamaCppServer,
+    LlamaCppSettings,
+    default_gguf_path,
+    default_threads,
+)
 from minigate.serving.settings import AnthropicUpstream, LlamaCppUpstream, OpenAIUpstream, Upstream
 from minigate.serving.upstream import AzureClient, UnconfiguredClient, UpstreamClient
 
@@ -28,7 +34,8 @@ class LocalServers:
         server = self._servers.get(settings)
         if server is None:
             path = settings.path or default_gguf_path()
-            server = LlamaCppServer(LlamaCppSettings(model_path=path, threads=settings.threads, context=settings.context))
+            server = LlamaCppServer(LlamaCppSettings(model_path=path, threads=settings.threads or default_threads(),
+                                                     context=settings.context))
             await server.start()
             self._servers[settings] = server
         return server.base_url
@@ -75,6 +82,9 @@ async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamCli
             headers=spec.headers,
             max_connections=spec.max_connections,
             max_keepalive=spec.max_keepalive,
+            replicas=spec.replicas(),
+            breaker=spec.breaker,
+            retry=spec.retry,
         )
     if isinstance(spec, OpenAIUpstream):
         return UpstreamClient(
@@ -85,6 +95,9 @@ async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamCli
             headers=spec.headers,
             max_connections=spec.max_connections,
             max_keepalive=spec.max_keepalive,
+            replicas=spec.replicas(),
+            breaker=spec.breaker,
+            retry=spec.retry,
         )
     if isinstance(spec, AnthropicUpstream):
         return AnthropicClient(name, spec)

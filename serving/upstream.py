@@ -7,18 +7,20 @@ request would pay a TCP (and TLS) handshake on every call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import httpx
 import orjson
 
-from minigate.errors import ServiceUnavailable, UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
-from minigate.serving.settings import Timeouts
+from minigate.errors import ServiceUnavailable, UpstreamError, UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
+from minigate.serving.replicas import Attempt, Replica, Replicas, backoff, retry_wait
+from minigate.serving.settings import Breaker, Retry, Timeouts
 from minigate.version import __version__
 
-__all__ = ["AzureClient", "UpstreamClient", "UpstreamReply"]
+__all__ = ["AzureClient", "ReplicasTimeout", "ReplicasUnavailable", "UpstreamClient", "UpstreamReply"]
 
 # Headers that describe one hop of the connection (RFC 9110 §7.6.1) or that we recompute for the client.
 _HOP_HEADERS = frozenset(
@@ -35,6 +37,7 @@ class UpstreamReply:
     response: httpx.Response
     upstream: str
     deadline: float  # loop time by which the whole reply must be in (the upstream's timeouts.total_s)
+    attempts: list[Attempt] = field(default_factory=list, kw_only=True)  # every call behind it, retries included
 
     async def read(self) -> bytes:
         try:
@@ -69,6 +72,42 @@ class UpstreamReply:
         await self.response.aclose()
 
 
+class ReplicasUnavailable(UpstreamUnavailable):
+    """No replica answered (connect errors, open circuits); `attempts` are the calls made, retries included."""
+
+    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
+        super().__init__(message, upstream=upstream, kind=kind)
+        self.attempts = attempts
+
+
+class ReplicasTimeout(UpstreamTimeout):
+    """A call that timed out, never retried: the upstream may have run it. `attempts` as above."""
+
+    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
+        super().__init__(message, upstream=upstream, kind=kind)
+        self.attempts = attempts
+
+
+class _Released(httpx.AsyncByteStream):
+    """A response body that calls `release` once when closed: the call is outstanding until then."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
 class UpstreamClient:
     """A pooled connection to one upstream.
 
@@ -89,9 +128,14 @@ class UpstreamClient:
         headers: Mapping[str, str] | None = None,
         max_connections: int = 256,
         max_keepalive: int = 64,
+        replicas: Sequence[str] = (),
+        breaker: Breaker | None = None,
+        retry: Retry | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
+        self.replicas = Replicas(replicas or [self.base_url], breaker)
+        self._retry = retry
         self.total_timeout_s = timeouts.total_s
         fixed = {"content-type": "application/json", "user-agent": f"minigate/{__version__}", **(headers or {})}
         if api_key:
@@ -112,27 +156,101 @@ class UpstreamClient:
         return self._chat_url
 
     async def chat(self, body: bytes) -> UpstreamReply:
-        """Send a chat completion and return once the status line and headers are in."""
-        request = httpx.Request("POST", self.chat_url(body), headers=self._headers, content=self.prepare(body),
+        """Send a chat completion and return once the status line and headers are in.
+
+        With `retry` set, calls no upstream can have run (connect errors, 429, 503) are retried, on
+        another replica where there is one; `attempts` on the reply or error lists every call.
+        """
+        url, content = self.chat_url(body), self.prepare(body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_timeout_s
+        attempts: list[Attempt] = []
+        tried: set[str] = set()
+        while True:
+            replica = self.replicas.pick(loop.time(), tried)
+            if replica is None:
+                raise self._circuit_open(attempts, loop.time())
+            tried.add(replica.base_url)
+            retries_done = len(attempts)
+            try:
+                response = await self._call(replica, url, content, deadline, attempts)
+            except ReplicasUnavailable as exc:
+                wait = self._reconnect_wait(exc, retries_done, tried)
+                if wait is None or loop.time() + wait >= deadline:
+                    raise
+                await asyncio.sleep(wait)
+                continue
+            wait = self._resend_wait(response, retries_done)
+            if wait is None or loop.time() + wait >= deadline:
+                headers = [(k, v) for k, v in response.headers.items() if k not in _HOP_HEADERS]
+                return UpstreamReply(response.status_code, headers, response, self.name, deadline, attempts=attempts)
+            await response.aclose()
+            await asyncio.sleep(wait)
+
+    async def _call(self, replica: Replica, url: httpx.URL, content: bytes, deadline: float,
+                    attempts: list[Attempt]) -> httpx.Response:
+        """One call to one replica, recorded in `attempts` and its breaker; outstanding until its body is closed."""
+        request = httpx.Request("POST", self._at(replica, url), headers=self._headers, content=content,
                                 extensions={"timeout": self._timeout})
-        deadline = asyncio.get_running_loop().time() + self.total_timeout_s
+        loop = asyncio.get_running_loop()
+        sent_at = time.perf_counter()
+        replica.outstanding += 1
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._transport.handle_async_request(request)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise UpstreamTimeout(
+        except (TimeoutError, httpx.TransportError) as exc:
+            replica.outstanding -= 1
+            failure = self._failure(exc, replica, attempts)
+            attempts.append(Attempt(replica.base_url, None, failure.kind, _since(sent_at)))
+            self.replicas.record(replica, loop.time(), failed=True)
+            raise failure from exc
+        except BaseException:  # cancelled: the client left
+            replica.outstanding -= 1
+            self.replicas.record(replica, loop.time(), failed=None)
+            raise
+        attempts.append(Attempt(replica.base_url, response.status_code, None, _since(sent_at)))
+        self.replicas.record(replica, loop.time(), failed=response.status_code >= 500)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Released(response.stream, lambda: _release(replica))
+        return response
+
+    def _failure(self, exc: Exception, replica: Replica, attempts: list[Attempt]) -> UpstreamError:
+        if isinstance(exc, TimeoutError | httpx.TimeoutException) and not isinstance(exc, _NOT_SENT):
+            return ReplicasTimeout(
                 f"upstream {self.name!r} did not answer in time ({type(exc).__name__}); raise its timeouts or check it",
-                upstream=self.name,
-                kind="timeout",
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(
-                f"cannot reach upstream {self.name!r} at {self.base_url}: {exc or type(exc).__name__}",
-                upstream=self.name,
-                kind="connect_error",
-            ) from exc
-        headers = [(k, v) for k, v in response.headers.items() if k not in _HOP_HEADERS]
-        return UpstreamReply(response.status_code, headers, response, self.name, deadline)
+                upstream=self.name, kind="timeout", attempts=attempts,
+            )
+        return ReplicasUnavailable(
+            f"cannot reach upstream {self.name!r} at {replica.base_url}: {exc or type(exc).__name__}",
+            upstream=self.name, kind="connect_error", attempts=attempts,
+        )
+
+    def _reconnect_wait(self, exc: ReplicasUnavailable, retries_done: int, tried: set[str]) -> float | None:
+        """A call that never reached the upstream is retried at once on an untried replica, else after a backoff."""
+        if self._retry is None or retries_done >= self._retry.attempts or not isinstance(exc.__cause__, _NOT_SENT):
+            return None
+        if any(r.base_url not in tried for r in self.replicas.replicas):
+            return 0.0
+        return backoff(self._retry, retries_done)
+
+    def _resend_wait(self, response: httpx.Response, retries_done: int) -> float | None:
+        if self._retry is None:
+            return None
+        return retry_wait(response.status_code, response.headers.get("retry-after"), self._retry, retries_done)
+
+    def _circuit_open(self, attempts: list[Attempt], now: float) -> ReplicasUnavailable:
+        count = len(self.replicas.replicas)
+        return ReplicasUnavailable(
+            f"upstream {self.name!r}: the circuit is open for all {count} of its base URLs after repeated "
+            f"failures; failing fast until a probe in {self.replicas.reopens_in(now):.1f} s",
+            upstream=self.name, kind="circuit_open", attempts=attempts,
+        )
+
+    def _at(self, replica: Replica, url: httpx.URL) -> httpx.URL:
+        """The call's URL on this replica: subclasses build it on `base_url`, the first replica's."""
+        if replica.base_url == self.base_url:
+            return url
+        return httpx.URL(replica.base_url + str(url)[len(self.base_url):])
 
     async def probe(self, timeout_s: float = 2.0) -> str | None:
         """None when the upstream answers `GET /models`, else why not (for /readyz)."""
@@ -147,6 +265,18 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+# Failures before the request was sent: no upstream can have run it, so it may go to another replica.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 6)
+
+
+def _release(replica: Replica) -> None:
+    replica.outstanding -= 1
 
 
 class AzureClient(UpstreamClient):
@@ -171,10 +301,13 @@ class AzureClient(UpstreamClient):
         headers: Mapping[str, str] | None = None,
         max_connections: int = 256,
         max_keepalive: int = 64,
+        replicas: Sequence[str] = (),
+        breaker: Breaker | None = None,
+        retry: Retry | None = None,
     ) -> None:
         keyed = {**(headers or {}), **({"api-key": api_key} if api_key else {})}
         super().__init__(name, base_url, timeouts, headers=keyed, max_connections=max_connections,
-                         max_keepalive=max_keepalive)
+                         max_keepalive=max_keepalive, replicas=replicas, breaker=breaker, retry=retry)
         self._api_version = api_version
 
     def chat_url(self, body: bytes) -> httpx.URL:
