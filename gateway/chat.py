@@ -35,6 +35,7 @@ from minigate.router.decision import Decision, Target
 from minigate.router.matcher import UNKNOWN_TASK
 from minigate.serving.pool import UpstreamPool
 from minigate.serving.pricing import PriceBook
+from minigate.serving.replicas import Attempt
 from minigate.serving.upstream import UpstreamReply
 
 __all__ = ["ChatEndpoint"]
@@ -157,9 +158,9 @@ class ChatEndpoint:
         try:
             reply = await pool[target.upstream].chat(body)
         except UpstreamError as exc:
-            call.attempts.append(_attempt(target, None, sent_at, exc.kind))
+            call.attempts += _attempts(target, getattr(exc, "attempts", []), sent_at, None, exc.kind)
             raise
-        call.attempts.append(_attempt(target, reply.status, sent_at, None))
+        call.attempts += _attempts(target, reply.attempts, sent_at, reply.status, None)
         return reply
 
     async def _failure(self, chat: ChatRequest, decision: Decision, reply: _Reply) -> str | None:
@@ -285,10 +286,19 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
     )
 
 
-def _attempt(target: Target, status: int | None, sent_at: float, error: str | None) -> dict[str, object]:
-    """One upstream call as the record keeps it (its latency is to the reply's headers)."""
-    return {"upstream": target.upstream, "model": target.upstream_model, "status": status,
-            "latency_s": round(time.perf_counter() - sent_at, 6), "error": error}
+def _attempts(target: Target, calls: list[Attempt], sent_at: float, status: int | None,
+              error: str | None) -> list[dict[str, object]]:
+    """The upstream calls behind one send, as the record keeps them (latency to the reply's headers).
+
+    An upstream that retried (another replica, a 429 honoured) made several calls: each is its own
+    attempt, with its base URL, so a retried request shows as attempts of one request, billed once.
+    """
+    if len(calls) <= 1:
+        return [{"upstream": target.upstream, "model": target.upstream_model, "status": status,
+                 "latency_s": round(time.perf_counter() - sent_at, 6), "error": error}]
+    return [{"upstream": target.upstream, "model": target.upstream_model, "base_url": attempt.base_url,
+             "status": attempt.status, "latency_s": round(attempt.latency_s, 6), "error": attempt.error}
+            for attempt in calls]
 
 
 def _decision_headers(decision: Decision, task_name: str) -> dict[str, str]:

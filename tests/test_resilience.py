@@ -7,9 +7,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -17,6 +19,7 @@ from minigate.serving.replicas import Replicas
 from minigate.serving.settings import Breaker, OpenAIUpstream, Retry, Timeouts
 from minigate.serving.upstream import UpstreamClient
 from tests.conftest import AGENT_KEY, gateway_config
+from tests.stores import fetch
 from tests.support.servers import RunningGateway
 from tests.support.upstream import Script, ScriptedUpstream
 
@@ -192,3 +195,19 @@ def test_base_url_or_base_urls_not_both() -> None:
         OpenAIUpstream.model_validate({"kind": "openai", "base_urls": []})
     spec = OpenAIUpstream.model_validate({"kind": "vllm", "base_urls": ["http://a/v1", "http://b/v1"]})
     assert spec.base_url == "http://a/v1" and spec.replicas() == ("http://a/v1", "http://b/v1")
+
+
+def test_a_retried_request_is_one_record_with_each_call_as_an_attempt(
+        make_gateway: Callable[..., RunningGateway], replicas: tuple[ScriptedUpstream, ScriptedUpstream],
+        tmp_path: Path) -> None:
+    healthy, failing = replicas
+    failing.script(status=503)
+    gateway = replicated(make_gateway, [failing.base_url, healthy.base_url], retry={})
+    request_id = post(gateway).headers["x-minigate-request-id"]  # ties go to the first replica: the failing one
+    deadline = time.monotonic() + 10
+    while gateway.metric("minigate_log_records_written_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [(status, attempts)] = fetch(f"sqlite:///{tmp_path}/calls-0.db",
+                                 f"SELECT status, attempts FROM calls WHERE request_id = '{request_id}'")
+    calls = [(a["base_url"], a["status"]) for a in orjson.loads(attempts)]
+    assert status == 200 and calls == [(failing.base_url, 503), (healthy.base_url, 200)]
