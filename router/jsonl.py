@@ -10,11 +10,20 @@ complaints about bad lines the same way.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["json_objects"]
+__all__ = ["Skipped", "json_objects"]
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An input line that holds no usable request, and why (reported, never silently dropped)."""
+
+    id: str
+    reason: str
 
 
 def json_objects(lines: Iterable[str | bytes]) -> Iterator[tuple[int, dict[str, Any] | str]]:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from minigate.router.jsonl import json_objects
+from minigate.router.jsonl import Skipped, json_objects
 
 __all__ = ["Observation", "OutputKind", "Skipped", "logged_observation", "output_kind", "read_observations",
            "requested_kind"]
@@ -44,14 +44,6 @@ class Observation:
     model: str | None = None
     tier: str | None = None
     output_kind: OutputKind | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """An input line that holds no request to learn from, and why."""
-
-    id: str
-    reason: str
 
 
 def read_observations(lines: Iterable[str | bytes]) -> Iterator[Observation | Skipped]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from minigate.errors import RequestError
 from minigate.router.decision import Router
-from minigate.router.jsonl import json_objects
+from minigate.router.jsonl import Skipped, json_objects
 from minigate.router.settings import RouteEntry
 from minigate.serving.settings import ModelEntry
 
@@ -53,14 +53,6 @@ class Call:
     input_tokens: int | None = None  # known (logged usage); else the router's estimate
     output_tokens: int | None = None  # known (logged usage, or stated in the request line)
     served: Served | None = None  # logged calls only
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """An input line that could not be replayed, and why."""
-
-    id: str
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)

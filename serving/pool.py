@@ -7,6 +7,7 @@ don't change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from minigate.serving.anthropic import AnthropicClient
@@ -72,22 +73,10 @@ class UpstreamPool:
 async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamClient:
     if isinstance(spec, OpenAIUpstream | AnthropicUpstream) and spec.missing_key():
         return UnconfiguredClient(name, spec.base_url, spec.timeouts)
-    if isinstance(spec, OpenAIUpstream) and spec.api_version:
-        return AzureClient(
-            name,
-            spec.base_url,
-            spec.timeouts,
-            api_version=spec.api_version,
-            api_key=spec.api_key.get_secret_value() if spec.api_key else None,
-            headers=spec.headers,
-            max_connections=spec.max_connections,
-            max_keepalive=spec.max_keepalive,
-            replicas=spec.replicas(),
-            breaker=spec.breaker,
-            retry=spec.retry,
-        )
     if isinstance(spec, OpenAIUpstream):
-        return UpstreamClient(
+        # Azure speaks the same protocol at another path, with its key in another header.
+        make = functools.partial(AzureClient, api_version=spec.api_version) if spec.api_version else UpstreamClient
+        return make(
             name,
             spec.base_url,
             spec.timeouts,
