@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead_proc import Server, _descendants, rss_bytes, stop_server  # noqa: E402
+from overhead_proc import Server, descendants, rss_bytes, stop_server  # noqa: E402
 
 from minigate.serving.llamacpp import LlamaCppSettings, default_gguf_path  # noqa: E402
 
@@ -93,7 +93,7 @@ def measure(server: Server, base_url: str, model: str, requests: int, max_tokens
     good = [run for run in runs if run is not None]
     ttfts = sorted(run[0] for run in good)
     rates = [run[2] / (run[1] - run[0]) for run in good if run[2] > 1 and run[1] > run[0]]
-    tree = _descendants(server.process.pid)
+    tree = descendants(server.process.pid)
     return {
         "cold_start_to_first_token_s": round(server.startup_s, 3),
         "requests": requests, "errors": requests - len(good),

@@ -2,7 +2,11 @@
 
 1. Gateway throughput at c=32 (wrk on CPU 0 with the nginx upstream, minigate pinned to CPU 1) with
    the call log off, then on with SQLite, then on with PostgreSQL; redaction and encryption on, and a
-   request that carries PII so the redactor has work. Target: logging on >= 0.9x logging off.
+   request that carries PII (a different user turn each time) so the redactor has work. Target:
+   logging on >= 0.9x logging off. The call log seals (redacts, encrypts) in a worker process, as
+   deployed: its rows move that worker to CPU 0, beside wrk and nginx, so it competes with the load
+   generator rather than the event loop; the `one core` row leaves it on the gateway's core, to show
+   what the work costs where no spare core exists. CPU ms/req counts the whole process tree.
 2. Sustained writer throughput (bench/log_writer.py, pinned to one core): records/s sealed
    (redacted, encrypted) and stored per store. Target: >= 2,000 records/s.
 
@@ -23,23 +27,33 @@ import uuid
 from pathlib import Path
 
 from overhead import free_port, log, start_upstream
-from overhead_fixtures import JSON_PATH, wrk_script
+from overhead_fixtures import JSON_PATH, wrk_varying_script
 from overhead_load import measure
-from overhead_proc import start_server, stop_server
+from overhead_proc import descendants, start_server, stop_server
 from overhead_setup import ensure_tools, machine_info, minigate_command
 
 BENCH = Path(__file__).resolve().parent
 KEY = "bench-key"
-PII_BODY = json.dumps({
+# Every request carries PII so the redactor has work; `{n}` differs per request (bench/overhead_fixtures
+# `wrk_varying_script`), as users' turns do, while the system prompt repeats, as agents' prompts do.
+PII_TEMPLATE = json.dumps({
     "model": "gpt-4.1",
     "messages": [
         {"role": "system", "content": "You are a support agent for ACME. Answer in one paragraph."},
-        {"role": "user", "content": "Hi, I'm Jane (jane.doe@example.com, +1 415 555 0132). My card 4111 1111 1111 "
-                                    "1111 was charged twice for order 88123; please refund to IBAN "
+        {"role": "user", "content": "Hi, I'm Jane (jane.doe{n}@example.com, +1 415 555 {n}). My card 4111 1111 1111 "
+                                    "1111 was charged twice for order {n}; please refund to IBAN "
                                     "GB82 WEST 1234 5698 7654 32. My server 10.20.30.40 got the receipt."},
     ],
     "temperature": 0.2,
 })
+
+
+def pii_body(n: int) -> str:
+    """The template as wrk fills it for request number `n`."""
+    return PII_TEMPLATE.replace("{n}", f"{n % 10000:04d}")
+
+
+PII_BODY = pii_body(8123)
 _CONFIG = """server: {{host: 127.0.0.1, port: {port}}}
 auth: {{keys: [{{name: bench, key: {key}, role: agent}}]}}
 upstreams: {{nginx: {{kind: openai, base_url: "http://127.0.0.1:{upstream}/v1", api_key: dummy}}}}
@@ -85,30 +99,38 @@ def fresh_database(admin_url: str) -> str | None:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
-def variants(workdir: Path, key: str, postgres: str | None) -> dict[str, str]:
-    """Variant name -> the YAML of its logging section."""
-    found = {
-        "off": "{enabled: false}",
-        "sqlite": f'{{store: "sqlite:///{workdir}/calls.db", encryption_key: "{key}"}}',
+def variants(workdir: Path, key: str, postgres: str | None) -> dict[str, tuple[str, int | None]]:
+    """Variant name -> the YAML of its logging section, and the CPU its sealing worker moves to."""
+    sqlite = f'{{store: "sqlite:///{workdir}/calls.db", encryption_key: "{key}"}}'
+    found: dict[str, tuple[str, int | None]] = {
+        "off": ("{enabled: false}", None),
+        "sqlite": (sqlite, 0),
+        "sqlite, one core": (sqlite.replace("calls.db", "calls-one-core.db"), None),
     }
     if postgres:
-        found["postgresql"] = f'{{store: "{postgres}", spool: "{workdir}/pg.spool", encryption_key: "{key}"}}'
+        found["postgresql"] = (f'{{store: "{postgres}", spool: "{workdir}/pg.spool", encryption_key: "{key}"}}', 0)
     return found
 
 
-def gateway_run(name: str, logging: str, upstream: int, workdir: Path, wrk: str, duration: int) -> dict[str, object]:
+def gateway_run(name: str, logging: str, upstream: int, workdir: Path, wrk: str, duration: int,
+                worker_cpu: int | None) -> dict[str, object]:
     minigate = minigate_command()
     assert minigate is not None, "run scripts/setup first: .venv/bin/minigate is missing"
     port = free_port()
-    config = workdir / f"{name}.yaml"
+    slug = name.replace(", ", "-").replace(" ", "-")
+    config = workdir / f"{slug}.yaml"
     config.write_text(_CONFIG.format(port=port, key=KEY, upstream=upstream, logging=logging))
     command = ["taskset", "-c", "1", str(minigate), "serve", "--config", str(config), "--log-level", "warning"]
-    server = start_server(name, command, port, (JSON_PATH, PII_BODY, KEY), workdir / f"{name}.log", dict(os.environ), 60)
+    server = start_server(name, command, port, (JSON_PATH, PII_BODY, KEY), workdir / f"{slug}.log", dict(os.environ), 60)
     try:
         script = workdir / "pii.lua"
-        script.write_text(wrk_script(PII_BODY, KEY))
+        script.write_text(wrk_varying_script(PII_TEMPLATE, KEY))
         url = f"http://127.0.0.1:{port}{JSON_PATH}"
-        measure(server, wrk, url, script, "json", 32, 2, 0)  # warm-up
+        measure(server, wrk, url, script, "json", 32, 2, 0)  # warm-up; starts the sealing worker
+        if worker_cpu is not None:
+            for pid in descendants(server.process.pid)[1:]:
+                subprocess.run(["taskset", "-a", "-p", "-c", str(worker_cpu), str(pid)], check=True,
+                               capture_output=True)
         result = measure(server, wrk, url, script, "json", 32, duration, 1)
     finally:
         stop_server(server)
@@ -131,11 +153,11 @@ def writer_run(store: str, spool: Path, key: str, records: int) -> dict[str, obj
 def report(gateway: dict[str, dict[str, object]], writer: dict[str, dict[str, object]]) -> None:
     off = float(str(gateway["off"]["requests_per_s"]))
     print("\ngateway at c=32 (PII request; redaction + encryption on)")
-    print(f"{'logging':<12}{'req/s':>10}{'vs off':>9}{'CPU ms/req':>12}{'p99 ms':>9}  target >= 0.90x")
+    print(f"{'logging':<18}{'req/s':>10}{'vs off':>9}{'CPU ms/req':>12}{'p99 ms':>9}  target >= 0.90x")
     for name, row in gateway.items():
         ratio = float(str(row["requests_per_s"])) / off
-        verdict = "" if name == "off" else ("PASS" if ratio >= 0.9 else "FAIL")
-        print(f"{name:<12}{float(str(row['requests_per_s'])):>10.0f}{ratio:>8.2f}x"
+        verdict = "" if name == "off" or "one core" in name else ("PASS" if ratio >= 0.9 else "FAIL")
+        print(f"{name:<18}{float(str(row['requests_per_s'])):>10.0f}{ratio:>8.2f}x"
               f"{float(str(row['cpu_ms_per_request'])):>12.3f}{float(str(row['p99_ms'])):>9.2f}  {verdict}")
     print("\nwriter, one core (seal = usage + redact + encrypt, then store)")
     print(f"{'store':<12}{'records':>9}{'records/s':>11}  target >= 2000")
@@ -154,8 +176,8 @@ def main(argv: list[str]) -> int:
         upstream = start_upstream(tools["nginx"], workdir)
         try:
             log("gateway throughput, c=32")
-            gateway = {name: gateway_run(name, logging, upstream.port, workdir, tools["wrk"], args.duration)
-                       for name, logging in variants(workdir, key, postgres).items()}
+            gateway = {name: gateway_run(name, logging, upstream.port, workdir, tools["wrk"], args.duration, cpu)
+                       for name, (logging, cpu) in variants(workdir, key, postgres).items()}
         finally:
             stop_server(upstream)
         log("writer throughput")

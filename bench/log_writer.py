@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from log_bench import PII_BODY  # noqa: E402
+from log_bench import pii_body  # noqa: E402
 from overhead_fixtures import completion_body  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
@@ -30,9 +30,10 @@ async def run(store: str, spool: Path, key: str, records: int) -> dict[str, obje
     registry = CollectorRegistry()
     calls = CallLog(settings, registry, Sealer.from_settings(settings))
     await calls.start()
-    request, reply = PII_BODY.encode(), completion_body().encode()
+    reply = completion_body().encode()
+    requests = [pii_body(n).encode() for n in range(records)]  # each user turn differs, as in real traffic
     started = time.perf_counter()
-    for _ in range(records):
+    for request in requests:
         calls.submit(CallRecord(uuid.uuid4().hex, time.time(), "bench", "gpt-4.1", "gpt-4.1", "frontier", "unknown",
                                 "default", "nginx", 200, 0.01, False, request_body=request, user="u-1", reply=reply))
     while (registry.get_sample_value("minigate_log_records_written_total") or 0) < records:

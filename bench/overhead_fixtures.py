@@ -141,6 +141,28 @@ end
 """
 
 
+def wrk_varying_script(template: str, api_key: str) -> str:
+    """Like `wrk_script`, but each request's body is `template` with `{n}` replaced by the next number
+    (four digits, from a random start per wrk thread).
+
+    Real traffic repeats its system prompts and schemas but not its users' words: a benchmark that sent
+    one body over and over would flatter anything that remembers what it saw.
+    """
+    if "]==]" in template:
+        raise ValueError("request body must not contain ]==]")
+    return (f'local template = [==[{template}]==]\n'
+            'local headers = {["Content-Type"] = "application/json", '
+            f'["Authorization"] = "Bearer {api_key}"}}\n'
+            'local n = 0\n'
+            'init = function(args) math.randomseed(os.time() + math.floor(os.clock() * 1e6)); '
+            'n = math.random(0, 100000000) end\n'
+            'request = function()\n'
+            '    n = n + 1\n'
+            '    local body = string.gsub(template, "{n}", string.format("%04d", n % 10000))\n'
+            '    return wrk.format("POST", nil, headers, body)\n'
+            'end\n' + _WRK_DONE)
+
+
 def wrk_script(body: str, api_key: str) -> str:
     """A wrk Lua script that POSTs `body` and prints its summary as one `WRK_JSON {...}` line."""
     if "]==]" in body:

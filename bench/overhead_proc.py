@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Server", "StartFailed", "start_server", "stop_server", "cpu_seconds", "rss_bytes",
+__all__ = ["Server", "StartFailed", "start_server", "stop_server", "cpu_seconds", "descendants", "rss_bytes",
            "post_ok"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -39,7 +39,7 @@ def _stat_fields(pid: int) -> list[str]:
     return text[text.rindex(")") + 2:].split()
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -58,7 +58,7 @@ def _descendants(root: int) -> list[int]:
 def cpu_seconds(root: int) -> float:
     """utime + stime (+ reaped children's) of `root` and its live descendants, in seconds."""
     ticks = 0
-    for pid in _descendants(root):
+    for pid in descendants(root):
         try:
             fields = _stat_fields(pid)
         except OSError:
@@ -71,7 +71,7 @@ def cpu_seconds(root: int) -> float:
 def rss_bytes(root: int) -> int:
     """VmRSS summed over `root` and its live descendants."""
     total = 0
-    for pid in _descendants(root):
+    for pid in descendants(root):
         try:
             lines = Path(f"/proc/{pid}/status").read_text().splitlines()
         except OSError:

@@ -8,7 +8,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import anyio
 import orjson
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,10 +22,15 @@ from minigate.gateway.chat import ChatEndpoint
 from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.runtime import RuntimeHolder
+from minigate.gateway.settings import TelemetrySection
 from minigate.gateway.tasks_api import add_tasks_api
 from minigate.logger.pipeline import CallLog
+from minigate.logger.records import CallRecord
 from minigate.logger.seal import Sealer
 from minigate.version import __version__
+
+if TYPE_CHECKING:
+    from minigate.gateway.tracing import Tracing
 
 __all__ = ["create_app"]
 
@@ -38,8 +45,15 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     """
     metrics = GatewayMetrics(registry)
     holder = RuntimeHolder(config, metrics, config_path)
-    # The store is opened once: a reload that changes logging.store takes effect at the next restart.
-    calls = CallLog(config.logging, registry, Sealer.from_settings(config.logging, create_key=True))
+    # The store and the tracer are set up once: reloaded logging.store and telemetry apply at the next restart.
+    tracing = _tracing(config.telemetry)
+
+    def observe(record: CallRecord) -> None:  # each record, once, when the log writer has sealed it
+        metrics.count_call(record)
+        if tracing is not None:
+            tracing.complete(record)
+
+    calls = CallLog(config.logging, registry, Sealer.from_settings(config.logging, create_key=True), observe)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,24 +62,36 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(_watch(holder)) if config_path else None
         announcer = loop.create_task(_announce(holder)) if announce else None
+        lag = loop.create_task(metrics.watch_event_loop())
         with _reload_on_sighup(holder):
             try:
                 yield
             finally:
-                for task in (watcher, announcer):
+                for task in (watcher, announcer, lag):
                     if task is not None:
                         task.cancel()
                 await holder.stop()
-                await calls.stop()
+                await calls.stop()  # closes the spans still waiting for their records
+                if tracing is not None:
+                    await anyio.to_thread.run_sync(tracing.shutdown)
 
     app = FastAPI(title="minigate", version=__version__, lifespan=lifespan)
     app.state.holder = holder
     install_error_handlers(app)
-    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls), methods=["POST"])
+    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls, tracing), methods=["POST"])
     _add_operational_routes(app, holder, registry)
     add_calls_api(app, holder, calls)
     add_tasks_api(app, holder)
     return app
+
+
+def _tracing(section: TelemetrySection) -> Tracing | None:
+    """The tracer when telemetry is on; the OpenTelemetry SDK is not even imported when it is off."""
+    if section.traces_url is None:
+        return None
+    from minigate.gateway.tracing import Tracing
+
+    return Tracing(section)
 
 
 def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: CollectorRegistry) -> None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -38,6 +39,9 @@ from minigate.serving.pricing import PriceBook
 from minigate.serving.replicas import Attempt
 from minigate.serving.upstream import UpstreamReply
 
+if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when telemetry is on
+    from minigate.gateway.tracing import CallTrace, Tracing
+
 __all__ = ["ChatEndpoint"]
 
 _CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
@@ -61,6 +65,8 @@ class _Call:
     prices: PriceBook | None = None  # of the config generation that served the call
     task: str = UNKNOWN_TASK  # catalogue task id (records, metrics)
     task_name: str = UNKNOWN_TASK  # its name (headers, rules)
+    trace: CallTrace | None = None  # its spans, when telemetry is on
+    fell_back: list[str] = field(default_factory=list)  # "model=kind" for each model a route fallback replaced
 
 
 @dataclass(slots=True)
@@ -79,12 +85,15 @@ class _Reply:
 
 
 class ChatEndpoint:
-    """The handler, bound to the runtime holder, the metrics it updates and the call log it feeds."""
+    """The handler, bound to the runtime holder, the metrics it updates, the call log it feeds and the
+    tracer (None: telemetry off, and not one span object is made)."""
 
-    def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog) -> None:
+    def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog,
+                 tracing: Tracing | None = None) -> None:
         self.holder = holder
         self.metrics = metrics
         self.calls = calls
+        self.tracing = tracing
 
     async def __call__(self, request: Request) -> Response:
         call = _Call(uuid.uuid4().hex, time.perf_counter(), time.time())
@@ -93,6 +102,8 @@ class ChatEndpoint:
         try:
             runtime = self.holder.current
             call.prices = runtime.prices
+            if self.tracing is not None:
+                call.trace = self.tracing.begin(call.request_id, request.headers, runtime.config.upstreams)
             caller = runtime.keyring.authenticate(request.headers.get("authorization"))
             call.key_name = caller.name
             caller.require("infer")
@@ -103,13 +114,16 @@ class ChatEndpoint:
             if runtime.tasks is not None:
                 call.task = await runtime.tasks.match(chat.body)
                 call.task_name = runtime.tasks.name_of(call.task)
-            call.decision = runtime.router.decide(chat.model, chat.body, request.headers, call.task_name)
+            call.decision = runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
+                                                  runtime.pool.loads)
             headers.update(_decision_headers(call.decision, call.task_name))
             strip_usage = chat.stream and not chat.wants_usage
-            reply = await self._call(runtime.pool, chat, call, strip_usage)
+            reply = await self._call_with_fallbacks(runtime.pool, chat, call, strip_usage)
             headers.update(_decision_headers(call.decision, call.task_name))
             if call.escalated:
                 headers["x-minigate-escalated"] = call.escalated
+            if call.fell_back:
+                headers["x-minigate-fallback"] = ", ".join(call.fell_back)
             if chat.stream and reply.upstream.status == 200:
                 stripper = UsageStripper() if strip_usage else None
                 return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply.upstream, headers))
@@ -117,9 +131,50 @@ class ChatEndpoint:
         except RequestError as exc:
             if isinstance(exc, UpstreamError):
                 self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
+            if call.fell_back:
+                headers["x-minigate-fallback"] = ", ".join(call.fell_back)
             response = error_response(exc, headers)
             self._finish(call, exc.status, reply=bytes(response.body))
             return response
+
+    async def _call_with_fallbacks(self, pool: UpstreamPool, chat: ChatRequest, call: _Call,
+                                   strip_usage: bool) -> _Reply:
+        """`_call`, then the route's fallbacks in order while the model's upstream fails after its own
+        retries, before any byte reached the client: unreachable, timed out, 5xx, or 429.
+
+        Every failure is counted (upstream_errors_total) and stays in the record as attempts of this one
+        request; only the reply relayed is billed. The last fallback's failure reaches the client.
+        """
+        decision = call.decision
+        assert decision is not None
+        tried = {decision.target.name}
+        sending = self._call(pool, chat, call, strip_usage)
+        while True:
+            reply: _Reply | None = None
+            error: UpstreamError | None = None
+            try:
+                reply = await sending
+                failure = _fallback_reason(reply.upstream.status)
+            except UpstreamError as exc:
+                error, failure = exc, exc.kind
+            failed = (call.decision or decision).target  # escalation may have replaced the chosen model
+            tried.add(failed.name)
+            fallback = next((t for t in decision.fallbacks if t.name not in tried), None) if failure else None
+            if fallback is None or failure is None:
+                if error is not None:
+                    raise error
+                assert reply is not None
+                return reply
+            if reply is not None:
+                await reply.upstream.close()
+            self.metrics.upstream_errors.labels(failed.upstream, failure).inc()
+            call.fell_back.append(f"{failed.name}={failure}")
+            call.decision = Decision(decision.route, fallback, decision.rule)
+            sending = self._reply(pool, chat, call, fallback, strip_usage)
+
+    async def _reply(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, target: Target,
+                     strip_usage: bool) -> _Reply:
+        return _Reply(await self._send(pool, chat, call, target, strip_usage))
 
     async def _call(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, strip_usage: bool) -> _Reply:
         """Call the chosen model; a miniature that fails its rule's checks is replaced by the escalation model.
@@ -148,6 +203,8 @@ class ChatEndpoint:
         assert decision.escalate_to is not None
         self.metrics.escalations.labels(decision.route, reason).inc()
         call.escalated = reason
+        if call.trace is not None:
+            call.trace.escalate(reason)
         call.decision = Decision(decision.route, decision.escalate_to, decision.rule)
         return _Reply(await self._send(pool, chat, call, decision.escalate_to, strip_usage))
 
@@ -155,8 +212,9 @@ class ChatEndpoint:
                     strip_usage: bool) -> UpstreamReply:
         body = chat.with_usage(target.upstream_model) if strip_usage else chat.with_model(target.upstream_model)
         sent_at = time.perf_counter()
+        client = pool[target.upstream]
         try:
-            reply = await pool[target.upstream].chat(body)
+            reply = await (call.trace.chat(client, target, body) if call.trace else client.chat(body))
         except UpstreamError as exc:
             call.attempts += _attempts(target, getattr(exc, "attempts", []), sent_at, None, exc.kind)
             raise
@@ -244,17 +302,21 @@ class ChatEndpoint:
         """Count the call and hand its record to the log; neither waits for anything."""
         elapsed = time.perf_counter() - call.started
         decision = call.decision
+        if call.trace is not None:
+            call.trace.finish(status, chunks[0] if chunks else reply, recorded=decision is not None)
         if decision is None:  # refused before routing (auth, malformed body, unknown model)
             self.metrics.requests.labels("", "", "", UNKNOWN_TASK, str(status)).inc()
             return
         target = decision.target
-        self.metrics.observe(decision.route, target.name, target.tier, call.task, status, elapsed)
+        ttft = None if call.first_byte is None else call.first_byte - call.started
+        self.metrics.observe(decision.route, target.name, target.tier, call.task, status, elapsed,
+                             ttft=ttft if call.stream and status == 200 else None)
         rate, counterfactual = call.prices.rates(decision.route, target.name) if call.prices else (None, None)
         self.calls.submit(
             CallRecord(
                 call.request_id, call.started_at, call.key_name, decision.route, target.name, target.tier,
                 call.task, decision.rule, target.upstream, status, elapsed, call.stream,
-                ttft_s=None if call.first_byte is None else call.first_byte - call.started,
+                ttft_s=ttft,
                 attempts=call.attempts or None, escalated=call.escalated,
                 request_body=call.body, user=call.user, reply=reply, chunks=chunks,
                 rate=rate, counterfactual_rate=counterfactual,
@@ -299,6 +361,11 @@ def _attempts(target: Target, calls: list[Attempt], sent_at: float, status: int 
     return [{"upstream": target.upstream, "model": target.upstream_model, "base_url": attempt.base_url,
              "status": attempt.status, "latency_s": round(attempt.latency_s, 6), "error": attempt.error}
             for attempt in calls]
+
+
+def _fallback_reason(status: int) -> str | None:
+    """A reply a route's fallback replaces: 5xx, or 429 that the upstream's own retries could not get past."""
+    return f"status_{status}" if status >= 500 or status == 429 else None
 
 
 def _decision_headers(decision: Decision, task_name: str) -> dict[str, str]:

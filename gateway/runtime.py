@@ -22,6 +22,7 @@ from minigate.router.decision import Router
 from minigate.router.matcher import TaskMatcher
 from minigate.serving.pool import LocalServers, UpstreamPool
 from minigate.serving.pricing import PriceBook
+from minigate.serving.vllm import VllmFleet
 
 __all__ = ["Runtime", "RuntimeHolder"]
 
@@ -42,12 +43,12 @@ class Runtime:
     catalogue_stamp: int | None = None  # the catalogue file's mtime: a re-discovery is a change to reload
 
     @classmethod
-    async def open(cls, config: Config, local: LocalServers) -> Runtime:
+    async def open(cls, config: Config, local: LocalServers, fleet: VllmFleet | None = None) -> Runtime:
         tasks, stamp = None, _stamp(config)
         if config.tasks.catalogue is not None:
             tasks = await anyio.to_thread.run_sync(TaskMatcher.load, config.tasks)
             await tasks.warm_up()  # the embedding model, when on, loads now and never on a request
-        pool = await UpstreamPool.open(config.upstreams, local)
+        pool = await UpstreamPool.open(config.upstreams, local, models=config.models, fleet=fleet)
         return cls(config, KeyRing.from_section(config.auth), Router.from_config(config), pool,
                    PriceBook.from_config(config), tasks, stamp)
 
@@ -73,6 +74,7 @@ class RuntimeHolder:
     metrics: GatewayMetrics
     path: Path | None = None
     local: LocalServers = field(default_factory=LocalServers)
+    fleet: VllmFleet = field(default_factory=VllmFleet)  # vLLM adapters and load, across generations
     generation: int = 0
     last_reload_error: str | None = None
     _current: Runtime | None = None
@@ -86,7 +88,7 @@ class RuntimeHolder:
         return self._current
 
     async def start(self) -> None:
-        self._current = await Runtime.open(self.config, self.local)
+        self._current = await Runtime.open(self.config, self.local, self.fleet)
         self.generation = 1
 
     async def reload(self) -> bool:
@@ -99,7 +101,7 @@ class RuntimeHolder:
                 if config == self.config and _stamp(config) == self.current.catalogue_stamp:
                     self.metrics.config_reloads.labels("unchanged").inc()
                     return True
-                runtime = await Runtime.open(config, self.local)
+                runtime = await Runtime.open(config, self.local, self.fleet)
             except ConfigError as exc:
                 self._reject(str(exc))
                 return False
@@ -138,6 +140,7 @@ class RuntimeHolder:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._current is not None:
             await self._current.close()
+        await self.fleet.stop()
         await self.local.stop_all()
 
 

@@ -1,4 +1,5 @@
-"""The `server`, `auth` and `metrics` sections of the config: how the gateway listens and whom it serves."""
+"""The `server`, `auth`, `metrics` and `telemetry` sections of the config: how the gateway listens, whom it
+serves and where its traces go."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["AuthSection", "KeyEntry", "MetricsSection", "Role", "ServerSection"]
+__all__ = ["AuthSection", "KeyEntry", "MetricsSection", "Role", "ServerSection", "TelemetrySection"]
 
 Role = Literal["agent", "analyst", "admin"]
 
@@ -34,3 +35,25 @@ class AuthSection(_Section):
 
 class MetricsSection(_Section):
     require_role: Role | None = None
+
+
+class TelemetrySection(_Section):
+    """OpenTelemetry traces, exported over OTLP/HTTP; off until `otlp_endpoint` is set (docs/observability.md)."""
+
+    otlp_endpoint: str | None = Field(
+        None, pattern=r"^(https?://|$)", description="collector base URL (spans go to <it>/v1/traces); unset or empty: off"
+    )
+    sampling_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of new traces kept; a client's traceparent decides for its own"
+    )
+    service_name: str = Field("minigate", min_length=1)
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="sent with every export (collector auth)")
+    timeout_s: float = Field(10.0, gt=0, description="per export request")
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where spans are posted, or None when tracing is off; a URL already ending in /v1/traces is kept."""
+        if not self.otlp_endpoint:
+            return None
+        base = self.otlp_endpoint.rstrip("/")
+        return base if base.endswith("/v1/traces") else f"{base}/v1/traces"

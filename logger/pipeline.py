@@ -2,12 +2,16 @@
 
 `submit` never awaits and never blocks: it puts the record on the queue, or, when the queue is full,
 on an overflow list the writer spools to disk. The writer takes up to `batch_size` records, or what
-arrived within `flush_interval_s`, seals them in a worker thread (tokens, client id, redaction,
+arrived within `flush_interval_s`, seals them in a worker process (tokens, client id, redaction,
 encryption) and writes them in one transaction. A batch the store refuses goes to the spool; a
 replayer offers spooled records to the store every `replay_interval_s` and at start-up, committing
 each batch only after the store holds it. Stores are idempotent on request id, so a replay after a
 crash may repeat a batch but never stores a record twice. Shutdown drains everything to the store,
 or to the spool when the store is down.
+
+Each record, once sealed, goes to `observe` (the gateway's token and cost metrics), exactly once: a
+spooled record is replayed sealed and never observed again. With `enabled: false` the writer still
+runs, but only measures (tokens, cost) and observes; nothing is stored, redacted or encrypted.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -23,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from minigate.logger.reader import CallReader
 from minigate.logger.records import CallRecord, record_from_bytes, record_to_bytes
 from minigate.logger.seal import Sealer
+from minigate.logger.seal_pool import SealerPool
 from minigate.logger.settings import LoggingSection
 from minigate.logger.spool import Spool, SpoolBatch
 from minigate.logger.store import CallStore, open_store
@@ -42,9 +47,12 @@ class CallLog:
     >>> await calls.start(); calls.submit(record); await calls.stop()  # doctest: +SKIP
     """
 
-    def __init__(self, settings: LoggingSection, registry: CollectorRegistry, sealer: Sealer) -> None:
+    def __init__(self, settings: LoggingSection, registry: CollectorRegistry, sealer: Sealer,
+                 observe: Callable[[CallRecord], None] | None = None) -> None:
         self.settings = settings
         self.sealer = sealer
+        self._observe = observe  # called on the event loop with each sealed record
+        self._sealing = SealerPool(sealer, settings.seal_processes if settings.enabled else 0)
         self._queue: asyncio.Queue[CallRecord] = asyncio.Queue(settings.queue_size)
         self._overflow: list[CallRecord] = []
         self._pending: list[CallRecord] = []
@@ -68,6 +76,7 @@ class CallLog:
 
     async def start(self) -> None:
         if not self.settings.enabled:
+            self._tasks = [asyncio.get_running_loop().create_task(self._write_forever())]
             return
         self._spool = await anyio.to_thread.run_sync(Spool, self.settings.spool_path(), self.settings.spool_fsync)
         await self._connect()
@@ -82,8 +91,6 @@ class CallLog:
         return None if self._store is None else CallReader(self._store, self.sealer.cipher)
 
     def submit(self, record: CallRecord) -> None:
-        if not self.settings.enabled:
-            return
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
@@ -91,8 +98,6 @@ class CallLog:
 
     async def stop(self) -> None:
         """Store (or spool) everything taken or queued, then close the store and the spool."""
-        if not self.settings.enabled:
-            return
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -104,11 +109,14 @@ class CallLog:
             remaining.append(self._queue.get_nowait())
         for start in range(0, len(remaining), self.settings.batch_size):
             await self._flush(remaining[start : start + self.settings.batch_size])
+        if not self.settings.enabled:
+            return
         await self._replay()
         if self._store is not None:
             await self._store.close()
         if self._spool is not None:
             await anyio.to_thread.run_sync(self._spool.close)
+        await anyio.to_thread.run_sync(self._sealing.close)
 
     async def _write_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -132,16 +140,22 @@ class CallLog:
             await asyncio.shield(self._inflight)
 
     async def _flush(self, batch: list[CallRecord]) -> None:
-        await anyio.to_thread.run_sync(self._seal_all, batch)
-        if await self._write(batch):
+        batch = await self._sealing.seal(batch, measure_only=not self.settings.enabled)
+        self._observe_all(batch)
+        if not self.settings.enabled or await self._write(batch):
             return
         assert self._spool is not None
         await anyio.to_thread.run_sync(self._spool.append, [record_to_bytes(r) for r in batch])
         self.spooled.inc(len(batch))
 
-    def _seal_all(self, batch: list[CallRecord]) -> None:
+    def _observe_all(self, batch: list[CallRecord]) -> None:
+        if self._observe is None:
+            return
         for record in batch:
-            self.sealer.seal(record)
+            try:
+                self._observe(record)
+            except Exception:  # a metrics bug must not stop the writer: records would pile up unwritten
+                log.exception("call log observer failed on record %s", record.request_id)
 
     async def _write(self, batch: list[CallRecord]) -> bool:
         if self._store is None and not await self._connect():

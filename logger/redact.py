@@ -18,10 +18,11 @@ every overlap to the pattern types.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -148,6 +149,23 @@ def find_spans(text: str) -> list[Span]:
     return [Span(start, end, entity_type) for start, end, entity_type in accepted]
 
 
+# Agents resend the same system prompt, tool schemas and JSON keys on every call of a task; only the
+# user's turn changes. Remembering the spans of recent strings makes the repeated bulk of a record free
+# to redact. The cache lives in the writer's memory only (which holds these payloads anyway), and
+# strings past `_CACHED_LENGTH` are scanned afresh, so it stays a few MiB at most.
+_CACHED_STRINGS = 2048
+_CACHED_LENGTH = 4096
+
+
+@functools.lru_cache(maxsize=_CACHED_STRINGS)
+def _cached_spans(text: str) -> tuple[Span, ...]:
+    return tuple(find_spans(text))
+
+
+def _spans_of(text: str) -> Sequence[Span]:
+    return _cached_spans(text) if len(text) <= _CACHED_LENGTH else find_spans(text)
+
+
 class Redactor:
     """Replaces detected entities according to a policy. Holds no per-call state: share one across threads.
 
@@ -161,11 +179,14 @@ class Redactor:
 
     def redact(self, text: str, state: Placeholders | None = None) -> tuple[str, list[Span]]:
         """The redacted text and the spans replaced in it, with offsets into the original `text`."""
+        spans = _spans_of(text)
+        if not spans:
+            return text, []
         state = Placeholders() if state is None else state
         pieces: list[str] = []
         replaced: list[Span] = []
         position = 0
-        for span in find_spans(text):
+        for span in spans:
             action = self._policy.action(span.type)
             if action == "keep":
                 continue

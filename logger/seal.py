@@ -1,5 +1,6 @@
 """Turning a call record's raw material into what may be stored: tokens, an anonymous client id, and
-payloads that are redacted first and encrypted second. Runs in the writer's worker thread.
+payloads that are redacted first and encrypted second. Runs in the call log's sealing worker process
+(`minigate.logger.seal_pool`), or a thread of the gateway's with `logging.seal_processes: 0`.
 
 Redaction before encryption means even the holder of the key reads placeholders (`<EMAIL_1>`), never
 the values; one placeholder state per record keeps a value's placeholder the same across the request
@@ -11,18 +12,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 
 import orjson
 
 from minigate.logger.crypto import PayloadCipher
 from minigate.logger.identity import anonymise
-from minigate.logger.keys import load_keys
-from minigate.logger.payloads import reply_from_body, reply_from_stream, request_payload
+from minigate.logger.keys import LogKeys, load_keys
+from minigate.logger.payloads import Reply, reply_from_body, reply_from_stream, request_payload
 from minigate.logger.records import CallRecord
-from minigate.logger.redact import Placeholders, RedactionPolicy, Redactor
+from minigate.logger.redact import Action, Placeholders, RedactionPolicy, Redactor
 from minigate.logger.settings import LoggingSection
 
-__all__ = ["Sealer"]
+__all__ = ["Sealer", "SealerRecipe"]
+
+
+@dataclass(frozen=True, slots=True)
+class SealerRecipe:
+    """A sealer's makings, in plain values a worker process can be sent (ciphers don't pickle)."""
+
+    actions: dict[str, Action]
+    keys: LogKeys | None
 
 
 class Sealer:
@@ -31,10 +41,12 @@ class Sealer:
     Without a cipher no payload is stored at all: the log never holds conversation text in the clear.
     """
 
-    def __init__(self, redactor: Redactor, cipher: PayloadCipher | None, pepper: bytes | None) -> None:
+    def __init__(self, redactor: Redactor, cipher: PayloadCipher | None, pepper: bytes | None,
+                 recipe: SealerRecipe | None = None) -> None:
         self.redactor = redactor
         self.cipher = cipher
         self.pepper = pepper
+        self.recipe = recipe  # what `from_recipe` needs to build the same sealer in a worker process
 
     @classmethod
     def from_settings(cls, settings: LoggingSection, *, create_key: bool = False) -> Sealer:
@@ -42,15 +54,23 @@ class Sealer:
 
         `create_key`: the gateway may create the embedded default's key file; reading commands never do.
         """
-        keys = load_keys(settings, create=create_key)
+        return cls.from_recipe(SealerRecipe(settings.actions(), load_keys(settings, create=create_key)))
+
+    @classmethod
+    def from_recipe(cls, recipe: SealerRecipe) -> Sealer:
+        keys = recipe.keys
         if keys is None:
             # No payload is stored, so hashing has nothing to keep stable: any key will do.
-            return cls(Redactor(RedactionPolicy(settings.actions(), hash_key=secrets.token_bytes(32))), None, None)
+            policy = RedactionPolicy(recipe.actions, hash_key=secrets.token_bytes(32))
+            return cls(Redactor(policy), None, None, recipe)
         pepper = hmac.new(keys.current.strip().encode(), b"minigate client identity", hashlib.sha256).digest()
-        redactor = Redactor(RedactionPolicy(settings.actions(), hash_key=pepper))
-        return cls(redactor, keys.cipher(), pepper)
+        redactor = Redactor(RedactionPolicy(recipe.actions, hash_key=pepper))
+        return cls(redactor, keys.cipher(), pepper, recipe)
 
-    def seal(self, record: CallRecord) -> None:
+    @staticmethod
+    def measure(record: CallRecord) -> Reply | None:
+        """Fill tokens and cost from the reply's usage: all that a log which stores nothing still
+        works out, for the metrics. Returns the parsed reply (None when there is none)."""
         reply = None
         if record.chunks is not None:
             reply = reply_from_stream(record.chunks)
@@ -64,6 +84,10 @@ class Sealer:
             if record.counterfactual_rate is not None:
                 record.counterfactual_cost_usd = record.counterfactual_rate.cost(record.input_tokens,
                                                                                  record.output_tokens)
+        return reply
+
+    def seal(self, record: CallRecord) -> None:
+        reply = self.measure(record)
         if self.pepper is not None:
             record.client_id = anonymise(self.pepper, record.key_name, record.user)
         if self.cipher is not None:

@@ -38,6 +38,9 @@ class LoggingSection(BaseModel):
     queue_size: int = Field(10_000, ge=1, description="records waiting for the writer; beyond it they spool")
     batch_size: int = Field(256, ge=1)
     flush_interval_s: float = Field(0.5, gt=0)
+    seal_processes: int = Field(
+        1, ge=0, le=64, description="worker processes that redact and encrypt; 0: a thread of the gateway's process"
+    )
     spool: Path | None = Field(None, description="spool folder; default `<sqlite file>.spool` or ./minigate-spool")
     spool_fsync: Literal["always", "batch", "never"] = "batch"
     replay_interval_s: float = Field(2.0, gt=0, description="how often spooled records are offered to the store")

@@ -2,4 +2,5 @@
 
 from minigate.cli import app
 
-app()
+if __name__ == "__main__":  # the call log's sealing workers import this module too, and must not run the app
+    app()

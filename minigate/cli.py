@@ -266,6 +266,55 @@ def _when(value: str | None, option: str) -> float | None:
         raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
+@app.command()
+def report(
+    config: ConfigOption = None,
+    since: Annotated[Optional[str], typer.Option(help="Start, unix seconds or ISO 8601.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="End (exclusive), unix seconds or ISO 8601.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for index.html and its PNG plots.")] = Path(
+        "minigate-report"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")] = False,
+) -> None:
+    """Write the savings report (spend, savings, routing, escalations, latency, errors) from call-log metadata."""
+    import asyncio
+
+    import orjson
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from minigate.logger.metadata_pages import read_metadata
+    from minigate.logger.report import ReportBuilder, headline_rows, report_document
+    from minigate.logger.report_html import write_report
+    from minigate.logger.report_plots import PlotUnavailable
+
+    cfg = _load_or_exit(resolve_config_path(config, os.environ))
+    start, end, store = _when(since, "--since"), _when(until, "--until"), cfg.logging.store.split("@")[-1]
+    found = _catalogue_or_none(cfg.tasks.catalogue) if cfg.tasks.catalogue else None
+    builder = ReportBuilder({task.id: task.name for task in found.tasks} if found else None)
+    with Progress(SpinnerColumn(), TextColumn("{task.completed} calls read"), console=err,
+                  disable=not err.is_terminal) as bar:
+        reading = bar.add_task("report", total=None)
+        asyncio.run(read_metadata(cfg.logging.store, since=start, until=end, write=builder.add,
+                                  progress=lambda n: bar.advance(reading, n)))
+    figures = builder.finish(since=start, until=end)
+    if figures is None:
+        err.print(f"no calls in the call log ({store}){' in that window' if since or until else ''}: nothing to "
+                  "report", highlight=False)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(orjson.dumps(report_document(figures), option=orjson.OPT_INDENT_2).decode())
+    else:
+        table = Table("figure", "value", title="savings report")
+        for label, value in headline_rows(figures):
+            table.add_row(label, value)
+        Console().print(table)
+    try:
+        page = write_report(figures, output, source=f"call log {store}")
+    except PlotUnavailable as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    err.print(f"wrote {page}", highlight=False)
+
+
 keys = typer.Typer(help="The log key that encrypts payloads: generate one, rotate to a new one.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 
@@ -440,7 +489,7 @@ def replay(
 ) -> None:
     """Route requests or logged calls through a candidate config: split per tier, rule, task; cost; savings.
 
-    Offline: no upstream is called. Prices come from the config's models (`price`).
+    Offline: no upstream is called. Prices are the gateway's: a model's `price`, else the bundled table's.
     """
     import orjson
     from rich.progress import Progress

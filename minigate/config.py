@@ -17,11 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from minigate.errors import ConfigError, ConfigProblem
-from minigate.gateway.settings import AuthSection, MetricsSection, ServerSection
+from minigate.gateway.settings import AuthSection, MetricsSection, ServerSection, TelemetrySection
 from minigate.logger.settings import LoggingSection
-from minigate.router.rules import task_references
+from minigate.router.rules import load_references, task_references
 from minigate.router.settings import RouteEntry, ScoringSection, TasksSection
-from minigate.serving.settings import ModelEntry, Upstream
+from minigate.serving.settings import ModelEntry, OpenAIUpstream, Upstream, adapter_problems
 
 __all__ = ["Config", "default_config_path", "load_config", "resolve_config_path"]
 
@@ -43,6 +43,7 @@ class Config(BaseModel):
     scoring: ScoringSection = ScoringSection()
     tasks: TasksSection = TasksSection()
     logging: LoggingSection = LoggingSection()
+    telemetry: TelemetrySection = TelemetrySection()
 
 
 def default_config_path() -> Path:
@@ -76,7 +77,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     catalogue = config.tasks.catalogue
     if catalogue is not None and not catalogue.is_absolute():  # a catalogue sits beside its config
         config = config.model_copy(update={"tasks": config.tasks.model_copy(update={"catalogue": path.parent / catalogue})})
-    problems = [_problem(loc, msg, lines) for loc, msg in _dangling_references(config) + _unknown_tasks(config)]
+    found = _dangling_references(config) + _unknown_tasks(config) + _load_tests(config)
+    found += adapter_problems(config.upstreams, config.models)
+    problems = [_problem(loc, msg, lines) for loc, msg in found]
     if problems:
         raise ConfigError(name, problems)
     return config
@@ -149,6 +152,8 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
             found.append((("routes", name, "default"), f"unknown model {route.default!r} (models: {known})"))
         if route.escalate_to is not None and route.escalate_to not in config.models:
             found.append((("routes", name, "escalate_to"), f"unknown model {route.escalate_to!r} (models: {known})"))
+        found += [(("routes", name, "fallbacks", i), f"unknown model {model!r} (models: {known})")
+                  for i, model in enumerate(route.fallbacks) if model not in config.models]
         for i, rule in enumerate(route.rules):
             if rule.escalate_on and route.escalate_to is None:
                 found.append((("routes", name, "rules", i, "escalate_on"),
@@ -157,6 +162,26 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
                 if model not in config.models:
                     where = ("routes", name, "rules", i, "use" if rule.use is not None else "split")
                     found.append((where, f"rule {rule.name!r}: unknown model {model!r} (models: {known})"))
+    return found
+
+
+def _load_tests(config: Config) -> list[tuple[_Path, str]]:
+    """Load tests that could never hold: only vLLM upstreams report load (`upstream_waiting` and the like)."""
+    reporting = sorted(name for name, spec in config.upstreams.items()
+                       if isinstance(spec, OpenAIUpstream) and spec.kind == "vllm")
+    listing = ", ".join(reporting) or "none defined"
+    found: list[tuple[_Path, str]] = []
+    for name, route in config.routes.items():
+        for i, rule in enumerate(route.rules):
+            served = {config.models[m].upstream for m in rule.models() if m in config.models}
+            for written, upstream in load_references(rule.when):
+                where = ("routes", name, "rules", i, "when", written)
+                if upstream is not None and upstream not in reporting:
+                    found.append((where, f"rule {rule.name!r}: {upstream!r} is not a vllm upstream, the only kind "
+                                         f"that reports load (vllm upstreams: {listing})"))
+                elif upstream is None and (len(served) != 1 or not served <= set(reporting)):
+                    found.append((where, f"rule {rule.name!r}: its model is not served by one vllm upstream, so "
+                                         f"{written} reads nothing; name one: {written}.<upstream> ({listing})"))
     return found
 
 

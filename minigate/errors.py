@@ -12,7 +12,9 @@
         ├── ServiceUnavailable       503 a part minigate needs (the call-log store) is down
         └── UpstreamError            the model behind a route failed
             ├── UpstreamUnavailable  502 connect failure or 5xx
+            │   └── ReplicasUnavailable  no replica answered; carries the attempts made
             ├── UpstreamTimeout      504
+            │   └── ReplicasTimeout      a call timed out (never retried); carries the attempts made
             └── UpstreamStreamCut    the upstream closed a stream mid-way (reported as an SSE error event)
 
 The gateway renders RequestError in one place (`minigate.gateway.errors`) as OpenAI's
@@ -22,6 +24,10 @@ The gateway renders RequestError in one place (`minigate.gateway.errors`) as Ope
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: serving imports this module, never the reverse
+    from minigate.serving.replicas import Attempt
 
 __all__ = [
     "ConfigError",
@@ -33,6 +39,8 @@ __all__ = [
     "ModelNotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "ReplicasTimeout",
+    "ReplicasUnavailable",
     "RequestError",
     "ServiceUnavailable",
     "UpstreamError",
@@ -140,6 +148,22 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class ReplicasUnavailable(UpstreamUnavailable):
+    """No replica answered (connect errors, open circuits); `attempts` are the calls made, retries included."""
+
+    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
+        super().__init__(message, upstream=upstream, kind=kind)
+        self.attempts = attempts
+
+
+class ReplicasTimeout(UpstreamTimeout):
+    """A call that timed out, never retried: the upstream may have run it. `attempts` as above."""
+
+    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
+        super().__init__(message, upstream=upstream, kind=kind)
+        self.attempts = attempts
 
 
 class UpstreamStreamCut(UpstreamError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from minigate.errors import ModelNotFound
 from minigate.router.features import Features, extract_features
 from minigate.router.lexical import Lexicon
-from minigate.router.rules import RuleContext
+from minigate.router.rules import Condition, RuleContext, UpstreamLoad, compile_condition, load_references
 from minigate.router.score import escalation_score
 from minigate.router.settings import RouteEntry, Rule, ScoringSection
 
@@ -44,6 +44,7 @@ class Decision:
     escalate_on: frozenset[str] = frozenset()  # checks on a miniature's reply (router.cascade)
     escalate_to: Target | None = None
     timeout_s: float | None = None
+    fallbacks: tuple[Target, ...] = ()  # the route's, tried in order when the served model's upstream fails
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class Router:
         self.bias = scoring.bias
         self.lexicon = Lexicon(scoring.lexical) if scoring.lexical else None  # only fitted files have words
         # Read once: a rule's condition is a pydantic private attribute, ~2 us a read.
-        self._rules = {name: [(rule, rule.condition) for rule in route.rules] for name, route in routes.items()}
+        self._rules = {name: [(rule, self._condition(rule)) for rule in route.rules] for name, route in routes.items()}
+        self._fallbacks = {name: tuple(targets[model] for model in route.fallbacks) for name, route in routes.items()}
 
     @classmethod
     def from_config(cls, config: Config) -> Router:
@@ -74,13 +76,15 @@ class Router:
         return cls(config.routes, targets, config.scoring)
 
     def decide(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str],
-               task: str = "unknown") -> Decision:
+               task: str = "unknown", loads: Mapping[str, UpstreamLoad] | None = None) -> Decision:
         """First matching rule, else the route's default. Routes without rules compute no features.
 
-        `task` is the name of the request's catalogue task (router.matcher), what rules' `task` tests read.
+        `task` is the name of the request's catalogue task (router.matcher), what rules' `task` tests read;
+        `loads` the upstreams' last load readings, what `upstream_waiting` and the like read.
         """
         route = self._route(requested)
-        return self._choose(requested, route, body, self._context(body, headers, task) if route.rules else None)
+        context = self._context(body, headers, task, loads) if route.rules else None
+        return self._choose(requested, route, body, context)
 
     def explain(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str],
                 task: str = "unknown") -> Explanation:
@@ -91,15 +95,23 @@ class Router:
 
     def _choose(self, requested: str, route: RouteEntry, body: Mapping[str, Any],
                 context: RuleContext | None) -> Decision:
+        fallbacks = self._fallbacks[requested]
         if context is not None:
             for rule, condition in self._rules[requested]:
                 if condition(context):
                     target = self.targets[_model_of(rule, body)]
                     if target.tier != "miniature" or not rule.escalate_on or route.escalate_to is None:
-                        return Decision(requested, target, rule.name)
+                        return Decision(requested, target, rule.name, fallbacks=fallbacks)
                     return Decision(requested, target, rule.name, frozenset(rule.escalate_on),
-                                    self.targets[route.escalate_to], rule.timeout_s)
-        return Decision(requested, self.targets[route.default], "default")
+                                    self.targets[route.escalate_to], rule.timeout_s, fallbacks)
+        return Decision(requested, self.targets[route.default], "default", fallbacks=fallbacks)
+
+    def _condition(self, rule: Rule) -> Condition:
+        """A rule's condition, with its bare load tests bound to the upstream serving its model."""
+        if not any(upstream is None for _, upstream in load_references(rule.when)):
+            return rule.condition
+        upstreams = {self.targets[model].upstream for model in rule.models() if model in self.targets}
+        return compile_condition(rule.when, upstreams.pop() if len(upstreams) == 1 else None)
 
     def _route(self, requested: str) -> RouteEntry:
         route = self.routes.get(requested)
@@ -110,11 +122,12 @@ class Router:
             )
         return route
 
-    def _context(self, body: Mapping[str, Any], headers: Mapping[str, str], task: str) -> RuleContext:
+    def _context(self, body: Mapping[str, Any], headers: Mapping[str, str], task: str,
+                 loads: Mapping[str, UpstreamLoad] | None = None) -> RuleContext:
         features = extract_features(body)
         metadata = body.get("metadata")
         return RuleContext(features, task, escalation_score(features, self.weights, self._bias(body)), headers,
-                           metadata if isinstance(metadata, Mapping) else {})
+                           metadata if isinstance(metadata, Mapping) else {}, {} if loads is None else loads)
 
     def _bias(self, body: Mapping[str, Any]) -> float:
         """The score's bias, plus what the request's words add when the scoring file has word weights."""

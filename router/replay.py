@@ -4,7 +4,7 @@ Input is request JSONL (one chat body per line, with optional top-level "id", "t
 "output_tokens") or the JSONL of `minigate logs export`, told apart line by line by shape. Every call
 is routed by the candidate's `Router` exactly as the gateway would, then priced at the model chosen
 and at its route's frontier and miniature models. Nothing here calls an upstream: the router is
-pure, and prices come from the config.
+pure, and prices are the gateway's (`serving.pricing.PriceBook`: the config's, else the bundled table's).
 
 Token counts: logged usage when there is some, else the router's prompt estimate and, for the reply,
 an assumed length capped by the request's own max_tokens. A model without a price makes every total
@@ -22,7 +22,7 @@ from minigate.errors import RequestError
 from minigate.router.decision import Router
 from minigate.router.jsonl import Skipped, json_objects
 from minigate.router.settings import RouteEntry
-from minigate.serving.settings import ModelEntry
+from minigate.serving.pricing import PriceBook, Rate
 
 if TYPE_CHECKING:
     from minigate.config import Config
@@ -166,7 +166,8 @@ def _count(value: Any) -> int | None:
 
 def replay(config: Config, calls: Iterable[Call | Skipped], *, assumed_output_tokens: int) -> ReplayReport:
     """Route and price every call under `config`; `assumed_output_tokens` stands in for unknown reply lengths."""
-    replayer = _Replayer(Router.from_config(config), _Pricer(config.models), assumed_output_tokens)
+    replayer = _Replayer(Router.from_config(config), _Pricer(config.models, PriceBook.from_config(config).models),
+                         assumed_output_tokens)
     replayed: list[_Replayed] = []
     skipped: list[Skipped] = []
     for call in calls:
@@ -235,10 +236,12 @@ def _route_model(route: RouteEntry, router: Router, tier: str) -> str | None:
 
 
 class _Pricer:
-    """Prices tokens at a model of the candidate config, noting each reason a figure is unpriced."""
+    """Prices tokens at a model of the candidate config as the gateway does (`PriceBook`: the config's
+    price, else the bundled table's), noting each reason a figure is unpriced."""
 
-    def __init__(self, models: Mapping[str, ModelEntry]) -> None:
+    def __init__(self, models: Mapping[str, object], rates: Mapping[str, Rate]) -> None:
         self.models = models
+        self.rates = rates
         self.notes: set[str] = set()
 
     def cost(self, model: str | None, tokens: tuple[int, int], missing: str = "") -> float | None:
@@ -246,11 +249,12 @@ class _Pricer:
         if model is None:
             self.notes.add(missing)
             return None
-        entry = self.models.get(model)
-        if entry is None or entry.price is None:
-            self.notes.add(f"model {model!r} has no price" if entry else f"model {model!r} is not in the config")
+        rate = self.rates.get(model)
+        if rate is None:
+            self.notes.add(f"model {model!r} has no price" if model in self.models else
+                           f"model {model!r} is not in the config")
             return None
-        return (tokens[0] * entry.price.input_per_mtok + tokens[1] * entry.price.output_per_mtok) / 1_000_000
+        return rate.cost(*tokens)
 
 
 def _report(calls: list[_Replayed], skipped: list[Skipped], replayer: _Replayer) -> ReplayReport:

@@ -66,13 +66,29 @@ class Rule(BaseModel):
 
 
 class RouteEntry(BaseModel):
-    """A name agents put in `model`: `rules` in order (first match wins), else `default`."""
+    """A name agents put in `model`: `rules` in order (first match wins), else `default`.
+
+    `fallbacks` are tried in order when the chosen model's upstream fails after its own retries
+    (connect error, timeout, 5xx, 429) before any byte reached the client.
+
+    >>> RouteEntry.model_validate({"default": "gpt-4.1", "fallbacks": ["claude", "local"]}).fallbacks
+    ['claude', 'local']
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     default: str
     rules: list[Rule] = Field(default_factory=list)
     escalate_to: str | None = Field(None, description="the model a failing miniature's requests go to")
+    fallbacks: list[str] = Field(default_factory=list, description="models tried in order when the served one fails")
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _distinct(cls, fallbacks: list[str]) -> list[str]:
+        repeated = sorted({name for name in fallbacks if fallbacks.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        return fallbacks
 
 
 class ScoringSection(BaseModel):

@@ -11,7 +11,7 @@ this module only adds the HTTP: the pooled transport, timeouts and transport err
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -83,13 +83,13 @@ class AnthropicClient(UpstreamClient):
         # The base class posts to {base_url}/chat/completions; `probe`'s GET {base_url}/models is Anthropic's too.
         self._chat_url = httpx.URL(f"{self.base_url}/messages")
 
-    async def chat(self, body: bytes) -> AnthropicReply:
+    async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> AnthropicReply:
         """Translate and send; raises `InvalidRequest` (400) for what Anthropic can't be asked."""
         payload = orjson.loads(body)
         if not isinstance(payload, dict):
             raise InvalidRequest("The request body must be a JSON object.")
         request = to_messages_request(payload)
         created = int(time.time())
-        reply = await super().chat(orjson.dumps(request.body))
+        reply = await super().chat(orjson.dumps(request.body), headers)
         return AnthropicReply(openai_status(reply.status), reply.headers, reply.response, reply.upstream,
                               reply.deadline, request, created)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from minigate.serving.settings import ModelEntry, OpenAIUpstream, Upstream
+from minigate.serving.settings import ModelEntry, OpenAIUpstream, Upstream, lora_adapters
 
 __all__ = ["PlanError", "PlanOptions", "VllmPlan", "plan_vllm"]
 
@@ -60,11 +60,12 @@ def plan_vllm(upstreams: Mapping[str, Upstream], models: Mapping[str, ModelEntry
 
 def _plan(name: str, spec: OpenAIUpstream, models: Mapping[str, ModelEntry], options: PlanOptions) -> VllmPlan:
     port = urlsplit(spec.base_url).port or _DEFAULT_PORT
-    command = ["vllm", "serve", *_model_flags(name, spec, models)]
+    adapters = lora_adapters(name, spec, models)  # the upstream's and its model entries'
+    command = ["vllm", "serve", *_model_flags(name, spec, models, adapters)]
     env: dict[str, str] = {}
-    if spec.adapters:
-        command += ["--enable-lora", "--lora-modules", *(f"{a}={path}" for a, path in spec.adapters.items()),
-                    "--max-loras", str(len(spec.adapters)), "--max-lora-rank", str(options.max_lora_rank)]
+    if adapters:
+        command += ["--enable-lora", "--lora-modules", *(f"{a}={path}" for a, path in adapters.items()),
+                    "--max-loras", str(len(adapters)), "--max-lora-rank", str(options.max_lora_rank)]
         # The gateway loads and unloads adapters at run time (/v1/load_lora_adapter), off by default.
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     command += ["--gpu-memory-utilization", f"{options.gpu_memory_utilization:.2f}",
@@ -74,9 +75,10 @@ def _plan(name: str, spec: OpenAIUpstream, models: Mapping[str, ModelEntry], opt
     return VllmPlan(name, command, env, manifests)
 
 
-def _model_flags(name: str, spec: OpenAIUpstream, models: Mapping[str, ModelEntry]) -> list[str]:
+def _model_flags(name: str, spec: OpenAIUpstream, models: Mapping[str, ModelEntry],
+                 adapters: Mapping[str, str]) -> list[str]:
     """The base model, and the name it is served under when the models call it something else."""
-    ids = sorted({m.model for m in models.values() if m.upstream == name and m.model not in spec.adapters})
+    ids = sorted({m.model for m in models.values() if m.upstream == name and m.model not in adapters})
     if len(ids) > 1:
         raise PlanError(f"upstream {name!r}: its models name several base models ({', '.join(ids)}); a vLLM "
                         "server serves one: set base_model and name the others as adapters")

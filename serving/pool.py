@@ -1,16 +1,17 @@
-"""The upstream clients of one config generation, and the local model servers that outlive generations.
+"""The upstream clients of one config generation, and the servers' state that outlives generations.
 
 A reload builds a new pool and swaps it in; the old one closes once its in-flight requests are done.
 Local llama.cpp servers take seconds to start, so they are kept across reloads while their settings
-don't change.
+don't change; the vLLM fleet (adapters loaded, load polled) follows each new config.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from minigate.serving.anthropic import AnthropicClient
+from minigate.serving.litellm_client import LitellmClient
 from minigate.serving.llamacpp import (
     LlamaCppClient,
     LlamaCppServer,
@@ -18,8 +19,17 @@ from minigate.serving.llamacpp import (
     default_gguf_path,
     default_threads,
 )
-from minigate.serving.settings import AnthropicUpstream, LlamaCppUpstream, OpenAIUpstream, Upstream
-from minigate.serving.upstream import AzureClient, UnconfiguredClient, UpstreamClient
+from minigate.serving.settings import (
+    AnthropicUpstream,
+    LitellmUpstream,
+    LlamaCppUpstream,
+    ModelEntry,
+    OpenAIUpstream,
+    Upstream,
+)
+from minigate.serving.upstream import AzureClient, ChatUpstream, UnconfiguredClient, UpstreamClient
+from minigate.serving.vllm import VllmClient, VllmFleet
+from minigate.serving.vllm_load import VllmLoad
 
 __all__ = ["LocalServers", "UpstreamPool"]
 
@@ -51,18 +61,24 @@ class LocalServers:
 
 
 class UpstreamPool:
-    """One `UpstreamClient` per configured upstream."""
+    """One client per configured upstream, and the vLLM upstreams' load for the rules (`loads`)."""
 
-    def __init__(self, clients: Mapping[str, UpstreamClient]) -> None:
+    def __init__(self, clients: Mapping[str, ChatUpstream], loads: Mapping[str, VllmLoad] | None = None) -> None:
         self.clients = dict(clients)
+        self.loads: Mapping[str, VllmLoad] = {} if loads is None else loads  # kept current by the fleet
 
     @classmethod
-    async def open(cls, upstreams: Mapping[str, Upstream], local: LocalServers) -> UpstreamPool:
-        clients = {name: await _client(name, spec, local) for name, spec in upstreams.items()}
+    async def open(cls, upstreams: Mapping[str, Upstream], local: LocalServers, *,
+                   models: Mapping[str, ModelEntry] | None = None, fleet: VllmFleet | None = None) -> UpstreamPool:
+        """Clients for `upstreams`; with a `fleet`, the vLLM upstreams' adapters follow `models` too."""
+        clients = {name: await _client(name, spec, local, fleet) for name, spec in upstreams.items()}
         await local.retain({spec for spec in upstreams.values() if isinstance(spec, LlamaCppUpstream)})
-        return cls(clients)
+        if fleet is None:
+            return cls(clients)
+        await fleet.sync(upstreams, models or {})  # last: a generation that failed to open changes no server
+        return cls(clients, fleet.loads)
 
-    def __getitem__(self, name: str) -> UpstreamClient:
+    def __getitem__(self, name: str) -> ChatUpstream:
         return self.clients[name]
 
     async def aclose(self) -> None:
@@ -70,12 +86,16 @@ class UpstreamPool:
             await client.aclose()
 
 
-async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamClient:
+async def _client(name: str, spec: Upstream, local: LocalServers, fleet: VllmFleet | None) -> ChatUpstream:
     if isinstance(spec, OpenAIUpstream | AnthropicUpstream) and spec.missing_key():
         return UnconfiguredClient(name, spec.base_url, spec.timeouts)
     if isinstance(spec, OpenAIUpstream):
         # Azure speaks the same protocol at another path, with its key in another header.
-        make = functools.partial(AzureClient, api_version=spec.api_version) if spec.api_version else UpstreamClient
+        make: Callable[..., UpstreamClient] = UpstreamClient
+        if spec.api_version:
+            make = functools.partial(AzureClient, api_version=spec.api_version)
+        elif spec.kind == "vllm" and fleet is not None:
+            make = functools.partial(VllmClient, adapter_problem=functools.partial(fleet.problem, name))
         return make(
             name,
             spec.base_url,
@@ -90,4 +110,6 @@ async def _client(name: str, spec: Upstream, local: LocalServers) -> UpstreamCli
         )
     if isinstance(spec, AnthropicUpstream):
         return AnthropicClient(name, spec)
+    if isinstance(spec, LitellmUpstream):
+        return await LitellmClient.open(name, spec)  # the only place litellm is imported
     return LlamaCppClient(name, await local.ensure(spec), spec.timeouts)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = [
-    "AnthropicUpstream", "Breaker", "LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price", "Retry", "Timeouts",
-    "Upstream",
+    "AnthropicUpstream", "Breaker", "LitellmUpstream", "LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price",
+    "Retry", "Timeouts", "Upstream", "adapter_problems", "lora_adapters",
 ]
 
 
@@ -119,7 +121,54 @@ class AnthropicUpstream(_Section):
         return not (self.api_key and self.api_key.get_secret_value().strip())
 
 
-Upstream = Annotated[OpenAIUpstream | LlamaCppUpstream | AnthropicUpstream, Field(discriminator="kind")]
+# What litellm.acompletion gets from the gateway or from the upstream's own fields, never from `params`.
+_LITELLM_OWN = frozenset({"model", "messages", "stream", "api_key", "api_base", "base_url", "timeout", "max_retries",
+                          "num_retries", "custom_llm_provider", "extra_headers"})
+
+
+class LitellmUpstream(_Section):
+    """A provider reached through litellm (optional extra `minigate[litellm]`), for the long tail of APIs.
+
+    The call goes to `{provider}/{model id}`, litellm's name for that model; without `provider` the
+    model entries' ids carry the prefix themselves. `params` are further arguments for
+    `litellm.acompletion`: a provider's credentials and settings.
+
+    >>> LitellmUpstream(kind="litellm", provider="bedrock", params={"aws_region_name": "eu-west-1"}).route("m")
+    'bedrock/m'
+    """
+
+    kind: Literal["litellm"]
+    provider: str | None = Field(None, pattern=r"^[a-z0-9_]+$", description="litellm's provider: bedrock, vertex_ai, ...")
+    api_key: SecretStr | None = None
+    base_url: str | None = Field(None, pattern=r"^https?://", description="sent as litellm's api_base")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every call")
+    params: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments for litellm.acompletion")
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("kind")
+    @classmethod
+    def _installed(cls, kind: str) -> str:
+        # A look on the path, not an import: litellm costs seconds to import and loads only if a client is built.
+        if importlib.util.find_spec("litellm") is None:
+            raise ValueError("the litellm kind needs the litellm package: pip install 'minigate[litellm]'")
+        return kind
+
+    @field_validator("params")
+    @classmethod
+    def _not_ours(cls, params: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(_LITELLM_OWN & params.keys())
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by the gateway or by this upstream's own fields, not by params")
+        return params
+
+    def route(self, model: str) -> str:
+        """litellm's name for a model entry's id."""
+        return f"{self.provider}/{model}" if self.provider else model
+
+
+Upstream = Annotated[
+    OpenAIUpstream | LlamaCppUpstream | AnthropicUpstream | LitellmUpstream, Field(discriminator="kind")
+]
 
 
 class Price(_Section):
@@ -159,9 +208,67 @@ class Price(_Section):
 
 
 class ModelEntry(_Section):
-    """A model minigate can call: which upstream serves it, under which id, and at which tier."""
+    """A model minigate can call: which upstream serves it, under which id, and at which tier.
+
+    On a vLLM upstream, `adapter` (with `path`) names a LoRA adapter the gateway loads into the server
+    at start and on reload; it is called by that name, so `model` defaults to it.
+
+    >>> ModelEntry(upstream="vllm-a", adapter="invoice-lora", path="/adapters/invoice", tier="miniature").model
+    'invoice-lora'
+    """
 
     upstream: str
     model: str
     tier: Literal["miniature", "frontier"]
     price: Price | None = None
+    adapter: str | None = Field(None, min_length=1, description="vllm: a LoRA adapter the gateway loads and calls")
+    path: str | None = Field(None, min_length=1, description="vllm: where the server reads the adapter (lora_path)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _called_by_adapter(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("adapter") is None:
+            return data
+        if data.get("model", data["adapter"]) != data["adapter"]:
+            raise ValueError("an adapter is called by its name: drop model, or make it the adapter's name")
+        return {**data, "model": data["adapter"]}
+
+    @model_validator(mode="after")
+    def _path_of_adapter(self) -> ModelEntry:
+        if self.path is not None and self.adapter is None:
+            raise ValueError("path is an adapter's: give adapter too")
+        return self
+
+
+def lora_adapters(upstream: str, spec: OpenAIUpstream, models: Mapping[str, ModelEntry]) -> dict[str, str]:
+    """The LoRA adapters a vLLM upstream serves, name to path: its `adapters` and its models' `adapter`."""
+    found = dict(spec.adapters)
+    for entry in models.values():
+        if entry.upstream == upstream and entry.adapter is not None and entry.path is not None:
+            found.setdefault(entry.adapter, entry.path)
+    return found
+
+
+def adapter_problems(upstreams: Mapping[str, Upstream],
+                     models: Mapping[str, ModelEntry]) -> list[tuple[tuple[str, ...], str]]:
+    """Model entries whose adapter can't be loaded as written: not on vLLM, no path, or two paths for one name."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    paths: dict[tuple[str, str], str] = {}
+    for name, entry in models.items():
+        spec = upstreams.get(entry.upstream)
+        if entry.adapter is None or spec is None:
+            continue
+        if not isinstance(spec, OpenAIUpstream) or spec.kind != "vllm":
+            found.append((("models", name, "adapter"), f"LoRA adapters are loaded into vLLM servers; upstream "
+                                                       f"{entry.upstream!r} is of kind {spec.kind!r}"))
+            continue
+        path = entry.path or spec.adapters.get(entry.adapter)
+        if path is None:
+            found.append((("models", name, "adapter"), f"adapter {entry.adapter!r} needs a path (where the vLLM "
+                                                       f"server reads it), or upstreams.{entry.upstream}.adapters naming it"))
+            continue
+        seen = paths.setdefault((entry.upstream, entry.adapter), spec.adapters.get(entry.adapter, path))
+        if seen != path:
+            found.append((("models", name, "path"), f"adapter {entry.adapter!r} on {entry.upstream!r} is loaded "
+                                                    f"from {seen!r} elsewhere in this config, not {path!r}"))
+    return found

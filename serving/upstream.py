@@ -10,17 +10,26 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import quote
 
 import httpx
 import orjson
 
-from minigate.errors import ServiceUnavailable, UpstreamError, UpstreamStreamCut, UpstreamTimeout, UpstreamUnavailable
+from minigate.errors import (
+    ReplicasTimeout,
+    ReplicasUnavailable,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamStreamCut,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from minigate.serving.replicas import Attempt, Replica, Replicas, backoff, retry_wait
 from minigate.serving.settings import Breaker, Retry, Timeouts
 from minigate.version import __version__
 
-__all__ = ["AzureClient", "ReplicasTimeout", "ReplicasUnavailable", "UpstreamClient", "UpstreamReply"]
+__all__ = ["AzureClient", "ChatUpstream", "UnconfiguredClient", "UpstreamClient", "UpstreamReply"]
 
 # Headers that describe one hop of the connection (RFC 9110 §7.6.1) or that we recompute for the client.
 _HOP_HEADERS = frozenset(
@@ -72,20 +81,17 @@ class UpstreamReply:
         await self.response.aclose()
 
 
-class ReplicasUnavailable(UpstreamUnavailable):
-    """No replica answered (connect errors, open circuits); `attempts` are the calls made, retries included."""
+class ChatUpstream(Protocol):
+    """What the gateway calls: `UpstreamClient` and its kinds, and clients with no transport of their own (litellm)."""
 
-    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
-        super().__init__(message, upstream=upstream, kind=kind)
-        self.attempts = attempts
+    name: str
+    base_url: str  # where calls go, for traces ("" when the client library decides)
 
+    async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply: ...
 
-class ReplicasTimeout(UpstreamTimeout):
-    """A call that timed out, never retried: the upstream may have run it. `attempts` as above."""
+    async def probe(self, timeout_s: float = 2.0) -> str | None: ...
 
-    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
-        super().__init__(message, upstream=upstream, kind=kind)
-        self.attempts = attempts
+    async def aclose(self) -> None: ...
 
 
 class _Released(httpx.AsyncByteStream):
@@ -155,13 +161,18 @@ class UpstreamClient:
         """Where this body goes: one URL for every model on OpenAI-protocol servers."""
         return self._chat_url
 
-    async def chat(self, body: bytes) -> UpstreamReply:
+    async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply:
         """Send a chat completion and return once the status line and headers are in.
 
         With `retry` set, calls no upstream can have run (connect errors, 429, 503) are retried, on
         another replica where there is one; `attempts` on the reply or error lists every call.
+        `headers` go with this call only (the gateway's `traceparent`).
         """
         url, content = self.chat_url(body), self.prepare(body)
+        sent = self._headers
+        if headers:
+            sent = self._headers.copy()
+            sent.update(headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.total_timeout_s
         attempts: list[Attempt] = []
@@ -173,7 +184,7 @@ class UpstreamClient:
             tried.add(replica.base_url)
             retries_done = len(attempts)
             try:
-                response = await self._call(replica, url, content, deadline, attempts)
+                response = await self._call(replica, url, content, sent, deadline, attempts)
             except ReplicasUnavailable as exc:
                 wait = self._reconnect_wait(exc, retries_done, tried)
                 if wait is None or loop.time() + wait >= deadline:
@@ -182,15 +193,15 @@ class UpstreamClient:
                 continue
             wait = self._resend_wait(response, retries_done)
             if wait is None or loop.time() + wait >= deadline:
-                headers = [(k, v) for k, v in response.headers.items() if k not in _HOP_HEADERS]
-                return UpstreamReply(response.status_code, headers, response, self.name, deadline, attempts=attempts)
+                relayed = [(k, v) for k, v in response.headers.items() if k not in _HOP_HEADERS]
+                return UpstreamReply(response.status_code, relayed, response, self.name, deadline, attempts=attempts)
             await response.aclose()
             await asyncio.sleep(wait)
 
-    async def _call(self, replica: Replica, url: httpx.URL, content: bytes, deadline: float,
+    async def _call(self, replica: Replica, url: httpx.URL, content: bytes, headers: httpx.Headers, deadline: float,
                     attempts: list[Attempt]) -> httpx.Response:
         """One call to one replica, recorded in `attempts` and its breaker; outstanding until its body is closed."""
-        request = httpx.Request("POST", self._at(replica, url), headers=self._headers, content=content,
+        request = httpx.Request("POST", self._at(replica, url), headers=headers, content=content,
                                 extensions={"timeout": self._timeout})
         loop = asyncio.get_running_loop()
         sent_at = time.perf_counter()
@@ -324,7 +335,7 @@ class UnconfiguredClient(UpstreamClient):
     starts and serves its local miniature on a machine with no key; its frontier routes say what to set.
     """
 
-    async def chat(self, body: bytes) -> UpstreamReply:
+    async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply:
         raise ServiceUnavailable(
             f"no frontier model configured: upstream {self.name!r} ({self.base_url}) has no API key. Set "
             "OPENAI_API_KEY (the embedded default's frontier; MINIGATE_FRONTIER_MODEL picks the model), or "

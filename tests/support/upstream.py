@@ -129,14 +129,22 @@ class ScriptedUpstream:
             assert up.requests[-1].json()["model"] == "gpt-4.1"
     """
 
-    def __init__(self, models: Sequence[str] = ("scripted-base",)) -> None:
+    def __init__(self, models: Sequence[str] = ("scripted-base",), *, port: int = 0) -> None:
         self.models = list(models)  # base models listed by /v1/models (parents of LoRA adapters)
         self.requests: list[RecordedRequest] = []
         self.sent: list[bytes] = []
         self.adapters: set[str] = set()
+        self.missing_paths: set[str] = set()  # lora_paths that hold no adapter: loading them answers 404, as vLLM
+        # vLLM's /health status and /metrics gauges, as a test sets them; `kv_metric` is the gauge's name
+        # (`vllm:gpu_cache_usage_perc` before vLLM 0.10).
+        self.health_status = 200
+        self.waiting = 0
+        self.running = 0
+        self.kv_cache = 0.0
+        self.kv_metric = "vllm:kv_cache_usage_perc"
         self.open_streams = 0  # SSE responses under way; a client that leaves must bring it back down
         self.base_url = ""
-        self.port = 0
+        self.port = port  # 0: a free one; a fixed port lets a test restart a server where clients expect it
         self._adapter_paths: dict[str, str] = {}
         self._defaults: dict[str | None, Script] = {None: Script()}
         self._queue: deque[Script] = deque()
@@ -168,7 +176,7 @@ class ScriptedUpstream:
     # -- lifecycle --
 
     def start(self) -> ScriptedUpstream:
-        config = uvicorn.Config(self._app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=1)
         error_log = logging.getLogger("uvicorn.error")
         if not any(isinstance(f, _QuietCuts) for f in error_log.filters):
@@ -213,6 +221,7 @@ class ScriptedUpstream:
             Route("/v1/load_lora_adapter", self._endpoint(self._load_adapter), methods=["POST"]),
             Route("/v1/unload_lora_adapter", self._endpoint(self._unload_adapter), methods=["POST"]),
             Route("/health", self._endpoint(self._health), methods=["GET"]),
+            Route("/metrics", self._endpoint(self._metrics), methods=["GET"]),
             Route("/{path:path}", self._endpoint(self._not_found), methods=_ALL_METHODS),
         ]
         return Starlette(routes=routes)
@@ -297,6 +306,8 @@ class ScriptedUpstream:
             raise _BadRequest("Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
         if name in self.adapters:
             raise _BadRequest(f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+        if path in self.missing_paths:
+            return self._respond(_error_body(f"No adapter found for {path}", "NotFoundError"), 404)
         self.adapters.add(name)
         self._adapter_paths[name] = path
         return self._respond(f"Success: LoRA adapter '{name}' added successfully.".encode(), media_type="text/plain")
@@ -313,7 +324,20 @@ class ScriptedUpstream:
         return self._respond(f"Success: LoRA adapter '{name}' removed successfully.".encode(), media_type="text/plain")
 
     async def _health(self, body: bytes) -> Response:
-        return self._respond(b"", media_type="text/plain")
+        return self._respond(b"", self.health_status, media_type="text/plain")
+
+    async def _metrics(self, body: bytes) -> Response:
+        """vLLM's Prometheus page, reduced to its load gauges (one engine) and one histogram around them."""
+        labels = f'{{engine="0",model_name="{self.models[0] if self.models else "scripted-base"}"}}'
+        gauges = [("vllm:num_requests_running", "Number of requests in model execution batches.", self.running),
+                  ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", self.waiting),
+                  (self.kv_metric, "KV-cache usage. 1 means 100 percent usage.", self.kv_cache)]
+        lines = ["# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.",
+                 "# TYPE vllm:time_to_first_token_seconds histogram",
+                 f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="+Inf"}} {len(self.requests)}.0']
+        for name, help_text, value in gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name}{labels} {float(value)}"]
+        return self._respond(("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4")
 
     async def _not_found(self, body: bytes) -> Response:
         return self._respond(_error_body("Not Found", "invalid_request_error", "unknown_url"), 404)
