@@ -66,21 +66,25 @@ def test_a_failing_replica_is_retried_elsewhere(make_gateway: Callable[..., Runn
     assert [post(gateway).status_code for _ in range(8)] == [200] * 8
 
 
+# Long enough that ten requests finish before the circuit half-opens, even on a busy 2-core machine.
+_OPEN_S = 2.0
+
+
 def test_the_breaker_opens_then_half_opens(make_gateway: Callable[..., RunningGateway],
                                            replicas: tuple[ScriptedUpstream, ScriptedUpstream]) -> None:
     healthy, failing = replicas
     failing.script(status=503)
     gateway = replicated(make_gateway, [healthy.base_url, failing.base_url],
-                         breaker={"failures": 2, "open_s": 0.5}, retry={})
+                         breaker={"failures": 2, "open_s": _OPEN_S}, retry={})
     assert [post(gateway).status_code for _ in range(10)] == [200] * 10
     assert len(failing.requests) == 2  # open after two failures: it gets nothing more
 
-    time.sleep(0.6)
+    time.sleep(_OPEN_S + 0.1)
     assert [post(gateway).status_code for _ in range(6)] == [200] * 6
     assert len(failing.requests) == 3  # one half-open probe, which failed: open again
 
     failing.script(status=200)
-    time.sleep(0.6)
+    time.sleep(_OPEN_S + 0.1)
     assert [post(gateway).status_code for _ in range(6)] == [200] * 6
     assert len(failing.requests) > 4  # the probe succeeded: closed, balanced again
 
