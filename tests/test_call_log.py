@@ -56,7 +56,7 @@ def test_log_metrics_are_exported(upstream: ScriptedUpstream, tmp_path: Path) ->
         for _ in range(3):
             httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
                        json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
         while gateway.metric("minigate_log_records_written_total") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gateway.metric("minigate_log_records_written_total") == 3

@@ -29,7 +29,7 @@ def test_reads_behind_roles(upstream: ScriptedUpstream, tmp_path: Path, store_ur
                 "model": "cheap" if i < 3 else "gpt-4.1",
                 "messages": [{"role": "user", "content": f"call {i}: write to ann{i}@example.org"}]})
             sent.append(response.headers["x-minigate-request-id"])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
         while gateway.metric("minigate_log_records_written_total") < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         url = f"{gateway.v1}/minigate/calls"

@@ -56,7 +56,7 @@ def post(gateway: RunningGateway, **body: Any) -> httpx.Response:
 
 
 def record(gateway: RunningGateway, tmp_path: Path, request_id: str) -> list[tuple[Any, ...]]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
     while gateway.metric("minigate_log_records_written_total") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     return fetch(f"sqlite:///{tmp_path}/calls-0.db",

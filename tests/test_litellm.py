@@ -70,7 +70,7 @@ def test_a_completion_reaches_the_provider_and_comes_back_openai_shaped(
     assert sent.path == "/v1/chat/completions" and sent.headers["authorization"] == "Bearer sk-tail"
     assert sent.json()["model"] == "tail-model-1" and sent.json()["temperature"] == 0.2  # no `openai/` prefix
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
     while gateway.metric("minigate_log_records_written_total") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     [(tokens_in, tokens_out, cost)] = fetch(f"sqlite:///{tmp_path}/calls-0.db",
