@@ -265,14 +265,21 @@ class UpstreamClient:
 
     async def probe(self, timeout_s: float = 2.0) -> str | None:
         """None when the upstream answers `GET /models`, else why not (for /readyz)."""
-        request = httpx.Request("GET", f"{self.base_url}/models", headers=self._headers,
+        status = await self._status_of(f"{self.base_url}/models", timeout_s)
+        if isinstance(status, str):
+            return status
+        return None if status < 500 else f"HTTP {status}"
+
+    async def _status_of(self, url: str, timeout_s: float) -> int | str:
+        """The HTTP status a GET of `url` answers, or why there was none."""
+        request = httpx.Request("GET", url, headers=self._headers,
                                 extensions={"timeout": httpx.Timeout(timeout_s).as_dict()})
         try:
             response = await self._transport.handle_async_request(request)
             await response.aclose()
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return None if response.status_code < 500 else f"HTTP {response.status_code}"
+        return response.status_code
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -66,15 +66,11 @@ class VllmClient(UpstreamClient):
 
     async def probe(self, timeout_s: float = 2.0) -> str | None:
         """None when `/health` answers 200 and every configured adapter is loaded, else why not."""
-        request = httpx.Request("GET", f"{_server_root(self.base_url)}/health", headers=self._headers,
-                                extensions={"timeout": httpx.Timeout(timeout_s).as_dict()})
-        try:
-            response = await self._transport.handle_async_request(request)
-            await response.aclose()
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if response.status_code != 200:
-            return f"/health answered HTTP {response.status_code}"
+        status = await self._status_of(f"{_server_root(self.base_url)}/health", timeout_s)
+        if isinstance(status, str):
+            return status
+        if status != 200:
+            return f"/health answered HTTP {status}"
         return self._adapter_problem()
 
 
