@@ -21,6 +21,7 @@ from minigate.gateway.calls_api import add_calls_api
 from minigate.gateway.chat import ChatEndpoint
 from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.metrics import GatewayMetrics
+from minigate.gateway.readiness import Readiness
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.gateway.settings import TelemetrySection
 from minigate.gateway.tasks_api import add_tasks_api
@@ -38,13 +39,14 @@ log = logging.getLogger("minigate.gateway")
 
 
 def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path | None = None,
-               announce: bool = False) -> FastAPI:
+               announce: bool = False, host: str | None = None) -> FastAPI:
     """Build the gateway. With `config_path`, SIGHUP and edits to that file reload the config.
 
     `announce`: once started, print which models answer (`minigate serve` does; tests don't).
+    `host`: the address it listens on, when not `server.host` (a reload may not open it to the network).
     """
     metrics = GatewayMetrics(registry)
-    holder = RuntimeHolder(config, metrics, config_path)
+    holder = RuntimeHolder(config, metrics, config_path, host=host or config.server.host)
     # The store and the tracer are set up once: reloaded logging.store and telemetry apply at the next restart.
     tracing = _tracing(config.telemetry)
 
@@ -75,11 +77,13 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
                 if tracing is not None:
                     await anyio.to_thread.run_sync(tracing.shutdown)
 
-    app = FastAPI(title="minigate", version=__version__, lifespan=lifespan)
+    # No redirect from `/v1/chat/completions/`: a client's POST must never be bounced to a URL built from
+    # its own Host header.
+    app = FastAPI(title="minigate", version=__version__, lifespan=lifespan, redirect_slashes=False)
     app.state.holder = holder
     install_error_handlers(app)
     app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls, tracing), methods=["POST"])
-    _add_operational_routes(app, holder, registry)
+    _add_operational_routes(app, holder, registry, Readiness(holder, calls))
     add_calls_api(app, holder, calls)
     add_tasks_api(app, holder)
     return app
@@ -94,7 +98,8 @@ def _tracing(section: TelemetrySection) -> Tracing | None:
     return Tracing(section)
 
 
-def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: CollectorRegistry) -> None:
+def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: CollectorRegistry,
+                            readiness: Readiness) -> None:
     @app.get("/v1/models", summary="The route names agents may put in `model`.")
     async def list_models(request: Request) -> Response:
         runtime = holder.current
@@ -106,19 +111,9 @@ def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: Colle
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @app.get("/readyz", summary="Readiness: config loaded; which upstreams answer.")
-    async def readyz() -> Response:
-        runtime = holder.current
-        names = list(runtime.pool.clients)
-        probes = await asyncio.gather(*(runtime.pool[name].probe() for name in names))
-        upstreams = {name: problem or "reachable" for name, problem in zip(names, probes, strict=True)}
-        body = {
-            "status": "ready",
-            "config_generation": holder.generation,
-            "last_reload_error": holder.last_reload_error,
-            "upstreams": upstreams,
-        }
-        return Response(orjson.dumps(body), media_type="application/json")
+    @app.get("/readyz", summary="Readiness: 503 while the call log can persist nothing; details for analyst and admin keys.")
+    async def readyz(request: Request) -> Response:
+        return await readiness.respond(request)
 
     @app.get("/metrics", summary="Prometheus metrics.")
     async def metrics(request: Request) -> Response:

@@ -7,13 +7,14 @@ Keys are looked up by their SHA-256 digest, so a lookup never compares the secre
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
 from minigate.errors import AuthenticationFailed, PermissionDenied
 from minigate.gateway.settings import AuthSection, Role
 
-__all__ = ["Caller", "KeyRing", "Permission"]
+__all__ = ["Caller", "KeyRing", "Permission", "is_loopback"]
 
 Permission = Literal["infer", "read_metrics", "read_calls", "read_payloads"]
 
@@ -74,3 +75,13 @@ class KeyRing:
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only this machine can reach: the one place a keyless gateway may listen."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

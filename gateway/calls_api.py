@@ -28,7 +28,7 @@ def add_calls_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> None:
         task: str | None = None,
         model: str | None = None,
         tier: Literal["miniature", "frontier"] | None = None,
-        status: int | None = None,
+        status: Annotated[int | None, Query(ge=100, le=599, description="an HTTP status, e.g. 502")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
         payloads: Annotated[bool, Query(description="include decrypted, redacted payloads (admin; audited)")] = False,

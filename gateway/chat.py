@@ -7,19 +7,23 @@ and a stream is forwarded chunk by chunk as it arrives, never re-framed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+import orjson
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from minigate.errors import (
+    ClientClosedRequest,
     InvalidRequest,
     PayloadTooLarge,
     RequestError,
+    RequestTimeout,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -27,7 +31,7 @@ from minigate.errors import (
 from minigate.gateway.errors import error_body, error_response
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.protocol import ChatRequest, parse_chat_request
-from minigate.gateway.runtime import RuntimeHolder
+from minigate.gateway.runtime import Runtime, RuntimeHolder
 from minigate.gateway.usage_stream import UsageStripper
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
@@ -44,7 +48,9 @@ if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when telemetry is on
 
 __all__ = ["ChatEndpoint"]
 
-_CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+log = logging.getLogger("minigate.gateway")
+
+_CLIENT_CLOSED = ClientClosedRequest.status
 
 
 @dataclass(slots=True)
@@ -67,6 +73,7 @@ class _Call:
     task_name: str = UNKNOWN_TASK  # its name (headers, rules)
     trace: CallTrace | None = None  # its spans, when telemetry is on
     fell_back: list[str] = field(default_factory=list)  # "model=kind" for each model a route fallback replaced
+    max_response_bytes: int | None = None  # server.max_response_bytes of the generation serving the call
 
 
 @dataclass(slots=True)
@@ -74,13 +81,14 @@ class _Reply:
     """The reply to relay. A checked stream arrives part-read: its held chunks, then the rest."""
 
     upstream: UpstreamReply
+    limit: int | None = None  # bytes the whole stream may carry
     held: list[bytes] = field(default_factory=list)
     rest: AsyncGenerator[bytes, None] | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for chunk in self.held:
             yield chunk
-        async for chunk in self.rest if self.rest is not None else self.upstream.chunks():
+        async for chunk in self.rest if self.rest is not None else self.upstream.chunks(self.limit):
             yield chunk
 
 
@@ -101,33 +109,18 @@ class ChatEndpoint:
         headers = {"x-minigate-request-id": call.request_id}
         try:
             runtime = self.holder.current
-            call.prices = runtime.prices
+            server = runtime.config.server
+            call.prices, call.max_response_bytes = runtime.prices, server.max_response_bytes
             if self.tracing is not None:
                 call.trace = self.tracing.begin(call.request_id, request.headers, runtime.config.upstreams)
             caller = runtime.keyring.authenticate(request.headers.get("authorization"))
             call.key_name = caller.name
             caller.require("infer")
-            chat = parse_chat_request(await _read_body(request, runtime.config.server.max_body_bytes))
+            chat = parse_chat_request(await _read_body(request, server.max_body_bytes, server.body_timeout_s))
             call.stream, call.body = chat.stream, chat.raw
             user = chat.body.get("user")
             call.user = user if isinstance(user, str) else None
-            if runtime.tasks is not None:
-                call.task = await runtime.tasks.match(chat.body)
-                call.task_name = runtime.tasks.name_of(call.task)
-            call.decision = runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
-                                                  runtime.pool.loads)
-            headers.update(_decision_headers(call.decision, call.task_name))
-            strip_usage = chat.stream and not chat.wants_usage
-            reply = await self._call_with_fallbacks(runtime.pool, chat, call, strip_usage)
-            headers.update(_decision_headers(call.decision, call.task_name))
-            if call.escalated:
-                headers["x-minigate-escalated"] = call.escalated
-            if call.fell_back:
-                headers["x-minigate-fallback"] = ", ".join(call.fell_back)
-            if chat.stream and reply.upstream.status == 200:
-                stripper = UsageStripper() if strip_usage else None
-                return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply.upstream, headers))
-            return await self._complete(reply.upstream, call, headers)
+            return await _unless_client_leaves(request, self._answer(runtime, chat, call, headers, request))
         except RequestError as exc:
             if isinstance(exc, UpstreamError):
                 self.metrics.upstream_errors.labels(exc.upstream, exc.kind).inc()
@@ -136,6 +129,27 @@ class ChatEndpoint:
             response = error_response(exc, headers)
             self._finish(call, exc.status, reply=bytes(response.body))
             return response
+
+    async def _answer(self, runtime: Runtime, chat: ChatRequest, call: _Call, headers: dict[str, str],
+                      request: Request) -> Response:
+        """Match, decide, call (escalating and falling back as the route says) and start the answer."""
+        if runtime.tasks is not None:
+            call.task = await runtime.tasks.match(chat.body)
+            call.task_name = runtime.tasks.name_of(call.task)
+        call.decision = runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
+                                              runtime.pool.loads)
+        headers.update(_decision_headers(call.decision, call.task_name))
+        strip_usage = chat.stream and not chat.wants_usage
+        reply = await self._call_with_fallbacks(runtime.pool, chat, call, strip_usage)
+        headers.update(_decision_headers(call.decision, call.task_name))
+        if call.escalated:
+            headers["x-minigate-escalated"] = call.escalated
+        if call.fell_back:
+            headers["x-minigate-fallback"] = ", ".join(call.fell_back)
+        if chat.stream and reply.upstream.status == 200:
+            stripper = UsageStripper() if strip_usage else None
+            return StreamingResponse(self._relay(reply, call, stripper), headers=_merge(reply.upstream, headers))
+        return await self._complete(reply.upstream, call, headers)
 
     async def _call_with_fallbacks(self, pool: UpstreamPool, chat: ChatRequest, call: _Call,
                                    strip_usage: bool) -> _Reply:
@@ -174,7 +188,7 @@ class ChatEndpoint:
 
     async def _reply(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, target: Target,
                      strip_usage: bool) -> _Reply:
-        return _Reply(await self._send(pool, chat, call, target, strip_usage))
+        return _Reply(await self._send(pool, chat, call, target, strip_usage), call.max_response_bytes)
 
     async def _call(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, strip_usage: bool) -> _Reply:
         """Call the chosen model; a miniature that fails its rule's checks is replaced by the escalation model.
@@ -186,7 +200,7 @@ class ChatEndpoint:
         assert decision is not None
         try:
             async with asyncio.timeout(decision.timeout_s):
-                reply = _Reply(await self._send(pool, chat, call, decision.target, strip_usage))
+                reply = await self._reply(pool, chat, call, decision.target, strip_usage)
                 reason = await self._failure(chat, decision, reply)
         except UpstreamError as exc:
             reason = "timeout" if exc.kind == "timeout" else "error"
@@ -206,7 +220,7 @@ class ChatEndpoint:
         if call.trace is not None:
             call.trace.escalate(reason)
         call.decision = Decision(decision.route, decision.escalate_to, decision.rule)
-        return _Reply(await self._send(pool, chat, call, decision.escalate_to, strip_usage))
+        return await self._reply(pool, chat, call, decision.escalate_to, strip_usage)
 
     async def _send(self, pool: UpstreamPool, chat: ChatRequest, call: _Call, target: Target,
                     strip_usage: bool) -> UpstreamReply:
@@ -217,6 +231,9 @@ class ChatEndpoint:
             reply = await (call.trace.chat(client, target, body) if call.trace else client.chat(body))
         except UpstreamError as exc:
             call.attempts += _attempts(target, getattr(exc, "attempts", []), sent_at, None, exc.kind)
+            raise
+        except asyncio.CancelledError:  # the client left (or the gateway stops): the record still shows the call
+            call.attempts += _attempts(target, [], sent_at, None, "client_closed")
             raise
         call.attempts += _attempts(target, reply.attempts, sent_at, reply.status, None)
         return reply
@@ -234,13 +251,13 @@ class ChatEndpoint:
             return None
         if chat.stream:
             return await self._settle(chat, decision, reply) if decision.escalate_on & CONTENT_CHECKS else None
-        return check_reply(chat.body, await upstream.read(), decision.escalate_on)
+        return check_reply(chat.body, await upstream.read(reply.limit), decision.escalate_on)
 
     @staticmethod
     async def _settle(chat: ChatRequest, decision: Decision, reply: _Reply) -> str | None:
         """Hold the stream's first chunks until they settle the checks; they are relayed first if it passes."""
         check = StreamCheck(chat.body, decision.escalate_on)
-        chunks = reply.upstream.chunks()
+        chunks = reply.upstream.chunks(reply.limit)
         verdict = None
         try:
             async for chunk in chunks:
@@ -259,17 +276,23 @@ class ChatEndpoint:
         return verdict
 
     async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str]) -> Response:
-        content = await reply.read()
+        content = await reply.read(call.max_response_bytes)
         call.first_byte = time.perf_counter()
         if reply.status >= 500:
-            excerpt = content[:300].decode("utf-8", "replace")
+            # An upstream's 5xx body is for operators: it can quote internals (stack traces, hosts, keys).
+            log.warning("upstream %r answered HTTP %d: %s", reply.upstream, reply.status,
+                        content[:300].decode("utf-8", "replace"))
             raise UpstreamUnavailable(
-                f"upstream {reply.upstream!r} answered HTTP {reply.status}: {excerpt}",
+                f"upstream {reply.upstream!r} answered HTTP {reply.status}; the gateway's log has its reply",
                 upstream=reply.upstream,
                 kind=f"status_{reply.status}",
             )
+        merged = _merge(reply, headers)
+        if reply.status >= 400 and not _is_openai_error(content):
+            content = _as_openai_error(reply, content)
+            merged["content-type"] = "application/json"
         self._finish(call, reply.status, content)
-        return Response(content, reply.status, headers=_merge(reply, headers))
+        return Response(content, reply.status, headers=merged)
 
     async def _relay(self, reply: _Reply, call: _Call, stripper: UsageStripper | None) -> AsyncIterator[bytes]:
         status = _CLIENT_CLOSED
@@ -324,7 +347,33 @@ class ChatEndpoint:
         )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _unless_client_leaves(request: Request, answer: Coroutine[Any, Any, Response]) -> Response:
+    """`answer`, cancelled the moment the client disconnects: an upstream call nobody will read stops
+    now, not at its read timeout, and the call is recorded as 499. A stream's relay, once started, is
+    watched by Starlette's StreamingResponse itself."""
+    answering = asyncio.ensure_future(answer)
+    leaving = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((answering, leaving), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the gateway is stopping: nothing more to wait for
+        answering.cancel()
+        leaving.cancel()
+        raise
+    leaving.cancel()
+    if not answering.done():
+        answering.cancel()
+        await asyncio.gather(answering, return_exceptions=True)  # let it close the upstream call
+        raise ClientClosedRequest("The client closed the connection before the answer was ready.")
+    return answering.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body has been read by then: nothing else is received)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -333,11 +382,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(size, limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout_s:g} s (server.body_timeout_s); send it at once."
+        ) from None
+    except ClientDisconnect:
+        raise ClientClosedRequest("The client closed the connection while sending the body.") from None
     return b"".join(chunks)
 
 
@@ -378,6 +435,27 @@ def _decision_headers(decision: Decision, task_name: str) -> dict[str, str]:
 
 
 def _merge(reply: UpstreamReply, ours: dict[str, str]) -> dict[str, str]:
-    merged = dict(reply.headers)
+    """The upstream's headers a client may see, then ours. An upstream can't speak for minigate
+    (`x-minigate-*`) or set cookies on the gateway's origin."""
+    merged = {name: value for name, value in reply.headers if _is_relayable(name.lower())}
     merged.update(ours)
     return merged
+
+
+def _is_relayable(name: str) -> bool:
+    return not name.startswith("x-minigate-") and name not in ("set-cookie", "set-cookie2")
+
+
+def _is_openai_error(content: bytes) -> bool:
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def _as_openai_error(reply: UpstreamReply, content: bytes) -> bytes:
+    """An upstream's 4xx that isn't OpenAI-shaped (an HTML page, plain text), in the shape clients parse."""
+    excerpt = content[:300].decode("utf-8", "replace")
+    return error_body(f"upstream {reply.upstream!r} answered HTTP {reply.status}: {excerpt}",
+                      "invalid_request_error", f"upstream_status_{reply.status}")

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from minigate.errors import InvalidRequest, MalformedJSON
+from minigate.gateway.json_shape import body_shape, check_members
 
 __all__ = ["ChatRequest", "parse_chat_request"]
 
@@ -58,12 +59,14 @@ class ChatRequest:
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """Parse and check the few fields the gateway relies on; the upstream validates the rest."""
+    shape = body_shape(raw)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedJSON(f"The request body is not valid JSON: {exc}. Send a JSON object.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
+    check_members(shape, len(body))
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("Missing required parameter: 'model' (a string naming a route).", param="model")

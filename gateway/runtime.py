@@ -16,7 +16,7 @@ import anyio
 
 from minigate.config import Config, load_config
 from minigate.errors import ConfigError
-from minigate.gateway.auth import KeyRing
+from minigate.gateway.auth import KeyRing, is_loopback
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.router.decision import Router
 from minigate.router.matcher import TaskMatcher
@@ -73,6 +73,7 @@ class RuntimeHolder:
     config: Config
     metrics: GatewayMetrics
     path: Path | None = None
+    host: str = "127.0.0.1"  # the address the server listens on: a reload may not leave it without keys
     local: LocalServers = field(default_factory=LocalServers)
     fleet: VllmFleet = field(default_factory=VllmFleet)  # vLLM adapters and load, across generations
     generation: int = 0
@@ -99,8 +100,12 @@ class RuntimeHolder:
             try:
                 config = await anyio.to_thread.run_sync(load_config, self.path)
                 if config == self.config and _stamp(config) == self.current.catalogue_stamp:
+                    self.last_reload_error = None  # the file is back to what serves: nothing is wrong any more
                     self.metrics.config_reloads.labels("unchanged").inc()
                     return True
+                if (refusal := _keys_refusal(self.config, config, self.host)) is not None:
+                    self._reject(f"{self.path}: {refusal}")
+                    return False
                 runtime = await Runtime.open(config, self.local, self.fleet)
             except ConfigError as exc:
                 self._reject(str(exc))
@@ -142,6 +147,19 @@ class RuntimeHolder:
             await self._current.close()
         await self.fleet.stop()
         await self.local.stop_all()
+
+
+def _keys_refusal(old: Config, new: Config, host: str) -> str | None:
+    """Why a reload may not change the keys so: the start-up rule (no keys only on loopback) holds on
+    reload, and a gateway that had keys never loses them all at once (a typo would open every payload)."""
+    if new.auth.keys:
+        return None
+    if old.auth.keys:
+        return ("auth.keys: the new config has no API keys, which would let any caller read the call log; "
+                "a running gateway keeps at least one key (restart it to serve without keys on loopback)")
+    if not is_loopback(host):
+        return f"auth.keys: no API keys, and the gateway listens on {host}, beyond loopback; add auth.keys"
+    return None
 
 
 def _warn_listener_change(old: Runtime | None, new: Runtime) -> None:

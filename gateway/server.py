@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from minigate.config import Config
 from minigate.gateway.app import create_app
+from minigate.gateway.connections import guarded_protocol
+from minigate.gateway.settings import ServerSection
 
-__all__ = ["run"]
+__all__ = ["run", "uvicorn_config"]
 
 
 class _Server(uvicorn.Server):
@@ -40,17 +43,24 @@ class _Server(uvicorn.Server):
 
 def run(config: Config, config_path: Path, *, host: str, port: int, log_level: str) -> bool:
     """Serve until SIGTERM/SIGINT; False when the server could not start (port taken, upstream failing)."""
-    server = _Server(
-        uvicorn.Config(
-            create_app(config, REGISTRY, config_path=config_path, announce=True),
-            host=host,
-            port=port,
-            loop="uvloop" if sys.platform != "win32" else "asyncio",
-            http="httptools",
-            access_log=False,
-            log_level=log_level.lower(),
-            timeout_graceful_shutdown=max(1, round(config.server.drain_timeout_s)),
-        )
-    )
+    app = create_app(config, REGISTRY, config_path=config_path, announce=True, host=host)
+    server = _Server(uvicorn_config(app, config.server, host=host, port=port, log_level=log_level))
     server.run()
     return server.started
+
+
+def uvicorn_config(app: FastAPI, server: ServerSection, *, host: str, port: int,
+                   log_level: str) -> uvicorn.Config:
+    """How every gateway listens, `minigate serve` and the tests' alike: uvloop, httptools with our
+    connection guards, and the timeouts of the `server` section."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http=guarded_protocol(server.header_timeout_s, server.max_connections),
+        timeout_keep_alive=max(1, round(server.keep_alive_timeout_s)),
+        access_log=False,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=max(1, round(server.drain_timeout_s)),
+    )

@@ -21,6 +21,15 @@ class ServerSection(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM waits this long for in-flight requests")
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="a larger non-streamed upstream reply (or stream) is cut: 502"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request's body must arrive within this: else 408")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed after this")
+    max_connections: int = Field(
+        2048, ge=1, description="connections beyond this are refused at once with 503 (protects memory)"
+    )
 
 
 class KeyEntry(_Section):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
@@ -46,6 +45,7 @@ def serve(
     log_level: Annotated[str, typer.Option(envvar="MINIGATE_LOG_LEVEL", help="Log level.")] = "info",
 ) -> None:
     """Run the gateway."""
+    from minigate.gateway.auth import is_loopback
     from minigate.gateway.server import run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,7 +53,7 @@ def serve(
     cfg = _load_or_exit(path)
     bind_host = host or cfg.server.host
     if not cfg.auth.keys:
-        if not _is_loopback(bind_host):
+        if not is_loopback(bind_host):
             err.print(
                 f"[red]refusing to serve on {bind_host}: no API keys are configured.[/] Add auth.keys to {path} "
                 "or bind a loopback address (--host 127.0.0.1)."
@@ -140,15 +140,6 @@ def _load_or_exit(path: Path) -> Config:
         err.print("[red]invalid config[/]")
         typer.echo(str(exc), err=True)
         raise typer.Exit(CONFIG_INVALID) from exc
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _upstreams_table(cfg: Config) -> Table:

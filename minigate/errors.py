@@ -8,7 +8,9 @@
         ├── AuthenticationFailed     401 missing or unknown key
         ├── PermissionDenied         403 the key's role may not do this
         ├── ModelNotFound            404 lists the routes that exist
+        ├── RequestTimeout           408 the body did not arrive within server.body_timeout_s
         ├── PayloadTooLarge          413 body over server.max_body_bytes
+        ├── ClientClosedRequest      499 the client left before its answer (nginx's code; nobody reads it)
         ├── ServiceUnavailable       503 a part minigate needs (the call-log store) is down
         └── UpstreamError            the model behind a route failed
             ├── UpstreamUnavailable  502 connect failure or 5xx
@@ -33,12 +35,14 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "AuthenticationFailed",
+    "ClientClosedRequest",
     "InvalidRequest",
     "MalformedJSON",
     "MinigateError",
     "ModelNotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "RequestTimeout",
     "ReplicasTimeout",
     "ReplicasUnavailable",
     "RequestError",
@@ -117,9 +121,21 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(RequestError):
     status = 413
     code = "payload_too_large"
+
+
+class ClientClosedRequest(RequestError):
+    """Raised where we notice the client has gone: the call is recorded as 499, and nothing is sent."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class ServiceUnavailable(RequestError):

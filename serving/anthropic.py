@@ -34,8 +34,8 @@ class AnthropicReply(UpstreamReply):
     request: MessagesRequest
     created: int  # the completion's `created`: when the request was sent
 
-    async def read(self) -> bytes:
-        body = await super().read()
+    async def read(self, limit: int | None = None) -> bytes:
+        body = await super().read(limit)
         if self.response.status_code != 200:
             return error_body(self.response.status_code, body, self.upstream)
         try:
@@ -43,9 +43,9 @@ class AnthropicReply(UpstreamReply):
         except ReplyError as exc:
             raise self._failure(exc) from exc
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
+    async def chunks(self, limit: int | None = None) -> AsyncGenerator[bytes, None]:
         translator = StreamTranslator(self.request, self.created)
-        source = super().chunks()
+        source = super().chunks(limit)
         try:
             async for chunk in source:
                 if translated := translator.feed(chunk):

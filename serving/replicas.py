@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from minigate.serving.settings import Breaker, Retry
 
-__all__ = ["Attempt", "BreakerState", "Replica", "Replicas", "backoff", "retry_wait"]
+__all__ = ["Attempt", "BreakerState", "Replica", "Replicas", "backoff", "retry_wait", "without_credentials"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -40,10 +41,23 @@ class Replica:
     opened_at: float | None = None  # when the breaker last opened; None while closed
     is_probing: bool = False  # the one half-open call is under way
 
+    @property
+    def shown_url(self) -> str:
+        """The base URL as logs, call records and operators may see it: without a user or password."""
+        return without_credentials(self.base_url)
+
     def state(self, now: float, breaker: Breaker | None) -> BreakerState:
         if breaker is None or self.opened_at is None:
             return "closed"
         return "half_open" if now - self.opened_at >= breaker.open_s else "open"
+
+
+def without_credentials(url: str) -> str:
+    """`url` with any `user:password@` removed (kept: scheme, host, port, path)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class Replicas:

@@ -7,6 +7,7 @@ request would pay a TCP (and TLS) handshake on every call.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ from minigate.version import __version__
 
 __all__ = ["AzureClient", "ChatUpstream", "UnconfiguredClient", "UpstreamClient", "UpstreamReply"]
 
+log = logging.getLogger("minigate.serving")
+
 # Headers that describe one hop of the connection (RFC 9110 §7.6.1) or that we recompute for the client.
 _HOP_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server"}
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade", "content-length", "content-encoding", "date", "server"}
 )
 
 
@@ -47,11 +51,16 @@ class UpstreamReply:
     upstream: str
     deadline: float  # loop time by which the whole reply must be in (the upstream's timeouts.total_s)
     attempts: list[Attempt] = field(default_factory=list, kw_only=True)  # every call behind it, retries included
+    _body: bytes | None = field(default=None, init=False, repr=False)
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; more than `limit` bytes is a failure (502): a runaway upstream can't fill our memory."""
+        if self._body is not None:
+            return self._body
         try:
             async with asyncio.timeout_at(self.deadline):
-                return await self.response.aread()
+                self._body = await self._read_up_to(limit)
+                return self._body
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise UpstreamTimeout(f"upstream {self.upstream!r} timed out sending its reply", upstream=self.upstream, kind="timeout") from exc
         except httpx.TransportError as exc:
@@ -59,11 +68,36 @@ class UpstreamReply:
         finally:
             await self.response.aclose()
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The body as it arrives, decoded but otherwise untouched (SSE events are not re-framed)."""
+    async def _read_up_to(self, limit: int | None) -> bytes:
+        declared = self.response.headers.get("content-length", "")
+        if limit is not None and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.response.aiter_bytes():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise self._too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _too_large(self, limit: int) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"upstream {self.upstream!r} sent a reply larger than this gateway's limit of {limit} bytes "
+            "(server.max_response_bytes); ask for less output or raise the limit",
+            upstream=self.upstream, kind="too_large",
+        )
+
+    async def chunks(self, limit: int | None = None) -> AsyncGenerator[bytes, None]:
+        """The body as it arrives, decoded but otherwise untouched (SSE events are not re-framed); a stream
+        past `limit` bytes is cut (UpstreamStreamCut, kind too_large)."""
         loop = asyncio.get_running_loop()
+        size = 0
         try:
             async for chunk in self.response.aiter_bytes():
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise UpstreamStreamCut(self._too_large(limit).message, upstream=self.upstream, kind="too_large")
                 yield chunk
                 if loop.time() > self.deadline:
                     raise httpx.ReadTimeout("the upstream's timeouts.total_s passed mid-stream")
@@ -212,14 +246,14 @@ class UpstreamClient:
         except (TimeoutError, httpx.TransportError) as exc:
             replica.outstanding -= 1
             failure = self._failure(exc, replica, attempts)
-            attempts.append(Attempt(replica.base_url, None, failure.kind, _since(sent_at)))
+            attempts.append(Attempt(replica.shown_url, None, failure.kind, _since(sent_at)))
             self.replicas.record(replica, loop.time(), failed=True)
             raise failure from exc
         except BaseException:  # cancelled: the client left
             replica.outstanding -= 1
             self.replicas.record(replica, loop.time(), failed=None)
             raise
-        attempts.append(Attempt(replica.base_url, response.status_code, None, _since(sent_at)))
+        attempts.append(Attempt(replica.shown_url, response.status_code, None, _since(sent_at)))
         self.replicas.record(replica, loop.time(), failed=response.status_code >= 500)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _Released(response.stream, lambda: _release(replica))
@@ -231,8 +265,11 @@ class UpstreamClient:
                 f"upstream {self.name!r} did not answer in time ({type(exc).__name__}); raise its timeouts or check it",
                 upstream=self.name, kind="timeout", attempts=attempts,
             )
+        # Clients learn which upstream failed, never where it lives: a base URL may carry credentials,
+        # and transport errors can quote it. Operators get the place, without credentials, in the log.
+        log.warning("upstream %r at %s: %s: %s", self.name, replica.shown_url, type(exc).__name__, exc)
         return ReplicasUnavailable(
-            f"cannot reach upstream {self.name!r} at {replica.base_url}: {exc or type(exc).__name__}",
+            f"cannot reach upstream {self.name!r} ({type(exc).__name__}); check that it is running",
             upstream=self.name, kind="connect_error", attempts=attempts,
         )
 

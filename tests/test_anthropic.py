@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 
 from minigate.serving.anthropic import AnthropicClient
 from minigate.serving.settings import AnthropicUpstream, Upstream
-from tests.conftest import AGENT_KEY, gateway_config
+from tests.conftest import ADMIN_KEY, AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.anthropic_upstream import AnthropicScript, ScriptedAnthropic
 from tests.support.servers import RunningGateway, run_gateway, write_config
@@ -394,4 +394,4 @@ def test_a_base_url_given_with_v1_works_too(anthropic: ScriptedAnthropic) -> Non
 
 
 def test_readyz_probes_the_anthropic_upstream(gateway: RunningGateway) -> None:
-    assert httpx.get(f"{gateway.base_url}/readyz").json()["upstreams"] == {"claude": "reachable"}
+    assert httpx.get(f"{gateway.base_url}/readyz", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()["upstreams"] == {"claude": "reachable"}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import AGENT_KEY, gateway_config
+from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import RunningGateway
 from tests.support.upstream import ScriptedUpstream
 
@@ -20,7 +20,7 @@ def test_readyz_summarises_upstreams(upstream: ScriptedUpstream, make_gateway: C
     config = gateway_config(upstream.base_url)
     config["upstreams"]["down"] = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}
     gateway = make_gateway(config)
-    body = httpx.get(f"{gateway.base_url}/readyz").json()
+    body = httpx.get(f"{gateway.base_url}/readyz", headers={"authorization": f"Bearer {ANALYST_KEY}"}).json()
     assert body["status"] == "ready" and body["config_generation"] == 1
     assert body["upstreams"]["scripted"] == "reachable"
     assert "ConnectError" in body["upstreams"]["down"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import AGENT_KEY, gateway_config
+from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import start_gateway_process, write_config
 from tests.support.servers import RunningGateway
 from tests.support.upstream import ScriptedUpstream
@@ -45,7 +45,7 @@ def test_file_change_reloads_and_bad_file_keeps_old(upstream: ScriptedUpstream, 
 
     path.write_text(path.read_text().replace("default: mini", "default: no-such-model"))
     wait_for(lambda: reloads(gateway.base_url, "rejected") >= 1)
-    ready = httpx.get(f"{gateway.base_url}/readyz").json()
+    ready = httpx.get(f"{gateway.base_url}/readyz", headers={"authorization": f"Bearer {ANALYST_KEY}"}).json()
     assert "routes.cheap.default: unknown model 'no-such-model'" in ready["last_reload_error"]
     assert ready["config_generation"] == 2
     response = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from minigate.config import load_config
 from minigate.gateway.app import create_app
+from minigate.gateway.server import uvicorn_config
 
 __all__ = ["GatewayProcess", "RunningGateway", "run_gateway", "start_gateway_process", "write_config"]
 
@@ -51,10 +52,9 @@ class RunningGateway:
 def run_gateway(config_path: Path, *, watch: bool = False) -> Iterator[RunningGateway]:
     """A real uvicorn server on a free loopback port, in a thread, with its own metrics registry."""
     registry = CollectorRegistry()
-    app = create_app(load_config(config_path), registry, config_path=config_path if watch else None)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning")
-    )
+    config = load_config(config_path)
+    app = create_app(config, registry, config_path=config_path if watch else None)
+    server = uvicorn.Server(uvicorn_config(app, config.server, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

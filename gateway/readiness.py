@@ -1,0 +1,70 @@
+"""`GET /readyz`: whether a load balancer should send this replica traffic, and, for operators, why.
+
+Readiness is about what only this replica can get wrong: a call log that can persist nothing (then the
+pod should be drained, or answered calls go unrecorded). An unreachable upstream does not make the pod
+unready: every replica shares it, and other routes still serve.
+
+Anyone may ask (probes carry no key), so the answer to an anonymous caller is the status alone; the
+details (upstreams and their errors, the config generation, the last reload error, the log's problem)
+are for keys that may read metrics. Upstreams are probed at most once per `_PROBE_TTL_S` whatever the
+request rate, with one probe round in flight at a time, so /readyz can't be used to flood them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from minigate.gateway.runtime import Runtime, RuntimeHolder
+from minigate.logger.pipeline import CallLog
+
+__all__ = ["Readiness"]
+
+_PROBE_TTL_S = 5.0
+
+
+class Readiness:
+    """Answers /readyz for one gateway.
+
+    >>> readiness = Readiness(holder, calls)  # doctest: +SKIP
+    >>> response = await readiness.respond(request)  # doctest: +SKIP
+    """
+
+    def __init__(self, holder: RuntimeHolder, calls: CallLog) -> None:
+        self.holder = holder
+        self.calls = calls
+        self._probed: tuple[int, float, dict[str, str]] | None = None  # generation, when, results
+        self._probing: asyncio.Lock = asyncio.Lock()
+
+    async def respond(self, request: Request) -> Response:
+        runtime = self.holder.current
+        authorization = request.headers.get("authorization")
+        problem = self.calls.problem
+        body: dict[str, object] = {"status": "ready" if problem is None else "not_ready"}
+        if runtime.keyring.is_open or authorization:
+            runtime.keyring.authenticate(authorization).require("read_metrics")
+            body.update(
+                config_generation=self.holder.generation,
+                last_reload_error=self.holder.last_reload_error,
+                call_log=problem or "persisting",
+                upstreams=await self._upstreams(runtime),
+            )
+        return Response(orjson.dumps(body), status_code=200 if problem is None else 503,
+                        media_type="application/json")
+
+    async def _upstreams(self, runtime: Runtime) -> dict[str, str]:
+        async with self._probing:  # callers arriving during a probe round share its results
+            generation = self.holder.generation
+            if self._probed is not None:
+                probed_generation, at, results = self._probed
+                if probed_generation == generation and time.monotonic() - at < _PROBE_TTL_S:
+                    return results
+            names = list(runtime.pool.clients)
+            problems = await asyncio.gather(*(runtime.pool[name].probe() for name in names))
+            results = {name: problem or "reachable" for name, problem in zip(names, problems, strict=True)}
+            self._probed = (generation, time.monotonic(), results)
+            return results
