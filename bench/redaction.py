@@ -20,6 +20,12 @@ texts one by one, the same texts joined into one long document, and call records
 logger's (a chat request of ten messages and a tool call with JSON arguments, through `redact_json`
 with one placeholder state per record). Prints tables and writes
 bench/results/redaction.json.
+
+Adversarial rows (issue 13): `a@` repeated to 64 KiB, 1 MiB and 16 MiB, once through
+`Redactor.redact` without a budget (µs per byte: what one string costs) and once as a chat request
+sealed by the call log's `Sealer` with its per-record redaction budget (seal time per record, and
+the bytes withheld once the budget was spent). `--adversarial-only` runs just these rows (no
+dataset needed) and writes bench/results/redaction_adversarial.json.
 """
 
 from __future__ import annotations
@@ -38,11 +44,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from minigate.logger.crypto import generate_key
+from minigate.logger.records import CallRecord
 from minigate.logger.redact import ENTITY_TYPES, Redactor
+from minigate.logger.redact_walk import REDACTION_BUDGET_S
+from minigate.logger.seal import Sealer
+from minigate.logger.settings import LoggingSection
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ROOT.parent / "shared" / "data" / "presidio_synth" / "synth_dataset_v2.json"
 RESULTS = ROOT / "bench" / "results" / "redaction.json"
+ADVERSARIAL_RESULTS = ROOT / "bench" / "results" / "redaction_adversarial.json"
+ADVERSARIAL_SIZES = (64 << 10, 1 << 20, 16 << 20)  # bytes of `a@a@...`
 MINIGATE = ROOT / ".venv" / "bin" / "minigate"
 TARGETS = {t: (0.95, 0.98) for t in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")}
 TARGETS["PERSON"] = (0.0, 0.80)
@@ -70,7 +85,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DATASET, help=f"Presidio-research JSON (default {DATASET})")
     parser.add_argument("--rounds", type=int, default=5, help="in-process throughput rounds; the best counts")
+    parser.add_argument("--adversarial-only", action="store_true", help="only the adversarial rows (no dataset)")
     args = parser.parse_args()
+    adversarial = adversarial_rows()
+    print_adversarial(adversarial)
+    write_adversarial(adversarial)
+    if args.adversarial_only:
+        return 0
     if not args.dataset.is_file():
         print(f"dataset not found: {args.dataset}", file=sys.stderr)
         return 2
@@ -185,6 +206,54 @@ def _chat_record(texts: list[str]) -> dict[str, Any]:
         {"id": "call_2mLq0b3QxZ7pN9rT5vW8yK1s", "type": "function", "function": {"name": "search", "arguments": arguments}}
     ]})  # fmt: skip
     return {"model": "gpt-4.1", "messages": messages, "temperature": 0.2}
+
+
+def adversarial_rows() -> list[dict[str, Any]]:
+    """Per size of `a@a@...`: unbudgeted redaction cost per byte, and one sealed record's time."""
+    sealer = Sealer.from_settings(LoggingSection(encryption_key=generate_key()))  # type: ignore[arg-type]
+    redactor = Redactor()
+    redactor.redact("warm-up: Jane Doe, jane@example.com")  # the lexicons load once, not in a row
+    rows = []
+    for size in ADVERSARIAL_SIZES:
+        text = "a@" * (size // 2)
+        started = time.perf_counter()
+        redactor.redact(text)
+        redact_s = time.perf_counter() - started
+        body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
+        record = CallRecord("bench", time.time(), "k", "r", "m", "frontier", "t", "d", "u", 200, 0.1, False,
+                            request_body=body)
+        started = time.perf_counter()
+        sealer.seal(record)
+        seal_s = time.perf_counter() - started
+        assert sealer.cipher is not None and record.request_payload is not None
+        stored = sealer.cipher.decrypt(record.request_payload, b"bench").decode()
+        rows.append({"bytes": size, "redact_s": redact_s, "us_per_byte": redact_s / size * 1e6, "seal_s": seal_s,
+                     "budget_s": REDACTION_BUDGET_S, "budget_exceeded": "REDACTION BUDGET EXCEEDED" in stored})
+    return rows
+
+
+def print_adversarial(rows: list[dict[str, Any]]) -> None:
+    print(f"Adversarial text (`a@` repeated): redaction without a budget, and one chat request sealed "
+          f"(budget {REDACTION_BUDGET_S:g} s per record)")
+    print(f"  {'size':>9s}  {'redact':>8s}  {'us/byte':>7s}  {'seal':>7s}  budget spent")
+    for row in rows:
+        print(f"  {row['bytes'] >> 10:>6d} KiB  {row['redact_s']:>7.2f}s  {row['us_per_byte']:>7.3f}  "
+              f"{row['seal_s']:>6.2f}s  {'yes: the rest withheld' if row['budget_exceeded'] else 'no'}")
+    print()
+
+
+def write_adversarial(rows: list[dict[str, Any]]) -> None:
+    ADVERSARIAL_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "redaction_adversarial",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "input": "'a@' repeated; redact_s: Redactor.redact on the string, no budget; seal_s: Sealer.seal of a "
+                 "chat request holding it, with the per-record redaction budget",
+        "rows": rows,
+    }
+    ADVERSARIAL_RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {ADVERSARIAL_RESULTS.relative_to(ROOT)}")
 
 
 def _rate(value: float | None) -> str:

@@ -27,8 +27,13 @@ class Reply:
 
     @property
     def tokens(self) -> tuple[int | None, int | None]:
+        """Counts from `usage`, where they are counts: an upstream's garbage must not reach the store."""
         usage = self.usage or {}
-        return usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def request_payload(raw: bytes) -> dict[str, Any]:
@@ -36,20 +41,36 @@ def request_payload(raw: bytes) -> dict[str, Any]:
 
     An image or audio clip sent inline (a `data:` URL, `input_audio.data`) is kept as its media type,
     size and SHA-256, not its bytes: the log stays small, and the same file can still be recognised.
+    A body orjson cannot read (nested past its 1,024 levels) is kept as text, to be redacted as text.
     """
-    body = orjson.loads(raw)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"raw": raw.decode("utf-8", "replace")}
     return _without_media(body) if isinstance(body, dict) else {"body": body}
 
 
 def _without_media(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _media_reference(v) if k == "data" and "format" in value else _without_media(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_media(item) for item in value]
-    if isinstance(value, str) and value.startswith("data:") and len(value) > _INLINE_LIMIT:
-        return _media_reference(value)
-    return value
+    """A copy with inline media replaced by references; iterative, since a body may nest deep."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:
+        item, parent, slot = stack.pop()
+        if isinstance(item, dict):
+            parent[slot] = copy = {}
+            for key, child in item.items():  # keys keep their order: a slot first, its value later
+                is_media = key == "data" and "format" in item
+                copy[key] = _media_reference(child) if is_media else None
+                if not is_media:
+                    stack.append((child, copy, key))
+        elif isinstance(item, list):
+            parent[slot] = items = [None] * len(item)
+            stack.extend((child, items, i) for i, child in enumerate(item))
+        elif isinstance(item, str) and item.startswith("data:") and len(item) > _INLINE_LIMIT:
+            parent[slot] = _media_reference(item)
+        else:
+            parent[slot] = item
+    return root[0]
 
 
 def _media_reference(value: Any) -> Any:
@@ -69,25 +90,27 @@ def reply_from_body(raw: bytes) -> Reply:
         return Reply([{"raw": raw.decode("utf-8", "replace")}], None)
     if not isinstance(body, dict):
         return Reply([{"raw": body}], None)
-    if "choices" not in body:
+    if not isinstance(body.get("choices"), list):
         return Reply([body], None)
     choices = [
         {"index": c.get("index", 0), "message": c.get("message"), "finish_reason": c.get("finish_reason")}
-        for c in body["choices"]
-        if isinstance(c, dict)
+        for c in _dicts(body["choices"])
     ]
-    return Reply(choices, body.get("usage"))
+    return Reply(choices, _usage(body))
 
 
 def reply_from_stream(chunks: list[bytes]) -> Reply:
-    """Join an SSE stream of chat.completion.chunk events into the messages it delivered."""
+    """Join an SSE stream of chat.completion.chunk events into the messages it delivered.
+
+    Whatever the upstream sent is taken only where it has the expected type: a garbled chunk adds
+    nothing, and never stops the reply's other chunks from being kept.
+    """
     messages: dict[int, dict[str, Any]] = {}
     usage: dict[str, Any] | None = None
     for event in _events(b"".join(chunks)):
-        if isinstance(event.get("usage"), dict):
-            usage = event["usage"]
-        for choice in event.get("choices") or []:
-            _merge_delta(messages.setdefault(choice.get("index", 0), _empty()), choice)
+        usage = _usage(event) or usage
+        for choice in _dicts(event.get("choices")):
+            _merge_delta(messages.setdefault(_index(choice), _empty()), choice)
         if "error" in event:
             messages.setdefault(0, _empty())["error"] = event["error"]
     choices = [{"index": i, **_finished(m)} for i, m in sorted(messages.items())]
@@ -115,16 +138,37 @@ def _empty() -> dict[str, Any]:
     return {"content": [], "tool_calls": {}, "finish_reason": None, "role": "assistant"}
 
 
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _index(item: dict[str, Any]) -> int:
+    index = item.get("index", 0)
+    return index if isinstance(index, int) else 0
+
+
+def _text(item: dict[str, Any], key: str) -> str:
+    value = item.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _usage(body: dict[str, Any]) -> dict[str, Any] | None:
+    usage = body.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
 def _merge_delta(message: dict[str, Any], choice: dict[str, Any]) -> None:
-    delta = choice.get("delta") or {}
-    if delta.get("content"):
-        message["content"].append(delta["content"])
-    for call in delta.get("tool_calls") or []:
-        slot = message["tool_calls"].setdefault(call.get("index", 0), {"id": None, "name": "", "arguments": []})
-        slot["id"] = call.get("id") or slot["id"]
-        function = call.get("function") or {}
-        slot["name"] += function.get("name") or ""
-        slot["arguments"].append(function.get("arguments") or "")
+    delta = choice.get("delta")
+    delta = delta if isinstance(delta, dict) else {}
+    if content := _text(delta, "content"):
+        message["content"].append(content)
+    for call in _dicts(delta.get("tool_calls")):
+        slot = message["tool_calls"].setdefault(_index(call), {"id": None, "name": "", "arguments": []})
+        slot["id"] = _text(call, "id") or slot["id"]
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        slot["name"] += _text(function, "name")
+        slot["arguments"].append(_text(function, "arguments"))
     if choice.get("finish_reason"):
         message["finish_reason"] = choice["finish_reason"]
 

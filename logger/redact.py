@@ -22,6 +22,7 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,6 +32,7 @@ from minigate.logger.redact_addresses import address_candidates
 from minigate.logger.redact_lexicon import capitalised_runs
 from minigate.logger.redact_names import name_candidates
 from minigate.logger.redact_patterns import candidates
+from minigate.logger.redact_walk import JsonRedaction, RedactionBudget
 
 __all__ = [
     "ENTITY_TYPES",
@@ -199,38 +201,20 @@ class Redactor:
         pieces.append(text[position:])
         return "".join(pieces), replaced
 
-    def redact_json(self, value: Any, state: Placeholders | None = None) -> Any:
+    def redact_json(
+        self, value: Any, state: Placeholders | None = None, budget: RedactionBudget | None = None
+    ) -> Any:
         """A redacted copy of a JSON-like value (dicts, lists, strings); other scalars are returned as-is.
 
         Strings holding JSON (tool-call `arguments`) are parsed and walked, so values inside escaped
         text (`"Phone:\\n0490 75 40 81"`) are found; they are re-serialised only when something changed.
-        Dict keys are redacted too: a user's address can be a key.
+        Dict keys are redacted too: a user's address can be a key. The walk is iterative and bounded
+        (see `minigate.logger.redact_walk`): any value can be redacted; text past the `budget`
+        (unlimited when None) and containers nested past `MAX_DEPTH` are withheld, never kept.
         """
-        return self._walk(value, Placeholders() if state is None else state)
-
-    def _walk(self, value: Any, state: Placeholders) -> Any:
-        if isinstance(value, str):
-            return self._walk_string(value, state)
-        if isinstance(value, dict):
-            return {self._walk_key(k, state): self._walk(v, state) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self._walk(item, state) for item in value]
-        return value
-
-    def _walk_key(self, key: Any, state: Placeholders) -> Any:
-        return self.redact(key, state)[0] if isinstance(key, str) else key
-
-    def _walk_string(self, text: str, state: Placeholders) -> str:
-        stripped = text.strip()
-        if stripped[:1] in ("{", "[") and stripped[-1:] in ("}", "]"):
-            try:
-                parsed = json.loads(stripped)
-            except ValueError:
-                pass
-            else:
-                walked = self._walk(parsed, state)
-                return text if walked == parsed else json.dumps(walked, ensure_ascii=False)
-        return self.redact(text, state)[0]
+        state = Placeholders() if state is None else state
+        budget = RedactionBudget(math.inf) if budget is None else budget
+        return JsonRedaction(lambda text: self.redact(text, state)[0], budget).value(value)[0]
 
     def _placeholder(self, action: Action, entity_type: str, value: str, state: Placeholders) -> str:
         if action == "hash" and self._policy.hash_key is not None:

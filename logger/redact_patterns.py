@@ -51,6 +51,8 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}"  # local part
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"  # domain labels, TLD
 )
+_LOCAL_MAX = 64  # characters of a local part (`_EMAIL`'s first two classes)
+_LOCAL_RUN = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+\Z")  # a whole run, ending at `endpos`
 
 _IBAN = re.compile(r"(?<!\w)[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?(?!\w)")
 # The SWIFT IBAN registry's lengths: with mod-97 this makes a random hit practically impossible.
@@ -196,15 +198,23 @@ def _in_chunk(text: str, start: int, end: int) -> list[Candidate]:
 
 
 def _emails(text: str) -> Iterator[Candidate]:
+    """One `_EMAIL.match` per '@', at the only place an address around it can start.
+
+    A local part is a run of `_LOCAL_RUN` characters that none precedes (the pattern's lookbehind), so
+    an address holding this '@' starts where the run before it starts: nowhere else need be tried.
+    Scanning a window around each '@' instead cost ~9 µs per byte of `a@a@a@...` (bench/redaction).
+    """
+    floor = 0  # no address starts before the previous '@' or inside the previous address
     at = text.find("@")
     while at != -1:
-        resume = at + 1
-        for m in _EMAIL.finditer(text, max(0, at - 64), at + 256):
-            if m.start() < at < m.end() and ".." not in m.group():
+        local = _LOCAL_RUN.search(text, max(floor, at - _LOCAL_MAX - 1), at)
+        if local is not None and at - local.start() <= _LOCAL_MAX:
+            m = _EMAIL.match(text, local.start(), at + 256)
+            if m is not None and ".." not in m.group():
                 yield m.start(), m.end(), "EMAIL_ADDRESS", _RANK_EMAIL
-                resume = m.end()
-                break
-        at = text.find("@", resume)
+                floor = m.end()
+        floor = max(floor, at + 1)
+        at = text.find("@", floor)
 
 
 def _ibans(text: str, start: int) -> list[Candidate]:

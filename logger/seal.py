@@ -5,12 +5,19 @@ payloads that are redacted first and encrypted second. Runs in the call log's se
 Redaction before encryption means even the holder of the key reads placeholders (`<EMAIL_1>`), never
 the values; one placeholder state per record keeps a value's placeholder the same across the request
 and the reply, so datasets keep their structure.
+
+Sealing is isolated per record: nothing a record holds can make `Sealer.seal` raise. Redaction is
+iterative and bounded (`minigate.logger.redact_walk`), and takes at most `redaction_budget_s` (wall time)
+per record, after which the rest of the text is withheld; a payload that still cannot be sealed is
+stored as an encrypted `{"minigate_unsealable": "<error type>: <reason>"}` beside the record's
+metadata and tokens, and logged at ERROR with the request id (never with payload text).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -22,9 +29,14 @@ from minigate.logger.keys import LogKeys, load_keys
 from minigate.logger.payloads import Reply, reply_from_body, reply_from_stream, request_payload
 from minigate.logger.records import CallRecord
 from minigate.logger.redact import Action, Placeholders, RedactionPolicy, Redactor
+from minigate.logger.redact_walk import REDACTION_BUDGET_S, RedactionBudget
 from minigate.logger.settings import LoggingSection
 
 __all__ = ["Sealer", "SealerRecipe"]
+
+log = logging.getLogger("minigate.logger")
+
+_REASON_CHARS = 120  # of an unsealable payload's error message, redacted, in its marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +45,7 @@ class SealerRecipe:
 
     actions: dict[str, Action]
     keys: LogKeys | None
+    redaction_budget_s: float = REDACTION_BUDGET_S
 
 
 class Sealer:
@@ -42,11 +55,12 @@ class Sealer:
     """
 
     def __init__(self, redactor: Redactor, cipher: PayloadCipher | None, pepper: bytes | None,
-                 recipe: SealerRecipe | None = None) -> None:
+                 recipe: SealerRecipe | None = None, *, redaction_budget_s: float = REDACTION_BUDGET_S) -> None:
         self.redactor = redactor
         self.cipher = cipher
         self.pepper = pepper
         self.recipe = recipe  # what `from_recipe` needs to build the same sealer in a worker process
+        self.redaction_budget_s = redaction_budget_s  # per record: see `minigate.logger.redact_walk`
 
     @classmethod
     def from_settings(cls, settings: LoggingSection, *, create_key: bool = False) -> Sealer:
@@ -62,10 +76,10 @@ class Sealer:
         if keys is None:
             # No payload is stored, so hashing has nothing to keep stable: any key will do.
             policy = RedactionPolicy(recipe.actions, hash_key=secrets.token_bytes(32))
-            return cls(Redactor(policy), None, None, recipe)
+            return cls(Redactor(policy), None, None, recipe, redaction_budget_s=recipe.redaction_budget_s)
         pepper = hmac.new(keys.current.strip().encode(), b"minigate client identity", hashlib.sha256).digest()
         redactor = Redactor(RedactionPolicy(recipe.actions, hash_key=pepper))
-        return cls(redactor, keys.cipher(), pepper, recipe)
+        return cls(redactor, keys.cipher(), pepper, recipe, redaction_budget_s=recipe.redaction_budget_s)
 
     @staticmethod
     def measure(record: CallRecord) -> Reply | None:
@@ -87,19 +101,42 @@ class Sealer:
         return reply
 
     def seal(self, record: CallRecord) -> None:
-        reply = self.measure(record)
-        if self.pepper is not None:
-            record.client_id = anonymise(self.pepper, record.key_name, record.user)
-        if self.cipher is not None:
-            state = Placeholders()
-            aad = record.request_id.encode()
-            if record.request_body is not None:
-                request = self.redactor.redact_json(request_payload(record.request_body), state)
-                record.request_payload = self.cipher.encrypt(orjson.dumps(request), aad)
-            if reply is not None:
-                response = self.redactor.redact_json(reply.payload(), state)
-                record.response_payload = self.cipher.encrypt(orjson.dumps(response), aad)
-            if record.request_payload is not None or record.response_payload is not None:
-                record.key_id = self.cipher.key_id
+        """Fill the record's stored fields and drop its raw material. Never raises for its content."""
+        try:
+            if self.pepper is not None:
+                record.client_id = anonymise(self.pepper, record.key_name, record.user)
+            reply = self.measure(record)
+            if self.cipher is not None:
+                self._seal_payloads(record, self.cipher, reply)
+        except Exception as exc:  # any defect in one record's content: it must never stop the log
+            log.error("call log: request %s: payload cannot be sealed (%s); storing its metadata and an "
+                      "unsealable-payload marker", record.request_id, type(exc).__name__)
+            self._seal_unsealable(record, exc)
         record.request_body = record.reply = record.chunks = record.rate = record.counterfactual_rate = None
         record.user = None
+
+    def _seal_payloads(self, record: CallRecord, cipher: PayloadCipher, reply: Reply | None) -> None:
+        state, budget = Placeholders(), RedactionBudget(self.redaction_budget_s)
+        aad = record.request_id.encode()
+        if record.request_body is not None:
+            request = self.redactor.redact_json(request_payload(record.request_body), state, budget)
+            record.request_payload = cipher.encrypt(orjson.dumps(request), aad)
+        if reply is not None:
+            response = self.redactor.redact_json(reply.payload(), state, budget)
+            record.response_payload = cipher.encrypt(orjson.dumps(response), aad)
+        if record.request_payload is not None or record.response_payload is not None:
+            record.key_id = cipher.key_id
+        if budget.withheld_bytes:
+            log.warning("call log: request %s: redaction used its whole budget (%g s); %d bytes of payload "
+                        "text withheld", record.request_id, budget.seconds, budget.withheld_bytes)
+
+    def _seal_unsealable(self, record: CallRecord, exc: Exception) -> None:
+        """Payloads become one encrypted marker naming the error; the message is cut short and redacted,
+        since an exception may quote the payload."""
+        record.request_payload = record.response_payload = record.key_id = None
+        if self.cipher is None:
+            return
+        reason = self.redactor.redact(str(exc)[:_REASON_CHARS])[0]
+        marker = {"minigate_unsealable": f"{type(exc).__name__}: {reason}"}
+        record.request_payload = self.cipher.encrypt(orjson.dumps(marker), record.request_id.encode())
+        record.key_id = self.cipher.key_id

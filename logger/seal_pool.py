@@ -6,7 +6,11 @@ core, and the gateway only pickles raw records out and sealed records back (a me
 Workers come from a forkserver: forked from a clean interpreter, never from the gateway's threads
 and event loop, with the redaction lexicons already loaded (`minigate.logger.seal_worker`), so they
 start in milliseconds. A worker ignores SIGINT and SIGTERM: stopping is the gateway's decision, made
-by draining the queue and shutting the pool down in order.
+by draining the queue and shutting the pool down in order. A gateway killed outright (SIGKILL) leaves
+no process behind: workers exit when the gateway's end of their pipe closes, and the forkserver and
+resource tracker then see EOF on theirs (`minigate.logger.seal_worker`).
+
+`Sealer.seal` never raises for a record's content, so one bad record cannot cost its batch.
 
 When a worker dies mid-batch, the batch is sealed in a thread instead and the pool is rebuilt for
 the next one: a broken worker may cost speed, never a record.

@@ -42,6 +42,23 @@ _STOP_GRACE_S = 5.0
 _MAX_BACKOFF_S = 10.0
 _STABLE_AFTER_S = 30.0  # a child that lived this long was healthy: its death starts backoff afresh
 
+# The child's first lines, before llama.cpp's server: it asks Linux to SIGKILL it when its parent dies
+# (`PR_SET_PDEATHSIG`), so a gateway killed by SIGKILL (which runs no cleanup) leaves no llama.cpp
+# server holding a port and cores. It then checks that the parent is still the gateway, whose pid
+# comes first in argv: one that died before the request was made would never send the signal.
+# Plain stdlib code given to `-c`, since `settings.python` may be an interpreter without minigate.
+# The signal follows the *thread* that forked the child: the event loop's, which lives as long as
+# the gateway serves (and whose end, in a test's gateway thread, means stopping anyway).
+_DIE_WITH_PARENT = """\
+import os, runpy, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv.pop(1)):
+    sys.exit("llama.cpp server: minigate, its parent process, is gone")
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
 
 def default_threads() -> int:
     """Two threads keep a 135M model fast, but never all the cores: llama.cpp's threads spin in lockstep,
@@ -171,7 +188,7 @@ class LlamaCppServer:
     def _command(self) -> list[str]:
         s = self.settings
         return [
-            s.python, "-m", "llama_cpp.server",
+            s.python, "-c", _DIE_WITH_PARENT, str(os.getpid()),
             "--model", str(s.model_path),
             "--host", _HOST,
             "--port", str(self._port),

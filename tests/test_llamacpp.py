@@ -7,6 +7,9 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -120,3 +123,40 @@ def test_start_failure_shows_the_child_output(tmp_path: Path) -> None:
         asyncio.run(server.start())
     assert f"Failed to load model from file: {not_a_model}" in str(excinfo.value)  # the child's stderr
     assert server.pid is None
+
+
+# A gateway's part, in a process of its own: start the supervised child, say its pid, serve on.
+_PARENT = """
+import asyncio
+from minigate.serving.llamacpp import LlamaCppServer, LlamaCppSettings, default_gguf_path
+
+async def main() -> None:
+    server = LlamaCppServer(LlamaCppSettings(model_path=default_gguf_path()))
+    await server.start()
+    print(server.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_the_child_dies_with_its_killed_parent() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()  # SIGKILL: no stop(), no cleanup of any kind
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _is_alive(child):
+        assert time.monotonic() < deadline, "the llama.cpp server outlived its parent"
+        time.sleep(0.05)
+
+
+def _is_alive(pid: int) -> bool:
+    """Running, as /proc tells; a zombie has exited (only its new parent's wait is missing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

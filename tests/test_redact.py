@@ -13,6 +13,7 @@ import pytest
 
 from minigate.logger.redact import Placeholders, RedactionPolicy, Redactor, Span, find_spans, redact_lines
 from minigate.logger.redact_patterns import is_valid_iban
+from minigate.logger.redact_walk import MAX_DEPTH, RedactionBudget
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio_synth" / "synth_dataset_v2.json"
 TARGET_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
@@ -399,6 +400,40 @@ def test_redact_json_shares_state_and_leaves_clean_json_strings_untouched() -> N
     assert redactor.redact_json(['{"b": "x@y.io"}', "{not json x@y.io}"], state) == ['{"b": "<EMAIL_1>"}', "{not json <EMAIL_1>}"]
     clean = '{ "city":  "Paris" }'
     assert redactor.redact_json(clean) is clean
+
+
+def test_redact_json_walks_any_depth_in_document_order() -> None:
+    deep: Any = "c@y.io"
+    for _ in range(5000):  # far past Python's recursion limit
+        deep = [deep]
+    value = {"a@y.io": ["b@y.io", {"k": deep}], "z": '{"q": "d@y.io"}'}
+    out = Redactor().redact_json(value)
+    assert list(out) == ["<EMAIL_1>", "z"] and out["<EMAIL_1>"][0] == "<EMAIL_2>"
+    assert f'"<NESTED DEEPER THAN {MAX_DEPTH} LEVELS: 6 bytes withheld>"' in json.dumps(out)  # c@y.io, cut
+    assert out["z"] == '{"q": "<EMAIL_3>"}'  # numbered after what came before it
+
+
+def test_redaction_budget_withholds_the_rest_never_keeps_it() -> None:
+    ticks = iter(range(100))
+    budget = RedactionBudget(4.0, clock=lambda: float(next(ticks)))  # one tick a check: spent at the dict
+    out = Redactor().redact_json(["a@y.io", "b@y.io", {"c@y.io": "d@y.io"}, "e@y.io"], budget=budget)
+    assert out == ["<EMAIL_1>", "<EMAIL_2>", "<REDACTION BUDGET EXCEEDED: 12 bytes withheld>",
+                   "<REDACTION BUDGET EXCEEDED: 6 bytes withheld>"]
+    assert budget.withheld_bytes == 18
+
+
+def test_a_long_string_is_redacted_in_pieces_and_cut_at_the_budget() -> None:
+    text = ("mail a@y.io\n" + "x" * 20_000 + "\n") * 10  # 200 KB: pieces of 64 KiB, one before the cut
+    ticks = iter(range(100))
+    out = Redactor().redact_json(text, budget=RedactionBudget(3.0, clock=lambda: float(next(ticks))))
+    redacted, withheld = out.split("<REDACTION BUDGET EXCEEDED: ")
+    assert redacted.count("<EMAIL_1>") == redacted.count("mail ") > 0 and "a@y.io" not in redacted
+    assert withheld == f"{len(text) - len(redacted.replace('<EMAIL_1>', 'a@y.io'))} bytes withheld>"
+
+
+def test_an_email_after_adversarial_text_is_found() -> None:
+    text = "a@" * 50_000 + "jane@example.com"
+    assert [(s.start, s.type) for s in find_spans(text)] == [(100_000, "EMAIL_ADDRESS")]
 
 
 def test_redact_lines_reads_jsonl_and_plain_text() -> None:
