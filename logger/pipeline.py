@@ -1,13 +1,23 @@
 """The call log's way off the request path: a bounded queue, one writer that batches, and a spool.
 
 `submit` never awaits and never blocks: it puts the record on the queue, or, when the queue is full,
-on an overflow list the writer spools to disk. The writer takes up to `batch_size` records, or what
-arrived within `flush_interval_s`, seals them in a worker process (tokens, client id, redaction,
-encryption) and writes them in one transaction. A batch the store refuses goes to the spool; a
-replayer offers spooled records to the store every `replay_interval_s` and at start-up, committing
-each batch only after the store holds it. Stores are idempotent on request id, so a replay after a
-crash may repeat a batch but never stores a record twice. Shutdown drains everything to the store,
-or to the spool when the store is down.
+on an overflow list the writer takes with its next batch. The writer takes up to `batch_size`
+records, or what arrived within `flush_interval_s`, seals them (`seal_guard.py`: tokens, client id,
+redaction, encryption; a record that can't be sealed keeps its metadata only) and writes them in one
+transaction, given `store_timeout_s`. A batch the store refuses, or does not take in time, goes to the
+spool, and so do later batches until a replayed one is stored again; a replayer offers spooled records to the store every `replay_interval_s` and at start-up,
+committing each batch only after the store holds it. Stores are idempotent on request id, so a replay
+after a crash, or a timed-out write that lands late, may repeat a batch but never stores a record twice.
+
+When the store and the spool both fail (a full disk), the writer holds the sealed batch and retries it,
+waiting 0.1 s, then twice as long each time up to 5 s, and takes nothing new meanwhile. Memory stays
+bounded: beyond a full queue, at most `queue_size` records are held; what arrives beyond that is dropped,
+counted in `minigate_log_records_dropped_total` and logged at ERROR. `problem` says so, for `/readyz`.
+Once either works again, everything held is written. Shutdown drains everything to the store, or to the
+spool, retrying for up to `shutdown_timeout_s`; what is still held then is counted as dropped.
+
+The writer and the replayer are supervised: one that fails is logged with its traceback and started
+again, and the records it had taken stay in `_pending` or `_held`, so it picks them up again.
 
 Each record, once sealed, goes to `observe` (the gateway's token and cost metrics), exactly once: a
 spooled record is replayed sealed and never observed again. With `enabled: false` the writer still
@@ -19,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -27,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from minigate.logger.reader import CallReader
 from minigate.logger.records import CallRecord, record_from_bytes, record_to_bytes
 from minigate.logger.seal import Sealer
+from minigate.logger.seal_guard import SealGuard
 from minigate.logger.seal_pool import SealerPool
 from minigate.logger.settings import LoggingSection
 from minigate.logger.spool import Spool, SpoolBatch
@@ -38,10 +49,13 @@ log = logging.getLogger("minigate.logger")
 
 _PURGE_EVERY_S = 3600.0
 _COLLECT_POLL_S = 0.05  # how often the writer looks for queued records while a batch fills
+_RETRY_FIRST_S = 0.1  # the first wait before retrying held records; it doubles up to _RETRY_MAX_S
+_RETRY_MAX_S = 5.0
+_RESTART_DELAY_S = 0.1  # before a failed background loop runs again, so a persistent bug can't spin
 
 
 class CallLog:
-    """Bounded, batched, asynchronous writing of call records that loses none.
+    """Bounded, batched, asynchronous writing of call records that loses none it can keep.
 
     >>> calls = CallLog(LoggingSection(), registry, sealer)  # doctest: +SKIP
     >>> await calls.start(); calls.submit(record); await calls.stop()  # doctest: +SKIP
@@ -52,39 +66,51 @@ class CallLog:
         self.settings = settings
         self.sealer = sealer
         self._observe = observe  # called on the event loop with each sealed record
-        self._sealing = SealerPool(sealer, settings.seal_processes if settings.enabled else 0)
+        self._sealing = SealGuard(SealerPool(sealer, settings.seal_processes if settings.enabled else 0), registry)
         self._queue: asyncio.Queue[CallRecord] = asyncio.Queue(settings.queue_size)
         self._overflow: list[CallRecord] = []
-        self._pending: list[CallRecord] = []
+        self._pending: list[CallRecord] = []  # taken from the queue, not sealed yet
+        self._held: list[CallRecord] = []  # sealed, neither stored nor spooled yet
+        self._failure: str | None = None  # why the held records could be neither stored nor spooled
+        self._store_error: str | None = None  # the last store failure; cleared by a successful write
+        self._drops_unreported = 0
+        self._drops = 0
         self._store: CallStore | None = None
         self._spool: Spool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: asyncio.Task[None] | None = None
         self._replaying = asyncio.Lock()
-        Gauge("minigate_log_queue_depth", "Call records waiting for the writer.", registry=registry).set_function(
-            lambda: self._queue.qsize() + len(self._overflow)
-        )
+        Gauge("minigate_log_queue_depth", "Call records in memory, not yet stored or spooled.",
+              registry=registry).set_function(self._in_memory)
         self.written = Counter("minigate_log_records_written", "Call records stored.", registry=registry)
         self.spooled = Counter(
-            "minigate_log_records_spooled", "Call records put in the spool (store down or queue full).",
+            "minigate_log_records_spooled", "Call records put in the spool (store down or slow, or queue full).",
             registry=registry,
         )
         self.dropped = Counter(
-            "minigate_log_records_dropped", "Call records lost; stays 0 (there is no drop policy).",
+            "minigate_log_records_dropped",
+            "Call records lost: neither stored nor spooled while memory held all it may (or at shutdown).",
             registry=registry,
         )
 
+    @property
+    def problem(self) -> str | None:
+        """None while records persist (to the store, or at least to the spool); else what fails, for operators."""
+        if self._failure is None:
+            return None
+        return f"call log cannot persist: {self._failure}; {self._in_memory()} records held in memory"
+
     async def start(self) -> None:
         if not self.settings.enabled:
-            self._tasks = [asyncio.get_running_loop().create_task(self._write_forever())]
+            self._tasks = [self._supervise("writer", self._write_forever)]
             return
         self._spool = await anyio.to_thread.run_sync(Spool, self.settings.spool_path(), self.settings.spool_fsync)
         await self._connect()
         await self._replay()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._write_forever()), loop.create_task(self._replay_forever())]
+        self._tasks = [self._supervise("writer", self._write_forever),
+                       self._supervise("replayer", self._replay_forever)]
         if self.settings.retention_days is not None:
-            self._tasks.append(loop.create_task(self._purge_forever(self.settings.retention_days)))
+            self._tasks.append(self._supervise("purger", self._purge_forever))
 
     def reader(self) -> CallReader | None:
         """A reader over the store, or None while the store is unavailable."""
@@ -94,21 +120,24 @@ class CallLog:
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
-            self._overflow.append(record)
+            if self._failure is None:
+                self._overflow.append(record)
+            else:  # nothing persists and memory holds all it may
+                self._drop(1)
 
     async def stop(self) -> None:
-        """Store (or spool) everything taken or queued, then close the store and the spool."""
+        """Store (or spool) everything taken or queued, retrying until `shutdown_timeout_s`; then close."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._inflight is not None:
             await asyncio.gather(self._inflight, return_exceptions=True)
-        remaining, self._pending = self._pending + self._overflow, []
+        self._pending += self._overflow
         self._overflow = []
         while not self._queue.empty():
-            remaining.append(self._queue.get_nowait())
-        for start in range(0, len(remaining), self.settings.batch_size):
-            await self._flush(remaining[start : start + self.settings.batch_size])
+            self._pending.append(self._queue.get_nowait())
+        await self._flush_pending()
+        await self._retry_until(asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s)
         if not self.settings.enabled:
             return
         await self._replay()
@@ -118,35 +147,64 @@ class CallLog:
             await anyio.to_thread.run_sync(self._spool.close)
         await anyio.to_thread.run_sync(self._sealing.close)
 
-    async def _write_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # Records taken from the queue sit in self._pending, so a cancel at shutdown can't lose them.
-            self._pending.append(await self._queue.get())
-            deadline = loop.time() + self.settings.flush_interval_s
-            # Collect by polling, not by awaiting each record: a `get()` per record would wake this task
-            # once per request, a loop iteration that every request would pay for on the gateway's core.
-            while True:
-                while len(self._pending) < self.settings.batch_size and not self._queue.empty():
-                    self._pending.append(self._queue.get_nowait())
-                remaining = deadline - loop.time()
-                if len(self._pending) >= self.settings.batch_size or remaining <= 0:
-                    break
-                await asyncio.sleep(min(remaining, _COLLECT_POLL_S))
-            batch, self._pending = self._pending, []
-            if self._overflow:
-                batch, self._overflow = batch + self._overflow, []
-            self._inflight = loop.create_task(self._flush(batch))
-            await asyncio.shield(self._inflight)
+    # -- the writer -----------------------------------------------------------------------------------
 
-    async def _flush(self, batch: list[CallRecord]) -> None:
-        batch = await self._sealing.seal(batch, measure_only=not self.settings.enabled)
-        self._observe_all(batch)
-        if not self.settings.enabled or await self._write(batch):
-            return
-        assert self._spool is not None
-        await anyio.to_thread.run_sync(self._spool.append, [record_to_bytes(r) for r in batch])
-        self.spooled.inc(len(batch))
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        async def supervised() -> None:
+            while True:
+                try:
+                    await run()
+                except Exception:
+                    log.exception("call log %s failed; restarting it (the records it held are kept)", name)
+                    await asyncio.sleep(_RESTART_DELAY_S)
+
+        return asyncio.get_running_loop().create_task(supervised())
+
+    async def _write_forever(self) -> None:
+        retry_in = _RETRY_FIRST_S
+        while True:
+            if self._failure is None:
+                retry_in = _RETRY_FIRST_S
+                await self._collect()
+                await self._to_the_end(self._flush_pending())
+            else:
+                await asyncio.sleep(retry_in)
+                retry_in = min(retry_in * 2, _RETRY_MAX_S)
+                await self._to_the_end(self._persist())
+            self._shed()
+
+    async def _to_the_end(self, step: Awaitable[None]) -> None:
+        """Run a step that a cancel must not cut short (stop() awaits it): it holds records mid-way."""
+        self._inflight = asyncio.ensure_future(step)
+        await asyncio.shield(self._inflight)
+
+    async def _collect(self) -> None:
+        """Take a batch into `_pending`: where a cancel or a crash of the writer can't lose it."""
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            self._pending.append(await self._queue.get())
+        deadline = loop.time() + self.settings.flush_interval_s
+        # Collect by polling, not by awaiting each record: a `get()` per record would wake this task
+        # once per request, a loop iteration that every request would pay for on the gateway's core.
+        while True:
+            while len(self._pending) < self.settings.batch_size and not self._queue.empty():
+                self._pending.append(self._queue.get_nowait())
+            remaining = deadline - loop.time()
+            if len(self._pending) >= self.settings.batch_size or remaining <= 0:
+                break
+            await asyncio.sleep(min(remaining, _COLLECT_POLL_S))
+        self._pending += self._overflow
+        self._overflow = []
+
+    async def _flush_pending(self) -> None:
+        """Seal what was taken, a batch at a time, then store (or spool) it with anything held."""
+        while self._pending:
+            batch = self._pending[: self.settings.batch_size]
+            sealed = await self._sealing.seal(batch, measure_only=not self.settings.enabled)
+            self._observe_all(sealed)
+            self._held += sealed
+            del self._pending[: len(batch)]
+        await self._persist()
 
     def _observe_all(self, batch: list[CallRecord]) -> None:
         if self._observe is None:
@@ -157,28 +215,110 @@ class CallLog:
             except Exception:  # a metrics bug must not stop the writer: records would pile up unwritten
                 log.exception("call log observer failed on record %s", record.request_id)
 
-    async def _write(self, batch: list[CallRecord]) -> bool:
-        if self._store is None and not await self._connect():
-            return False
+    async def _persist(self) -> None:
+        """Store the held records, or else spool them; while neither works they stay held (see `problem`)."""
+        if not self._held or not self.settings.enabled:
+            self._held, self._failure = [], None
+            return
+        batch = list(self._held)  # a store write that timed out may still read its list in a thread
+        # A store that failed or stalled gets no new batch while the spool takes them: the replayer probes
+        # it, and each batch would cost another store_timeout_s while the records behind it pile up.
+        skip = self._store_error is not None and self._failure is None
+        store_error = self._store_error if skip else await self._write(batch)
+        spool_error = None if store_error is None else await self._append_to_spool(batch)
+        if spool_error is None:
+            if self._failure is not None:
+                log.warning("call log persists again: %d held records %s", len(self._held),
+                            "stored" if store_error is None else "spooled")
+            self._held, self._failure = [], None
+            return
+        if self._failure is None:
+            log.error("call log can neither store nor spool records (store: %s; spool: %s); holding %d in memory"
+                      " and retrying", store_error, spool_error, len(self._held))
+        self._failure = f"store: {store_error}; spool: {spool_error}"
+
+    async def _retry_until(self, deadline: float) -> None:
+        """At shutdown: retry the held records until `deadline`, then count what is left as dropped."""
+        loop = asyncio.get_running_loop()
+        retry_in = _RETRY_FIRST_S
+        while self._failure is not None and (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(retry_in, left))
+            retry_in = min(retry_in * 2, _RETRY_MAX_S)
+            await self._persist()
+        if self._held:
+            self._drop(len(self._held))
+            self._held = []
+        self._report_drops()
+
+    def _shed(self) -> None:
+        """While nothing persists, keep at most `queue_size` records besides the queue: drop the newest."""
+        if self._failure is not None:
+            excess = len(self._held) + len(self._overflow) - self.settings.queue_size
+            if excess > 0:
+                from_overflow = min(excess, len(self._overflow))
+                del self._overflow[len(self._overflow) - from_overflow :]
+                del self._held[len(self._held) - (excess - from_overflow) :]
+                self._drop(excess)
+        self._report_drops()
+
+    def _drop(self, count: int) -> None:
+        self.dropped.inc(count)
+        self._drops += count
+        self._drops_unreported += count
+
+    def _report_drops(self) -> None:
+        """Log drops once per writer step, with counts, rather than once per record."""
+        if self._drops_unreported:
+            log.error("call log DROPPED %d records: they could be neither stored nor spooled (%d since start; %s)",
+                      self._drops_unreported, self._drops, self._failure)
+            self._drops_unreported = 0
+
+    def _in_memory(self) -> int:
+        return self._queue.qsize() + len(self._overflow) + len(self._pending) + len(self._held)
+
+    # -- the store and the spool ----------------------------------------------------------------------
+
+    async def _write(self, batch: list[CallRecord]) -> str | None:
+        """Store a batch in time; None when stored, else what went wrong."""
+        if self._store is None and (error := await self._connect()) is not None:
+            return self._store_failed(error, len(batch))
         assert self._store is not None
         try:
-            await self._store.write(batch)
-        except Exception as exc:  # any store failure: the records go to the spool instead
-            log.warning("call log store write failed (%s: %s); spooling %d records", type(exc).__name__, exc, len(batch))
-            return False
+            await asyncio.wait_for(self._store.write(batch), self.settings.store_timeout_s)
+        except Exception as exc:  # any store failure or stall: the caller spools or holds the records
+            return self._store_failed(_describe(exc, self.settings.store_timeout_s), len(batch))
+        self._store_error = None
         self.written.inc(len(batch))
-        return True
+        return None
 
-    async def _connect(self) -> bool:
+    def _store_failed(self, error: str, records: int) -> str:
+        log.warning("call log store write failed (%s); spooling %d records", error, records)
+        self._store_error = error
+        return error
+
+    async def _append_to_spool(self, batch: list[CallRecord]) -> str | None:
+        assert self._spool is not None
         try:
-            self._store = await open_store(self.settings.store)
+            await anyio.to_thread.run_sync(self._spool.append, [record_to_bytes(r) for r in batch])
         except Exception as exc:
-            log.error("call log store %s unavailable (%s: %s); records spool until it is back",
-                      _redacted_url(self.settings.store), type(exc).__name__, exc)
-            return False
-        return True
+            return _describe(exc, None)
+        self.spooled.inc(len(batch))
+        return None
 
-    async def _purge_forever(self, days: float) -> None:
+    async def _connect(self) -> str | None:
+        timeout_s = self.settings.store_timeout_s
+        try:
+            self._store = await asyncio.wait_for(open_store(self.settings.store, timeout_s=timeout_s), timeout_s)
+        except Exception as exc:
+            error = _describe(exc, timeout_s)
+            log.error("call log store %s unavailable (%s); records spool until it is back",
+                      _redacted_url(self.settings.store), error)
+            return error
+        return None
+
+    async def _purge_forever(self) -> None:
+        assert self.settings.retention_days is not None
+        days = self.settings.retention_days
         while True:
             if self._store is not None:
                 try:
@@ -203,10 +343,17 @@ class CallLog:
                 return
             batches: Iterator[SpoolBatch] = await anyio.to_thread.run_sync(spool.replay)
             while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
-                if not await self._write([record_from_bytes(data) for data in batch.records]):
+                if await self._write([record_from_bytes(data) for data in batch.records]) is not None:
                     return
                 await anyio.to_thread.run_sync(spool.commit, batch)
             log.info("call log: spooled records replayed into the store")
+
+
+def _describe(exc: Exception, timeout_s: float | None) -> str:
+    """An error as one short phrase for logs and `problem`."""
+    if isinstance(exc, TimeoutError) and timeout_s is not None:
+        return f"no answer within {timeout_s:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def _redacted_url(url: str) -> str:

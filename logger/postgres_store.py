@@ -53,14 +53,16 @@ class PostgresStore:
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str, *, max_connections: int = 4) -> PostgresStore:
-        connection = await asyncpg.connect(url)
+    async def open(cls, url: str, *, max_connections: int = 4, timeout_s: float = 60.0) -> PostgresStore:
+        """Connect (each connection given `timeout_s`), migrate, and open the pool."""
+        connection = await asyncpg.connect(url, timeout=timeout_s)
         try:
             await migrate(connection)
         finally:
             await connection.close()
         # Migrated first: each pooled connection's staging table is made `LIKE calls` as it opens.
-        return cls(await asyncpg.create_pool(url, min_size=1, max_size=max_connections, init=_create_stage))
+        return cls(await asyncpg.create_pool(url, min_size=1, max_size=max_connections, init=_create_stage,
+                                             timeout=timeout_s))
 
     async def write(self, records: Sequence[CallRecord]) -> None:
         rows = [

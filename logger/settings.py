@@ -35,7 +35,11 @@ class LoggingSection(BaseModel):
     enabled: bool = Field(True, description="false: no call is recorded (metrics still count them)")
     store: str = Field("sqlite:///minigate.db", pattern=r"^(sqlite|postgresql)://")
     retention_days: float | None = Field(None, gt=0, description="records older than this are purged hourly")
-    queue_size: int = Field(10_000, ge=1, description="records waiting for the writer; beyond it they spool")
+    queue_size: int = Field(
+        10_000, ge=1,
+        description="records waiting for the writer (beyond it they spool); also how many more it holds while"
+        " neither the store nor the spool takes any (beyond that they are dropped and counted)",
+    )
     batch_size: int = Field(256, ge=1)
     flush_interval_s: float = Field(0.5, gt=0)
     seal_processes: int = Field(
@@ -43,6 +47,12 @@ class LoggingSection(BaseModel):
     )
     spool: Path | None = Field(None, description="spool folder; default `<sqlite file>.spool` or ./minigate-spool")
     spool_fsync: Literal["always", "batch", "never"] = "batch"
+    store_timeout_s: float = Field(
+        5.0, gt=0, description="a store write that takes longer is given up on and its batch spooled"
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, ge=0, description="at shutdown, how long records that can be neither stored nor spooled are retried"
+    )
     replay_interval_s: float = Field(2.0, gt=0, description="how often spooled records are offered to the store")
     payloads: bool = Field(True, description="false: only metadata is logged, never conversation text")
     encryption_key: SecretStr | None = Field(None, description="urlsafe base64, 32 bytes; empty: use key_file")

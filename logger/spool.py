@@ -2,7 +2,8 @@
 
 Every method does blocking file I/O: call them from a worker thread, the constructor included (it
 scans what a previous run left). One process owns a spool directory at a time (a lock file enforces
-it); records are opaque bytes, in order.
+it); records are opaque bytes, in order. The directory is created 0700 and its files 0600 (sealed
+records are encrypted, but their metadata is not).
 
 Layout. `path` is a directory of segments `0000000001.seg`, `0000000002.seg`, ... and `offsets.json`.
 A segment is a run of frames
@@ -33,6 +34,7 @@ Why no record is lost, and at worst one batch is stored twice (the store is idem
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -94,7 +96,7 @@ class Spool:
         self.path = path
         self.fsync: FsyncPolicy = fsync
         self._mutex = threading.Lock()
-        path.mkdir(parents=True, exist_ok=True)
+        _make_private_dir(path)
         self._lock_file: BinaryIO | None = _lock(path)
         self._active: BinaryIO | None = None
         self._corrupt = 0
@@ -120,8 +122,7 @@ class Spool:
             try:
                 self._write(self._active_file(), records)
             except BaseException:
-                # The segment may now end in a torn frame: seal it so that nothing is ever written after one.
-                self._seal()
+                self._abandon_active()
                 raise
             self._counts[self._active_seq] = self._counts.get(self._active_seq, 0) + len(records)
 
@@ -139,16 +140,31 @@ class Spool:
 
     def _active_file(self) -> BinaryIO:
         if self._active is None:
-            self._active = open(self._segment_path(self._active_seq), "ab")  # kept open: appends are the hot path
+            self._active = _open_private(self._segment_path(self._active_seq), os.O_APPEND)  # kept open: appends are the hot path
             if self.fsync != "never":
                 _fsync_dir(self.path)  # the new file's name must survive a power cut too
         return self._active
 
     def _seal(self) -> None:
         if self._active is not None:
-            self._active.close()
-            self._active = None
+            active, self._active = self._active, None
             self._active_seq += 1
+            # After a failed write, closing flushes the same unwritable bytes again and fails again: the
+            # file is closed all the same, and its torn tail is what replay is built to skip.
+            with contextlib.suppress(OSError):
+                active.close()
+
+    def _abandon_active(self) -> None:
+        """After a failed write: the segment may end in a torn frame, so nothing is appended to it again.
+
+        One that holds no whole record is removed, so a disk that stays full for hours, retried every
+        few seconds, leaves no trail of empty segments.
+        """
+        seq = self._active_seq
+        self._seal()
+        if seq not in self._counts:
+            with contextlib.suppress(OSError):
+                self._segment_path(seq).unlink(missing_ok=True)
 
     # -- reading back ---------------------------------------------------------------------------------
 
@@ -313,7 +329,7 @@ def _read_offsets(path: Path) -> dict[int, int]:
 
 def _write_offsets(path: Path, offsets: dict[int, int]) -> None:
     temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as file:
+    with _open_private(temporary, os.O_TRUNC) as file:
         file.write(orjson.dumps({str(seq): offset for seq, offset in offsets.items()}))
         file.flush()
         os.fsync(file.fileno())
@@ -332,8 +348,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_private_dir(path: Path) -> None:
+    """The spool folder, created owner-only; an existing one is left as it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+
+
+def _open_private(path: Path, flags: int) -> BinaryIO:
+    """Open for writing, creating the file owner-only (0600; the umask can only take bits away)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600), "ab" if flags & os.O_APPEND else "wb")
+
+
 def _lock(path: Path) -> BinaryIO:
-    file = open(path / "lock", "ab")  # held for the spool's lifetime
+    file = _open_private(path / "lock", os.O_APPEND)  # held for the spool's lifetime
     if sys.platform != "win32":
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,14 +1,23 @@
 """The embedded call-log store: one SQLite file in WAL mode.
 
 sqlite3 blocks, so every call runs in a worker thread; one connection, used by one writer at a time.
+
+The file is created private (0600; SQLite gives its -wal and -shm files the same mode). Before each
+batch is written, once the write lock is held, the file's identity (device, inode) is compared with
+the path's: a file deleted or replaced under a running gateway would otherwise swallow every later
+record in an unlinked inode. Then the store says so, re-creates the file (with its migrations) and
+writes the batch there, so no batch is written to a deleted file.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +31,8 @@ from minigate.logger.store import KEY_USAGE, SealedPayloads, reseal_sql, sealed_
 
 __all__ = ["SQLiteStore"]
 
+log = logging.getLogger("minigate.logger")
+
 _INSERT = (
     "INSERT OR IGNORE INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
     " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
@@ -29,6 +40,7 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+_FileId = tuple[int, int]  # (st_dev, st_ino): which file a path names
 
 
 def _qmark(n: int) -> str:
@@ -42,16 +54,22 @@ class SQLiteStore:
     >>> await store.write(records)  # one transaction, idempotent on request_id  # doctest: +SKIP
     """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s  # waits for SQLite's lock and for our own
         self._lock = threading.Lock()  # the writer and the spool replayer may call from two threads
+        self._db: sqlite3.Connection | None = None  # None after a failed re-creation: opened again on next use
+        self._file: _FileId | None = None
 
     @classmethod
-    async def open(cls, url: str) -> SQLiteStore:
-        return cls(await anyio.to_thread.run_sync(_connect, Path(url.removeprefix("sqlite:///"))))
+    async def open(cls, url: str, *, timeout_s: float = 5.0) -> SQLiteStore:
+        store = cls(Path(url.removeprefix("sqlite:///")), timeout_s)
+        await anyio.to_thread.run_sync(store._reopen)
+        return store
 
     async def write(self, records: Sequence[CallRecord]) -> None:
-        await anyio.to_thread.run_sync(self._write, records)
+        # A caller that stops waiting (the call log's store timeout) leaves the thread to finish or fail alone.
+        await anyio.to_thread.run_sync(self._write, records, abandon_on_cancel=True)
 
     async def read(self, query: CallQuery, *, payloads: bool) -> list[dict[str, Any]]:
         return await anyio.to_thread.run_sync(self._read, query, payloads)
@@ -73,26 +91,36 @@ class SQLiteStore:
         await anyio.to_thread.run_sync(self._reseal, rows, key_id)
 
     async def close(self) -> None:
-        await anyio.to_thread.run_sync(self._db.close)
+        await anyio.to_thread.run_sync(self._close)
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for one caller at a time; a write stuck in SQLite holds up others for `timeout_s` at most."""
+        if not self._lock.acquire(timeout=self.timeout_s):
+            raise TimeoutError(f"call log {self.path}: an earlier write has held the database for over {self.timeout_s:g} s")
+        try:
+            yield self._db if self._db is not None else self._reopen()
+        finally:
+            self._lock.release()
 
     def _fetch(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        with self._connection() as db:
+            return db.execute(sql, params).fetchall()
 
     def _reseal(self, rows: Sequence[SealedPayloads], key_id: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(reseal_sql(_qmark), [(row.request_payload, row.response_payload, key_id, row.request_id) for row in rows])
+        with self._connection() as db, db:
+            db.execute("BEGIN")
+            db.executemany(reseal_sql(_qmark), [(row.request_payload, row.response_payload, key_id, row.request_id) for row in rows])
 
     def _purge(self, before: float) -> int:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            return self._db.execute("DELETE FROM calls WHERE started_at < ?", (before,)).rowcount
+        with self._connection() as db, db:
+            db.execute("BEGIN")
+            return db.execute("DELETE FROM calls WHERE started_at < ?", (before,)).rowcount
 
     def _read(self, query: CallQuery, payloads: bool) -> list[dict[str, Any]]:
         sql, params = query.sql(_qmark, payloads=payloads)
-        with self._lock:
-            cursor = self._db.execute(sql, params)
+        with self._connection() as db:
+            cursor = db.execute(sql, params)
             names = [column[0] for column in cursor.description]
             rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         for row in rows:
@@ -100,10 +128,10 @@ class SQLiteStore:
         return rows
 
     def _audit(self, actor: str, action: str, detail: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                             (time.time(), actor, action, detail))
+        with self._connection() as db, db:
+            db.execute("BEGIN")
+            db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                       (time.time(), actor, action, detail))
 
     def _write(self, records: Sequence[CallRecord]) -> None:
         rows = [
@@ -113,17 +141,64 @@ class SQLiteStore:
              r.cost_usd, r.counterfactual_cost_usd)
             for r in records
         ]
-        with self._lock, self._db:  # commits, or rolls back on error
-            self._db.execute("BEGIN")
-            self._db.executemany(_INSERT, rows)
+        with self._connection() as db:
+            db = self._begin_on_the_file(db)
+            with db:  # commits, or rolls back on error
+                db.executemany(_INSERT, rows)
+
+    def _begin_on_the_file(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """Begin a write transaction on the file the path names now, re-creating it if it was deleted.
+
+        Checked with the write lock held, so no other connection can swap the file between check and write.
+        """
+        db.execute("BEGIN IMMEDIATE")
+        if _file_id(self.path) == self._file:
+            return db
+        db.execute("ROLLBACK")
+        log.warning("call log %s was deleted or replaced while in use; re-creating it (with its migrations)"
+                    " and writing there", self.path)
+        db = self._reopen()
+        db.execute("BEGIN IMMEDIATE")
+        return db
+
+    def _reopen(self) -> sqlite3.Connection:
+        # The old connection closes first: closing the last connection to a WAL database removes the
+        # `-wal` file by name, which must not be the new database's.
+        self._close()
+        self._db = _connect(self.path, self.timeout_s)
+        self._file = _file_id(self.path)
+        return self._db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
 
 
 def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+def _file_id(path: Path) -> _FileId | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
+    _create_private(path)
+    db = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
+    try:
+        _migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
@@ -131,4 +206,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     for version, step in enumerate(MIGRATIONS["sqlite"], start=1):
         if version not in applied:
             db.executescript(f"BEGIN; {step}; INSERT INTO schema_migrations VALUES ({version}, strftime('%s', 'now')); COMMIT;")
-    return db
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only; SQLite gives -wal and -shm the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass

@@ -67,13 +67,13 @@ def reseal_sql(placeholder: Callable[[int], str]) -> str:
             f" key_id = {placeholder(3)} WHERE request_id = {placeholder(4)}")
 
 
-async def open_store(url: str) -> CallStore:
-    """Open (and migrate) the store a `logging.store` URL names."""
+async def open_store(url: str, *, timeout_s: float = 5.0) -> CallStore:
+    """Open (and migrate) the store a `logging.store` URL names; `timeout_s` bounds connecting and lock waits."""
     if url.startswith("sqlite:///"):
         from minigate.logger.sqlite_store import SQLiteStore
 
-        return await SQLiteStore.open(url)
+        return await SQLiteStore.open(url, timeout_s=timeout_s)
     # Imported only when configured, so a SQLite deployment never loads the PostgreSQL driver.
     from minigate.logger.postgres_store import PostgresStore
 
-    return await PostgresStore.open(url)
+    return await PostgresStore.open(url, timeout_s=timeout_s)

@@ -1,18 +1,32 @@
-"""The call log loses nothing: store outages, a stalled store, and SIGTERM under load (real stores)."""
+"""The call log loses nothing it can keep: store outages, a stalled store, a full disk, records that
+can't be sealed, and SIGTERM under load (real stores; the fault matrix is tests/test_fault_matrix.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
 
+from minigate.logger.crypto import PayloadCipher, generate_key
+from minigate.logger.pipeline import CallLog
+from minigate.logger.records import CallRecord
+from minigate.logger.seal import Sealer
+from minigate.logger.settings import LoggingSection
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import POSTGRES_URL, fetch, fresh_postgres_database
 from tests.support.servers import run_gateway, start_gateway_process, write_config
@@ -119,3 +133,151 @@ def test_sigterm_under_load_keeps_every_record(upstream: ScriptedUpstream, tmp_p
             assert gateway.wait() == 0
     # The flush interval had not passed: the records were written by the shutdown drain.
     assert sorted(stored_ids(store)) == sorted(load.ids)
+
+
+# -- the writer alone: a CallLog over a real store, no gateway ---------------------------------------
+
+
+@contextmanager
+def tmpfs(path: Path, size: str = "4m") -> Iterator[Path]:
+    """A small RAM file system at `path`, for a test to fill up; skips where mounting is not permitted."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the file system is full; delete it to give the space back."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(64 * 1024))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def record(request_id: str, **fields: Any) -> CallRecord:
+    return CallRecord(request_id, time.time(), "agents", "cheap", "mini", "miniature", "unknown", "default",
+                      "scripted", 200, 0.01, False, **fields)
+
+
+def call_log(store: str, **settings: Any) -> tuple[CallLog, CollectorRegistry]:
+    section = LoggingSection(store=store, flush_interval_s=0.05, replay_interval_s=0.2, **settings)
+    registry = CollectorRegistry()
+    return CallLog(section, registry, Sealer.from_settings(section)), registry
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def sample(registry: CollectorRegistry, name: str) -> float:
+    return registry.get_sample_value(name) or 0.0
+
+
+def nested(depth: int, innermost: bytes) -> bytes:
+    """A chat body with a field `depth` levels deep, as bytes (orjson refuses to build one past 254)."""
+    return (b'{"model":"cheap","messages":[{"role":"user","content":"hi"}],"metadata":' + b'{"a":' * depth
+            + innermost + b"}" * depth + b"}")
+
+
+@pytest.mark.parametrize("seal_processes", [0, 1])
+def test_a_record_that_cannot_be_sealed_costs_its_payload_only(tmp_path: Path, seal_processes: int) -> None:
+    """A body nested 300 deep used to kill the writer, and every later record waited in memory for ever."""
+    key = generate_key()
+    store = f"sqlite:///{tmp_path / 'calls.db'}"
+    calls, registry = call_log(store, encryption_key=key, seal_processes=seal_processes)
+    later = [f"later-{i}" for i in range(5)]
+
+    async def scenario() -> None:
+        await calls.start()
+        calls.submit(record("deep", request_body=nested(300, b'"jane.deep@example.com"')))
+        for request_id in later:
+            calls.submit(record(request_id, request_body=b'{"messages":[{"role":"user","content":"a@b.co"}]}'))
+        await until(lambda: sample(registry, "minigate_log_records_written_total") >= 6)
+        assert calls.problem is None
+        await calls.stop()
+
+    asyncio.run(scenario())
+    rows = {row[0]: row[1] for row in fetch(store, "SELECT request_id, request_payload FROM calls")}
+    assert set(rows) == {"deep", *later}
+    cipher = PayloadCipher(key)
+    if rows["deep"] is not None:  # sealed with a marker in place of what could not be redacted
+        assert b"jane.deep" not in cipher.decrypt(bytes(rows["deep"]), b"deep")
+    for request_id in later:
+        assert b"<EMAIL_1>" in cipher.decrypt(bytes(rows[request_id]), request_id.encode())
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("calls.db*") if p.is_file())
+    assert b"jane.deep" not in raw
+    assert sample(registry, "minigate_log_records_dropped_total") == 0
+
+
+def test_a_full_disk_holds_a_bounded_number_of_records_and_recovers(tmp_path: Path) -> None:
+    """Store and spool both fail: records are held (queue_size at most) and retried; the rest are dropped,
+    counted and reported by `problem`; once space returns, everything held is stored, once."""
+    with tmpfs(tmp_path / "disk") as disk:
+        store = f"sqlite:///{disk / 'calls.db'}"
+        calls, registry = call_log(store, queue_size=5, batch_size=5, payloads=False)
+
+        async def scenario() -> tuple[str | None, str | None]:
+            await calls.start()
+            calls.submit(record("before"))
+            await until(lambda: sample(registry, "minigate_log_records_written_total") == 1)
+            filler = fill(disk)
+            for i in range(3):
+                calls.submit(record(f"held-{i}"))
+            await until(lambda: calls.problem is not None)
+            for i in range(20):  # the writer takes none while it retries: 5 wait in the queue, 15 are dropped
+                calls.submit(record(f"late-{i}"))
+            full = calls.problem
+            filler.unlink()
+            await until(lambda: calls.problem is None and sample(registry, "minigate_log_queue_depth") == 0)
+            recovered = calls.problem
+            await calls.stop()
+            return full, recovered
+
+        full, recovered = asyncio.run(scenario())
+        stored = [row[0] for row in fetch(store, "SELECT request_id FROM calls")]
+    assert full is not None and full.startswith("call log cannot persist: store: database or disk is full; spool: ")
+    assert "No space left on device" in full and full.endswith("; 8 records held in memory")
+    assert recovered is None
+    assert sorted(stored) == sorted(["before", "held-0", "held-1", "held-2", *(f"late-{i}" for i in range(5))])
+    assert sample(registry, "minigate_log_records_dropped_total") == 15
+
+
+def test_a_store_that_hangs_costs_a_timeout_then_the_spool(tmp_path: Path) -> None:
+    """A PostgreSQL write stuck behind a lock would hold every later record in memory: it gets
+    `store_timeout_s`, then the batch is spooled; once the lock goes, replay stores each record once."""
+    with fresh_postgres_database() as url:
+        calls, registry = call_log(url, spool=tmp_path / "spool", store_timeout_s=0.3, payloads=False)
+
+        async def scenario() -> None:
+            await calls.start()
+            blocker = await asyncpg.connect(url)
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+            for i in range(10):
+                calls.submit(record(f"stalled-{i}"))
+            await until(lambda: sample(registry, "minigate_log_records_spooled_total") == 10)
+            assert calls.problem is None  # spooled is persisted
+            await transaction.rollback()
+            await blocker.close()
+            await until(lambda: sample(registry, "minigate_log_records_written_total") >= 10)
+            await calls.stop()
+
+        asyncio.run(scenario())
+        assert sorted(row[0] for row in fetch(url, "SELECT request_id FROM calls")) == sorted(
+            f"stalled-{i}" for i in range(10))

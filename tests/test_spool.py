@@ -331,3 +331,30 @@ def test_batch_fields_describe_the_position(spool: Spool) -> None:
     assert isinstance(batch, SpoolBatch)
     assert (batch.skipped, batch.is_segment_end) == (0, True)
     assert batch.end == sum(8 + len(r) for r in records(3))
+
+
+def test_the_spool_folder_and_files_are_private(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool") as spool:
+        spool.append(records(3))
+        spool.commit(next(spool.replay(max_records=1)))
+        spool.append(records(3))
+    assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700
+    files = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "spool").iterdir()}
+    assert {"lock", "offsets.json"} <= set(files) and set(files.values()) == {0o600}, files
+
+
+def test_appends_to_a_full_disk_fail_cleanly_and_work_again_once_there_is_space(tmp_path: Path) -> None:
+    """Retried for as long as the disk is full, failed appends leave no empty segments and no torn frame
+    in front of later records."""
+    from tests.test_log_reliability import fill, tmpfs
+
+    with tmpfs(tmp_path / "disk", size="1m") as disk, Spool(disk / "spool") as spool:
+        spool.append(records(2))
+        filler = fill(disk)
+        for _ in range(20):
+            with pytest.raises(OSError):
+                spool.append([b"x" * 8192])
+        assert len(segments(spool.path)) <= 2
+        filler.unlink()
+        spool.append(records(2, start=2))
+        assert drain(spool) == records(4)

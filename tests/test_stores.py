@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from pathlib import Path
+
+import pytest
 
 from minigate.logger.migrations import MIGRATIONS
 from minigate.logger.records import CallRecord
@@ -75,3 +79,33 @@ def test_purge_deletes_only_older_calls(store_url: str) -> None:
 
     assert asyncio.run(purge()) == 1
     assert fetch(store_url, "SELECT request_id FROM calls ORDER BY request_id") == [("req-2",), ("req-3",)]
+
+
+def test_sqlite_files_are_private(tmp_path: Path) -> None:
+    write(f"sqlite:///{tmp_path / 'calls.db'}", [[record(1)]])
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.glob("calls.db*")}
+    assert modes and set(modes.values()) == {0o600}, modes
+
+
+def test_a_deleted_sqlite_file_is_recreated_before_the_next_batch(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Deleted under a running gateway, the file would take every later batch into an unlinked inode."""
+    path = tmp_path / "calls.db"
+
+    async def run() -> None:
+        store = await open_store(f"sqlite:///{path}")
+        try:
+            await store.write([record(1)])
+            for name in ("calls.db", "calls.db-wal", "calls.db-shm"):
+                (tmp_path / name).unlink(missing_ok=True)
+            await store.write([record(2)])
+            await store.write([record(3)])
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.WARNING, logger="minigate.logger"):
+        asyncio.run(run())
+    assert fetch(f"sqlite:///{path}", "SELECT request_id FROM calls ORDER BY request_id") == [("req-2",), ("req-3",)]
+    assert [r for r in caplog.records if "deleted or replaced" in r.getMessage()]
+    dialect_versions = fetch(f"sqlite:///{path}", "SELECT count(*) FROM schema_migrations")
+    assert dialect_versions == [(len(MIGRATIONS["sqlite"]),)]
