@@ -68,7 +68,8 @@ class Sealer:
 
         `create_key`: the gateway may create the embedded default's key file; reading commands never do.
         """
-        return cls.from_recipe(SealerRecipe(settings.actions(), load_keys(settings, create=create_key)))
+        return cls.from_recipe(SealerRecipe(settings.actions(), load_keys(settings, create=create_key),
+                                            settings.redaction_budget_s))
 
     @classmethod
     def from_recipe(cls, recipe: SealerRecipe) -> Sealer:

@@ -60,6 +60,9 @@ class LoggingSection(BaseModel):
     key_file: Path | None = Field(
         None, description="keys, newest first; default `<sqlite file>.key`, created on first start (0600)"
     )
+    redaction_budget_s: float = Field(
+        2.0, gt=0, description="time one record's redaction may take; what is left is withheld, never stored in clear"
+    )
     redact: list[RedactType] | dict[RedactType, RedactAction] = Field(default_factory=lambda: list(REDACT_TYPES))
 
     @field_validator("encryption_key", "previous_keys")
