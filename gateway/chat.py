@@ -350,21 +350,31 @@ class ChatEndpoint:
 async def _unless_client_leaves(request: Request, answer: Coroutine[Any, Any, Response]) -> Response:
     """`answer`, cancelled the moment the client disconnects: an upstream call nobody will read stops
     now, not at its read timeout, and the call is recorded as 499. A stream's relay, once started, is
-    watched by Starlette's StreamingResponse itself."""
-    answering = asyncio.ensure_future(answer)
+    watched by Starlette's StreamingResponse itself.
+
+    The answer runs in the handler's own task (a watcher task cancels it), not in a task of its own:
+    an upstream stream opened in one task must be read in the same one (litellm's are not portable).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    watching = True
+
+    def on_leave(leaving: asyncio.Task[None]) -> None:
+        if watching and not leaving.cancelled():
+            task.cancel()
+
     leaving = asyncio.ensure_future(_disconnected(request))
+    leaving.add_done_callback(on_leave)
     try:
-        await asyncio.wait((answering, leaving), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # the gateway is stopping: nothing more to wait for
-        answering.cancel()
+        return await answer
+    except asyncio.CancelledError:
+        if not leaving.done() or leaving.cancelled():
+            raise  # the gateway is stopping, not the client leaving
+        task.uncancel()
+        raise ClientClosedRequest("The client closed the connection before the answer was ready.") from None
+    finally:
+        watching = False
         leaving.cancel()
-        raise
-    leaving.cancel()
-    if not answering.done():
-        answering.cancel()
-        await asyncio.gather(answering, return_exceptions=True)  # let it close the upstream call
-        raise ClientClosedRequest("The client closed the connection before the answer was ready.")
-    return answering.result()
 
 
 async def _disconnected(request: Request) -> None:
