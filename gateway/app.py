@@ -14,13 +14,14 @@ import anyio
 import orjson
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from minigate.config import Config
 from minigate.gateway.calls_api import add_calls_api
 from minigate.gateway.chat import ChatEndpoint
 from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.metrics import GatewayMetrics
+from minigate.gateway.openapi import CHAT_REQUEST_BODY, CHAT_RESPONSES, error_responses
 from minigate.gateway.readiness import Readiness
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.gateway.settings import TelemetrySection
@@ -82,7 +83,8 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     app = FastAPI(title="minigate", version=__version__, lifespan=lifespan, redirect_slashes=False)
     app.state.holder = holder
     install_error_handlers(app)
-    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls, tracing), methods=["POST"])
+    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls, tracing), methods=["POST"],
+                      openapi_extra={"requestBody": CHAT_REQUEST_BODY}, responses=CHAT_RESPONSES)
     _add_operational_routes(app, holder, registry, Readiness(holder, calls))
     add_calls_api(app, holder, calls)
     add_tasks_api(app, holder)
@@ -100,7 +102,7 @@ def _tracing(section: TelemetrySection) -> Tracing | None:
 
 def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: CollectorRegistry,
                             readiness: Readiness) -> None:
-    @app.get("/v1/models", summary="The route names agents may put in `model`.")
+    @app.get("/v1/models", summary="The route names agents may put in `model`.", responses=error_responses(401))
     async def list_models(request: Request) -> Response:
         runtime = holder.current
         runtime.keyring.authenticate(request.headers.get("authorization"))
@@ -115,7 +117,7 @@ def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: Colle
     async def readyz(request: Request) -> Response:
         return await readiness.respond(request)
 
-    @app.get("/metrics", summary="Prometheus metrics.")
+    @app.get("/metrics", summary="Prometheus metrics.", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         runtime = holder.current
         if runtime.config.metrics.require_role is not None:

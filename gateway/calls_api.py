@@ -9,6 +9,7 @@ from fastapi import FastAPI, Query, Request
 from starlette.responses import Response
 
 from minigate.errors import InvalidRequest, ServiceUnavailable
+from minigate.gateway.openapi import error_responses
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.logger.pipeline import CallLog
 from minigate.logger.query import CallQuery, decode_cursor, parse_time
@@ -19,7 +20,8 @@ Time = Annotated[str | None, Query(description="unix seconds or ISO 8601 (e.g. 2
 
 
 def add_calls_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> None:
-    @app.get("/v1/minigate/calls", tags=["minigate"], summary="Logged calls, newest last, one page at a time.")
+    @app.get("/v1/minigate/calls", tags=["minigate"], summary="Logged calls, newest last, one page at a time.",
+             responses=error_responses(401, 403))
     async def list_calls(
         request: Request,
         since: Time = None,

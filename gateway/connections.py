@@ -51,6 +51,15 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[Http
             self._disarm()
             super().on_headers_complete()
 
+        def send_400_response(self, msg: str) -> None:
+            """A request uvicorn can't parse (bad Content-Length, broken chunking) in OpenAI's shape, not text."""
+            body = error_body(f"{msg} The request line, headers or framing (Content-Length, Transfer-Encoding) "
+                              "could not be parsed; send one valid HTTP/1.1 request.", "invalid_request_error",
+                              "invalid_http_request")
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.transport.close()
+
         def _arm(self) -> None:
             if self._header_deadline is None:
                 self._header_deadline = self.loop.call_later(header_timeout_s, self._headers_too_slow)

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from minigate.errors import RequestError
+from minigate.gateway.openapi import describe_errors
 
 __all__ = ["error_body", "error_response", "install_error_handlers"]
 
@@ -26,7 +27,8 @@ def error_response(exc: RequestError, headers: Mapping[str, str] | None = None) 
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render our errors, and Starlette's own (404 on an unknown path, 405), in the same shape."""
+    """Render our errors, and Starlette's own (404 on an unknown path, 405), in the same shape, and
+    document them so in the served schema (where FastAPI would list a 422 that we answer as 400)."""
 
     async def on_request_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)
@@ -36,7 +38,8 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         message = f"{request.method} {request.url.path}: {exc.detail}"
         body = error_body(message, "invalid_request_error", f"http_{exc.status_code}")
-        return Response(body, exc.status_code, headers=_request_id_header(request), media_type="application/json")
+        headers = {**(exc.headers or {}), **_request_id_header(request)}  # a 405 keeps its `Allow`
+        return Response(body, exc.status_code, headers=headers, media_type="application/json")
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -57,6 +60,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(HTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    describe_errors(app)
 
 
 def _request_id_header(request: Request) -> dict[str, str]:

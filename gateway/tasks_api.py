@@ -7,13 +7,15 @@ import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from minigate.gateway.openapi import error_responses
 from minigate.gateway.runtime import RuntimeHolder
 
 __all__ = ["add_tasks_api"]
 
 
 def add_tasks_api(app: FastAPI, holder: RuntimeHolder) -> None:
-    @app.get("/v1/minigate/tasks", tags=["minigate"], summary="The task catalogue: ids, names, sizes, signatures.")
+    @app.get("/v1/minigate/tasks", tags=["minigate"], summary="The task catalogue: ids, names, sizes, signatures.",
+             responses=error_responses(401, 403))
     async def list_tasks(request: Request) -> Response:
         runtime = holder.current
         runtime.keyring.authenticate(request.headers.get("authorization")).require("read_calls")

@@ -137,3 +137,29 @@ def test_total_timeout_bounds_a_slow_stream(upstream: ScriptedUpstream, make_gat
         body = b"".join(response.iter_bytes())
     assert b'"code":"upstream_stream_cut"' in body and b"[DONE]" not in body
     assert gateway.metric("minigate_upstream_errors_total", {"upstream": "scripted", "kind": "timeout"}) == 1
+
+
+def test_method_not_allowed_names_the_allowed_ones(gateway: RunningGateway) -> None:
+    response = httpx.get(f"{gateway.v1}/chat/completions", headers=AUTH)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert error_of(response)["code"] == "http_405"
+
+
+def test_schema_documents_the_chat_body_and_every_error_it_answers(gateway: RunningGateway) -> None:
+    schema = httpx.get(f"{gateway.base_url}/openapi.json").json()
+    chat = schema["paths"]["/v1/chat/completions"]["post"]
+    body = chat["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["model", "messages"] and body["additionalProperties"] is True
+    assert {"stream", "stream_options", "tools", "tool_choice", "response_format", "max_tokens"} <= set(body["properties"])
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    errors = {"400", "401", "403", "404", "408", "413", "429", "500", "502", "503", "504"}
+    assert errors <= set(chat["responses"]) and "499" not in chat["responses"]
+    calls = schema["paths"]["/v1/minigate/calls"]["get"]["responses"]
+    assert "400" in calls and "422" not in calls, "validation errors are answered 400, not FastAPI's 422"
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                if status[0] in "45":
+                    assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert schema["components"]["schemas"]["ErrorDetail"]["required"] == ["message", "type", "param", "code"]

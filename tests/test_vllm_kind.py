@@ -20,11 +20,12 @@ from minigate.router.features import extract_features
 from minigate.router.rules import RuleContext, compile_condition
 from minigate.serving.plan import plan_vllm
 from minigate.serving.vllm_load import VllmLoad, least_loaded, parse_metrics
-from tests.conftest import AGENT_KEY, gateway_config
+from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import ScriptedUpstream
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
+ANALYST = {"authorization": f"Bearer {ANALYST_KEY}"}
 HELLO = [{"role": "user", "content": "hi"}]
 
 
@@ -72,7 +73,7 @@ def test_adapters_are_loaded_at_start_and_called_by_name(upstream: ScriptedUpstr
         response = chat(gateway, "invoices")
         assert response.status_code == 200 and response.headers["x-minigate-model"] == "invoice"
         assert vllm.requests[-1].path == "/v1/chat/completions" and vllm.requests[-1].json()["model"] == "invoice-lora"
-        assert httpx.get(f"{gateway.base_url}/readyz").json()["upstreams"]["vllm-a"] == "reachable"
+        assert httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST).json()["upstreams"]["vllm-a"] == "reachable"
 
 
 def test_a_reload_loads_new_adapters_and_unloads_dropped_ones(upstream: ScriptedUpstream,
@@ -104,7 +105,7 @@ def test_an_adapter_that_fails_to_load_is_reported_not_fatal(upstream: ScriptedU
         vllm.missing_paths.add("/adapters/invoice")
         gateway = make_gateway(vllm_config(vllm.base_url, upstream.base_url))
         assert vllm.adapters == {"ticket-lora"}
-        problem = httpx.get(f"{gateway.base_url}/readyz").json()["upstreams"]["vllm-a"]
+        problem = httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST).json()["upstreams"]["vllm-a"]
         assert "LoRA adapter 'invoice-lora' not loaded" in problem and "HTTP 404" in problem
         assert "No adapter found for /adapters/invoice" in problem
         assert any("cannot load LoRA adapter 'invoice-lora'" in r.getMessage() for r in caplog.records)
@@ -128,7 +129,7 @@ def test_readiness_is_vllms_health(upstream: ScriptedUpstream, make_gateway: Cal
     with ScriptedUpstream() as vllm:
         gateway = make_gateway(vllm_config(vllm.base_url, upstream.base_url))
         vllm.health_status = 503
-        assert httpx.get(f"{gateway.base_url}/readyz").json()["upstreams"]["vllm-a"] == "/health answered HTTP 503"
+        assert httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST).json()["upstreams"]["vllm-a"] == "/health answered HTTP 503"
         assert [r.path for r in vllm.requests if r.method == "GET" and r.path != "/metrics"] == ["/health"]
 
 

@@ -25,12 +25,13 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 
 from minigate.router import rules
 from minigate.serving.settings import ModelEntry
-from tests.conftest import AGENT_KEY, gateway_config
+from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import RunningGateway
 
 VLLM_URL = os.environ.get("MINIGATE_TEST_VLLM_URL", "").rstrip("/")
 BASE_MODEL = os.environ.get("MINIGATE_TEST_VLLM_MODEL", "smollm2")
 ADAPTER_PATH = os.environ.get("MINIGATE_TEST_VLLM_ADAPTER", "")
+ANALYST = {"authorization": f"Bearer {ANALYST_KEY}"}
 
 pytestmark = pytest.mark.skipif(
     not VLLM_URL, reason="no real vLLM server: set MINIGATE_TEST_VLLM_URL, or run scripts/vllm-cpu"
@@ -153,7 +154,7 @@ def test_stream_matches_the_non_streamed_reply(client: openai.OpenAI) -> None:
 
 def test_health_and_readiness(gateway: RunningGateway) -> None:
     assert httpx.get(f"{VLLM_URL}/health", timeout=30).status_code == 200
-    ready = httpx.get(f"{gateway.base_url}/readyz", timeout=30).json()
+    ready = httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST, timeout=30).json()
     assert ready["upstreams"] == {"vllm-a": "reachable"}
 
 
@@ -198,7 +199,7 @@ def test_adapter_named_in_config_is_loaded_at_start(make_gateway: Callable[..., 
     tuned = {"upstream": "vllm-a", "adapter": adapter_name, "path": adapter_path(), "tier": "miniature"}
     gateway = make_gateway(vllm_config({"mini": miniature(BASE_MODEL), "tuned": tuned}))
     assert adapter_name in served_models()
-    assert httpx.get(f"{gateway.base_url}/readyz", timeout=30).json()["upstreams"] == {"vllm-a": "reachable"}
+    assert httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST, timeout=30).json()["upstreams"] == {"vllm-a": "reachable"}
     client = client_of(gateway)
     base, _ = ask(client, "mini", logprobs=True)
     reply, _ = ask(client, "tuned", logprobs=True)
@@ -211,7 +212,7 @@ def test_adapter_that_cannot_load_shows_in_readiness(make_gateway: Callable[...,
     broken = {"upstream": "vllm-a", "adapter": adapter_name, "path": str(Path(adapter_path()) / "missing"),
               "tier": "miniature"}
     gateway = make_gateway(vllm_config({"mini": miniature(BASE_MODEL), "broken": broken}))
-    problem = httpx.get(f"{gateway.base_url}/readyz", timeout=30).json()["upstreams"]["vllm-a"]
+    problem = httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST, timeout=30).json()["upstreams"]["vllm-a"]
     assert adapter_name in problem and "404" in problem
     assert ask(client_of(gateway), "mini")[0].model == BASE_MODEL  # the base model serves on
 
