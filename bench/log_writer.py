@@ -34,8 +34,10 @@ async def run(store: str, spool: Path, key: str, records: int) -> dict[str, obje
     requests = [pii_body(n).encode() for n in range(records)]  # each user turn differs, as in real traffic
     started = time.perf_counter()
     for request in requests:
-        calls.submit(CallRecord(uuid.uuid4().hex, time.time(), "bench", "gpt-4.1", "gpt-4.1", "frontier", "unknown",
-                                "default", "nginx", 200, 0.01, False, request_body=request, user="u-1", reply=reply))
+        calls.submit(CallRecord(request_id=uuid.uuid4().hex, started_at=time.time(), key_name="bench", route="gpt-4.1",
+                                model="gpt-4.1", tier="frontier", task="unknown", rule="default", upstream="nginx",
+                                status=200, latency_s=0.01, stream=False, request_body=request, user="u-1",
+                                reply=reply))
     while (registry.get_sample_value("minigate_log_records_written_total") or 0) < records:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started

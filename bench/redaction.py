@@ -48,8 +48,7 @@ import orjson
 
 from minigate.logger.crypto import generate_key
 from minigate.logger.records import CallRecord
-from minigate.logger.redact import ENTITY_TYPES, Redactor
-from minigate.logger.redact_walk import REDACTION_BUDGET_S
+from minigate.logger.redact import ENTITY_TYPES, REDACTION_BUDGET_S, Redactor
 from minigate.logger.seal import Sealer
 from minigate.logger.settings import LoggingSection
 
@@ -220,7 +219,8 @@ def adversarial_rows() -> list[dict[str, Any]]:
         redactor.redact(text)
         redact_s = time.perf_counter() - started
         body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
-        record = CallRecord("bench", time.time(), "k", "r", "m", "frontier", "t", "d", "u", 200, 0.1, False,
+        record = CallRecord(request_id="bench", started_at=time.time(), key_name="k", route="r", model="m",
+                            tier="frontier", task="t", rule="d", upstream="u", status=200, latency_s=0.1, stream=False,
                             request_body=body)
         started = time.perf_counter()
         sealer.seal(record)

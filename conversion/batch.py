@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from minigate.conversion.jsonl import json_objects
 from minigate.errors import RequestError
 from minigate.router.decision import Router
-from minigate.router.jsonl import json_objects
 
 __all__ = ["score_lines"]
 

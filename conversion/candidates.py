@@ -17,8 +17,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from minigate.pricing import Rate
 from minigate.router.catalogue import Catalogue, Task
-from minigate.serving.pricing import Rate
 
 __all__ = ["Candidate", "CandidatePrices", "TaskStats", "rank_candidates"]
 
@@ -112,9 +112,8 @@ def _reason(task: Task, monthly: float, savings: float | None, prompt: int, vari
 
 async def read_task_stats(store_url: str, *, since: float, until: float) -> dict[str, TaskStats]:
     """Per task id, what the call log holds between `since` and `until` (metadata only: no payload is read)."""
-    from minigate.logger.query import CallQuery, decode_cursor
     from minigate.logger.reader import CallReader
-    from minigate.logger.store import open_store
+    from minigate.logger.stores import CallQuery, decode_cursor, open_store
 
     store = await open_store(store_url)
     counts: dict[str, list[int]] = {}  # task -> [calls, escalated, miniature calls]

@@ -30,10 +30,10 @@ from typing import Any, Literal
 
 import orjson
 
+from minigate.conversion.dataset_split import split
+from minigate.conversion.near_duplicates import near_duplicates
 from minigate.router.catalogue import Catalogue, Task
-from minigate.router.dataset_split import split
 from minigate.router.features import estimate_tokens
-from minigate.router.near_duplicates import near_duplicates
 from minigate.router.signature import message_text, signature
 
 __all__ = ["DROP_REASONS", "NEAR_DUPLICATE_JACCARD", "Counts", "Dataset", "DatasetBuilder", "DropReason", "Example",

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from rich.table import Table
 
-from minigate.router.dataset import DROP_REASONS, NEAR_DUPLICATE_JACCARD, Dataset, Example, Selection
-from minigate.router.near_duplicates import SHINGLE_WORDS
+from minigate.conversion.dataset import DROP_REASONS, NEAR_DUPLICATE_JACCARD, Dataset, Example, Selection
+from minigate.conversion.near_duplicates import SHINGLE_WORDS
 
 __all__ = ["ExportFacts", "card", "card_table", "readme", "write_dataset"]
 

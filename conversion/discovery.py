@@ -25,16 +25,16 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from minigate.router.catalogue import Catalogue, Identity, Task, identify
-from minigate.router.clustering import cluster
-from minigate.router.embedding import MODEL_NAME
+from minigate.conversion.clustering import cluster
+from minigate.conversion.naming import distinctive_terms, task_name
+from minigate.conversion.observations import Observation
+from minigate.router.catalogue import Catalogue, Identity, OutputKind, Task, identify
+from minigate.router.embedding import MODEL_NAME, blend
 from minigate.router.features import extract_features
-from minigate.router.naming import distinctive_terms, task_name
-from minigate.router.observations import Observation, OutputKind
 from minigate.router.signature import signature, tool_names
 from minigate.router.task_text import content_text, context_text
 
-__all__ = ["METHOD", "Discovery", "Progress", "TextEmbedder", "blend", "discover"]
+__all__ = ["METHOD", "Discovery", "Progress", "TextEmbedder", "discover"]
 
 METHOD = "spectral-ward-silhouette"
 _EXAMPLES = 5
@@ -83,11 +83,6 @@ def discover(observations: Sequence[Observation], embedder: TextEmbedder, *, pre
     owner = {row: identity.id for identity, rows in groups.items() for row in rows}
     assignments = [(observation.id, owner[row]) for row, observation in enumerate(observations)]
     return Discovery(catalogue, assignments, vectors)
-
-
-def blend(content: Floats, context: Floats) -> Floats:
-    """Unit vectors weighing the user content and the step's context equally (both unit vectors)."""
-    return np.hstack([content, context]) / np.float32(np.sqrt(2.0))
 
 
 def _vectors(observations: Sequence[Observation], signatures: list[str], embedder: TextEmbedder,

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from minigate.logger.query import CallQuery, decode_cursor
 from minigate.logger.reader import CallReader
-from minigate.logger.store import open_store
+from minigate.logger.stores import CallQuery, decode_cursor, open_store
 
 __all__ = ["read_metadata"]
 

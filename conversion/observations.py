@@ -13,16 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from minigate.router.jsonl import Skipped, json_objects
+from minigate.conversion.jsonl import Skipped, json_objects
+from minigate.router.catalogue import OutputKind
 
-__all__ = ["Observation", "OutputKind", "Skipped", "logged_observation", "output_kind", "read_observations",
-           "requested_kind"]
-
-OutputKind = Literal["free_text", "json", "tool_call", "label"]
+__all__ = ["Observation", "Skipped", "logged_observation", "output_kind", "read_observations", "requested_kind"]
 
 _LABEL_CHARS = 40
 _LABEL_WORDS = 4

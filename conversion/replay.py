@@ -4,7 +4,7 @@ Input is request JSONL (one chat body per line, with optional top-level "id", "t
 "output_tokens") or the JSONL of `minigate logs export`, told apart line by line by shape. Every call
 is routed by the candidate's `Router` exactly as the gateway would, then priced at the model chosen
 and at its route's frontier and miniature models. Nothing here calls an upstream: the router is
-pure, and prices are the gateway's (`serving.pricing.PriceBook`: the config's, else the bundled table's).
+pure, and prices are the gateway's (`router.prices.PriceBook`: the config's, else the bundled table's).
 
 Token counts: logged usage when there is some, else the router's prompt estimate and, for the reply,
 an assumed length capped by the request's own max_tokens. A model without a price makes every total
@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from minigate.conversion.jsonl import Skipped, json_objects
 from minigate.errors import RequestError
+from minigate.pricing import Rate
 from minigate.router.decision import Router
-from minigate.router.jsonl import Skipped, json_objects
+from minigate.router.prices import PriceBook
 from minigate.router.settings import RouteEntry
-from minigate.serving.pricing import PriceBook, Rate
 
 if TYPE_CHECKING:
     from minigate.config import Config
@@ -44,7 +45,8 @@ class Served:
 class Call:
     """One call to replay: the request body, and what is known of it beyond the body.
 
-    >>> Call("7", {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}, output_tokens=12)
+    >>> Call("7", {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}, output_tokens=12).task
+    'unknown'
     """
 
     id: str

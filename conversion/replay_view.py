@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from minigate.router.replay import ReplayReport, Split
+from minigate.conversion.replay import ReplayReport, Split
 
 __all__ = ["PlotUnavailable", "report_notes", "report_tables", "write_plot"]
 

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from minigate.logger.report import Count, Group, Latency, Report, headline_rows, money, percent
-from minigate.logger.report_plots import PLOTS, write_plots
+from minigate.conversion.report import Count, Group, Latency, Report, headline_rows, money, percent
+from minigate.conversion.report_plots import PLOTS, write_plots
 
 __all__ = ["render_page", "write_report"]
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from minigate.logger.report import Group, Report
+from minigate.conversion.report import Group, Report
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -12,7 +12,7 @@ from minigate.errors import InvalidRequest, ServiceUnavailable
 from minigate.gateway.openapi import error_responses
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.logger.pipeline import CallLog
-from minigate.logger.query import CallQuery, decode_cursor, parse_time
+from minigate.logger.stores import CallQuery, decode_cursor, parse_time
 
 __all__ = ["add_calls_api"]
 

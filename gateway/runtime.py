@@ -20,8 +20,8 @@ from minigate.gateway.auth import KeyRing, is_loopback
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.router.decision import Router
 from minigate.router.matcher import TaskMatcher
+from minigate.router.prices import PriceBook
 from minigate.serving.pool import LocalServers, UpstreamPool
-from minigate.serving.pricing import PriceBook
 from minigate.serving.vllm import VllmFleet
 
 __all__ = ["Runtime", "RuntimeHolder"]

@@ -153,7 +153,7 @@ class CallTrace:
         answered = {"gen_ai.response.id": _member(head, "id"), "gen_ai.response.model": _member(head, "model"),
                     "gen_ai.usage.input_tokens": record.input_tokens,
                     "gen_ai.usage.output_tokens": record.output_tokens}
-        error = (record.attempts or [{}])[-1].get("error")
+        error = record.attempts[-1].error if record.attempts else None
         if self._open is not None:
             _set(self._open, answered)
             if error:

@@ -10,11 +10,10 @@ from typing import Any
 
 import orjson
 
-from minigate.logger.query import CallQuery, decode_cursor
 from minigate.logger.reader import CallReader
 from minigate.logger.seal import Sealer
 from minigate.logger.settings import LoggingSection
-from minigate.logger.store import open_store
+from minigate.logger.stores import CallQuery, decode_cursor, open_store
 
 __all__ = ["export_calls", "jsonl"]
 

@@ -1,7 +1,7 @@
 """What a call record keeps of the conversation: the request as sent, and the reply reassembled.
 
 A streamed reply is kept as the message it amounts to (content and tool calls joined, finish reason,
-usage), not as its chunks: that is what datasets and reviewers need. Runs where sealing runs (seal_pool.py).
+usage), not as its chunks: that is what datasets and reviewers need. Runs where sealing runs (`minigate.logger.seal`).
 """
 
 from __future__ import annotations

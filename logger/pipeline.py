@@ -2,7 +2,7 @@
 
 `submit` never awaits and never blocks: it puts the record on the queue, or, when the queue is full,
 on an overflow list the writer takes with its next batch. The writer takes up to `batch_size`
-records, or what arrived within `flush_interval_s`, seals them (`seal_guard.py`: tokens, client id,
+records, or what arrived within `flush_interval_s`, seals them (`seal/guard.py`: tokens, client id,
 redaction, encryption; a record that can't be sealed keeps its metadata only) and writes them in one
 transaction, given `store_timeout_s`. A batch the store refuses, or does not take in time, goes to the
 spool, and so do later batches until a replayed one is stored again; a replayer offers spooled records to the store every `replay_interval_s` and at start-up,
@@ -36,12 +36,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from minigate.logger.reader import CallReader
 from minigate.logger.records import CallRecord, record_from_bytes, record_to_bytes
-from minigate.logger.seal import Sealer
-from minigate.logger.seal_guard import SealGuard
-from minigate.logger.seal_pool import SealerPool
+from minigate.logger.seal import SealGuard, Sealer, SealerPool
 from minigate.logger.settings import LoggingSection
 from minigate.logger.spool import Spool, SpoolBatch
-from minigate.logger.store import CallStore, open_store
+from minigate.logger.stores import CallStore, open_store
 
 __all__ = ["CallLog"]
 

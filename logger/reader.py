@@ -11,8 +11,7 @@ import anyio
 import orjson
 
 from minigate.logger.crypto import PayloadCipher, PayloadError
-from minigate.logger.query import PAYLOAD_COLUMNS, CallQuery, encode_cursor
-from minigate.logger.store import CallStore
+from minigate.logger.stores import PAYLOAD_COLUMNS, CallQuery, CallStore, encode_cursor
 
 __all__ = ["CallReader"]
 

@@ -7,18 +7,48 @@ encryption is done by the writer (`seal.py`), off the request path.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 if TYPE_CHECKING:
-    from minigate.serving.pricing import Rate
+    from minigate.pricing import Rate
 
-__all__ = ["CallRecord", "record_from_bytes", "record_to_bytes"]
+__all__ = ["AttemptRecord", "CallRecord", "attempts_to_json", "record_from_bytes", "record_to_bytes"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One upstream call behind a request: a retry, an escalation and a fallback are each their own.
+
+    >>> AttemptRecord(upstream="openai", model="gpt-4.1", status=200, latency_s=0.42, error=None).to_json()
+    {'upstream': 'openai', 'model': 'gpt-4.1', 'status': 200, 'latency_s': 0.42, 'error': None}
+    """
+
+    upstream: str
+    model: str  # the upstream's model id
+    status: int | None  # None when no reply came (`error` says why)
+    latency_s: float  # to the reply's headers
+    error: str | None
+    base_url: str | None = None  # which replica, when the upstream retried across several
+
+    def to_json(self) -> dict[str, object]:
+        """The stored shape: the keys the call log has always had, `base_url` only when known."""
+        value: dict[str, object] = {"upstream": self.upstream, "model": self.model}
+        if self.base_url is not None:
+            value["base_url"] = self.base_url
+        value.update(status=self.status, latency_s=self.latency_s, error=self.error)
+        return value
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> AttemptRecord:
+        return cls(upstream=value["upstream"], model=value["model"], status=value.get("status"),
+                   latency_s=value["latency_s"], error=value.get("error"), base_url=value.get("base_url"))
+
+
+@dataclass(slots=True, kw_only=True)
 class CallRecord:
     request_id: str
     started_at: float  # unix seconds
@@ -33,7 +63,7 @@ class CallRecord:
     latency_s: float
     stream: bool
     ttft_s: float | None = None  # time to the first byte of the reply relayed to the client
-    attempts: list[dict[str, object]] | None = None  # each upstream call: upstream, model, status, latency_s, error
+    attempts: list[AttemptRecord] | None = None  # each upstream call, in order
     escalated: str | None = None  # why a miniature's request went to the escalation model
     # Raw material the writer turns into payloads, off the request path (no copies: the bytes the
     # gateway already holds).
@@ -54,15 +84,22 @@ class CallRecord:
     counterfactual_cost_usd: float | None = None  # the same tokens at the route's frontier price
 
 
+def attempts_to_json(attempts: Sequence[AttemptRecord] | None) -> str | None:
+    """The attempts as the stores keep them: a JSON array of objects, or NULL."""
+    return None if attempts is None else orjson.dumps([attempt.to_json() for attempt in attempts]).decode()
+
+
 _BYTES_FIELDS = ("request_payload", "response_payload")
 
 
 def record_to_bytes(record: CallRecord) -> bytes:
     """A sealed record as one spool entry (raw material is gone by then; payloads are base64)."""
-    values = {name: getattr(record, name) for name in CallRecord.__slots__}  # attempts: plain JSON values
+    values = {name: getattr(record, name) for name in CallRecord.__slots__}
     for name in _BYTES_FIELDS:
         if values[name] is not None:
             values[name] = base64.b64encode(values[name]).decode()
+    if record.attempts is not None:  # as the stores keep them, so an old gateway's spool still replays
+        values["attempts"] = [attempt.to_json() for attempt in record.attempts]
     for name in ("request_body", "reply", "chunks", "user", "rate", "counterfactual_rate"):
         values.pop(name)
     return orjson.dumps(values)
@@ -73,4 +110,6 @@ def record_from_bytes(data: bytes) -> CallRecord:
     for name in _BYTES_FIELDS:
         if values.get(name) is not None:
             values[name] = base64.b64decode(values[name])
+    if values.get("attempts") is not None:
+        values["attempts"] = [AttemptRecord.from_json(value) for value in values["attempts"]]
     return CallRecord(**values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from minigate.logger.crypto import PayloadCipher
-from minigate.logger.store import CallStore, SealedPayloads
+from minigate.logger.stores import CallStore, SealedPayloads
 
 __all__ = ["rewrap_store"]
 

@@ -18,10 +18,10 @@ from minigate.errors import ConfigError
 from minigate.version import __version__
 
 if TYPE_CHECKING:
+    from minigate.conversion.observations import Observation
+    from minigate.conversion.observations import Skipped as TaskSkip
+    from minigate.conversion.replay import Call, Skipped
     from minigate.router.catalogue import Catalogue
-    from minigate.router.observations import Observation
-    from minigate.router.observations import Skipped as TaskSkip
-    from minigate.router.replay import Call, Skipped
     from minigate.serving.llamacpp import LlamaCppSettings
 
 __all__ = ["app"]
@@ -166,8 +166,7 @@ def _rules_table(cfg: Config) -> Table:
 
 
 def _routes_table(cfg: Config) -> Table:
-    from minigate.serving.price_table import PriceTable
-    from minigate.serving.pricing import model_rate
+    from minigate.pricing import PriceTable, model_rate
 
     table = Table(title="routes")
     for column in ("route (model agents ask for)", "serves with", "upstream", "upstream model", "tier",
@@ -190,7 +189,7 @@ def logs_migrate(config: ConfigOption = None) -> None:
     """Apply the call-log store's pending schema migrations (serve also does this at start-up)."""
     import asyncio
 
-    from minigate.logger.store import open_store
+    from minigate.logger.stores import open_store
 
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
 
@@ -249,7 +248,7 @@ def logs_export(
 
 
 def _when(value: str | None, option: str) -> float | None:
-    from minigate.logger.query import parse_time
+    from minigate.logger.stores import parse_time
 
     try:
         return None if value is None else parse_time(value)
@@ -272,10 +271,10 @@ def report(
     import orjson
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    from minigate.logger.metadata_pages import read_metadata
-    from minigate.logger.report import ReportBuilder, headline_rows, report_document
-    from minigate.logger.report_html import write_report
-    from minigate.logger.report_plots import PlotUnavailable
+    from minigate.conversion.metadata_pages import read_metadata
+    from minigate.conversion.report import ReportBuilder, headline_rows, report_document
+    from minigate.conversion.report_html import write_report
+    from minigate.conversion.report_plots import PlotUnavailable
 
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
     start, end, store = _when(since, "--since"), _when(until, "--until"), cfg.logging.store.split("@")[-1]
@@ -333,7 +332,7 @@ def keys_rotate(config: ConfigOption = None) -> None:
     from minigate.logger.crypto import generate_key, key_id
     from minigate.logger.keys import KeyFileError, LogKeys, load_keys, write_key_file
     from minigate.logger.rotation import rewrap_store
-    from minigate.logger.store import open_store
+    from minigate.logger.stores import open_store
 
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
     try:
@@ -447,7 +446,7 @@ def route_score(
     import orjson
     from rich.progress import Progress
 
-    from minigate.router.batch import score_lines
+    from minigate.conversion.batch import score_lines
     from minigate.router.decision import Router
 
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
@@ -485,8 +484,8 @@ def replay(
     import orjson
     from rich.progress import Progress
 
-    from minigate.router.replay import replay as replay_calls
-    from minigate.router.replay_view import PlotUnavailable, report_notes, report_tables, write_plot
+    from minigate.conversion.replay import replay as replay_calls
+    from minigate.conversion.replay_view import PlotUnavailable, report_notes, report_tables, write_plot
 
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
     if input is not None and (since or until):
@@ -525,8 +524,8 @@ def _replay_source(cfg: Config, input: Path | None, since: str | None, until: st
     import asyncio
     import getpass
 
+    from minigate.conversion.replay import logged_call, read_calls
     from minigate.logger.export import export_calls
-    from minigate.router.replay import logged_call, read_calls
 
     if input is not None and str(input) == "-":
         return read_calls(sys.stdin.buffer), None
@@ -574,7 +573,7 @@ def router_fit(
     """
     import orjson
 
-    from minigate.router.fit import fit_scoring, load_labelled
+    from minigate.conversion.fit import fit_scoring, load_labelled
 
     requests: list[dict[str, object]] = []
     labels: list[bool] = []
@@ -626,12 +625,12 @@ def tasks_discover(
     import orjson
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
+    from minigate.conversion.discovery import discover
+    from minigate.conversion.observations import Observation
+    from minigate.conversion.observations import Skipped as TaskSkip
+    from minigate.conversion.task_view import PlotUnavailable, catalogue_table, write_map, write_shares
     from minigate.router.catalogue import catalogue_document, save_catalogue
-    from minigate.router.discovery import discover
     from minigate.router.embedding import Embedder, EmbeddingCache, EmbeddingsUnavailable
-    from minigate.router.observations import Observation
-    from minigate.router.observations import Skipped as TaskSkip
-    from minigate.router.task_view import PlotUnavailable, catalogue_table, write_map, write_shares
 
     if input is not None and (since or until):
         raise typer.BadParameter("they select logged calls, not lines of --input", param_hint="--since/--until")
@@ -687,8 +686,8 @@ def tasks_list(
     """List the catalogue's tasks, most calls first."""
     import orjson
 
+    from minigate.conversion.task_view import catalogue_table
     from minigate.router.catalogue import catalogue_document
-    from minigate.router.task_view import catalogue_table
 
     found = _catalogue_or_exit(catalogue)
     if as_json:
@@ -708,8 +707,8 @@ def tasks_show(
 
     import orjson
 
+    from minigate.conversion.task_view import task_table
     from minigate.router.catalogue import CatalogueError
-    from minigate.router.task_view import task_table
 
     try:
         found = _catalogue_or_exit(catalogue).find(task)
@@ -775,8 +774,8 @@ def tasks_candidates(
 
     import orjson
 
-    from minigate.router.candidates import CandidatePrices, rank_candidates, read_task_stats
-    from minigate.serving.pricing import PriceBook
+    from minigate.conversion.candidates import CandidatePrices, rank_candidates, read_task_stats
+    from minigate.router.prices import PriceBook
 
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
     found = _catalogue_or_exit(catalogue or cfg.tasks.catalogue or Path("tasks.yaml"))
@@ -838,8 +837,8 @@ def _task_observations(config: Path | None, input: Path | None, since: str | Non
     import asyncio
     import getpass
 
+    from minigate.conversion.observations import logged_observation, read_observations
     from minigate.logger.export import export_calls
-    from minigate.router.observations import logged_observation, read_observations
 
     if input is not None:
         try:
@@ -859,7 +858,7 @@ def _assignment_lines(read: list[Observation | TaskSkip], assigned: list[tuple[s
     """`{"id", "task", "name"}` per input line, in input order; "unknown" for lines without a request."""
     import orjson
 
-    from minigate.router.observations import Skipped as TaskSkip
+    from minigate.conversion.observations import Skipped as TaskSkip
 
     names = {task.id: task.name for task in catalogue.tasks}
     tasks = iter(task for _, task in assigned)  # in the order of the lines that held a request
@@ -913,10 +912,10 @@ def dataset_export(
     import orjson
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
+    from minigate.conversion.dataset import DatasetBuilder, Selection
+    from minigate.conversion.dataset_card import ExportFacts, card, card_table, write_dataset
     from minigate.logger.export import export_calls
     from minigate.router.catalogue import CatalogueError
-    from minigate.router.dataset import DatasetBuilder, Selection
-    from minigate.router.dataset_card import ExportFacts, card, card_table, write_dataset
 
     cfg = _load_or_exit(resolve_config_path(config, os.environ))
     _payload_key_or_exit(cfg)

@@ -25,11 +25,8 @@ The gateway renders RequestError in one place (`minigate.gateway.errors`) as Ope
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # for annotations only: serving imports this module, never the reverse
-    from minigate.serving.replicas import Attempt
 
 __all__ = [
     "ConfigError",
@@ -167,9 +164,13 @@ class UpstreamTimeout(UpstreamError):
 
 
 class ReplicasUnavailable(UpstreamUnavailable):
-    """No replica answered (connect errors, open circuits); `attempts` are the calls made, retries included."""
+    """No replica answered (connect errors, open circuits); `attempts` are the calls made, retries included.
 
-    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
+    Each attempt is a `minigate.serving.replicas.Attempt`; the type says only `object` because this
+    module, the face every room imports, may depend on none of them.
+    """
+
+    def __init__(self, message: str, *, upstream: str, kind: str, attempts: Sequence[object]) -> None:
         super().__init__(message, upstream=upstream, kind=kind)
         self.attempts = attempts
 
@@ -177,7 +178,7 @@ class ReplicasUnavailable(UpstreamUnavailable):
 class ReplicasTimeout(UpstreamTimeout):
     """A call that timed out, never retried: the upstream may have run it. `attempts` as above."""
 
-    def __init__(self, message: str, *, upstream: str, kind: str, attempts: list[Attempt]) -> None:
+    def __init__(self, message: str, *, upstream: str, kind: str, attempts: Sequence[object]) -> None:
         super().__init__(message, upstream=upstream, kind=kind)
         self.attempts = attempts
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from minigate.serving.anthropic_tools import Answer
+from minigate.protocols.anthropic_tools import Answer
 
 __all__ = ["ReplyError", "answer_content", "completion", "error_body", "finish_reason", "openai_status", "usage"]
 

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from minigate.errors import InvalidRequest
-from minigate.serving.anthropic_tools import Answer, translate_tools
+from minigate.protocols.anthropic_tools import Answer, translate_tools
 
 __all__ = ["DEFAULT_MAX_TOKENS", "MessagesRequest", "to_messages_request"]
 

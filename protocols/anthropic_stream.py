@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from minigate.serving.anthropic_reply import ReplyError, answer_content, finish_reason, usage
-from minigate.serving.anthropic_request import MessagesRequest
+from minigate.protocols.anthropic_reply import ReplyError, answer_content, finish_reason, usage
+from minigate.protocols.anthropic_request import MessagesRequest
 
 __all__ = ["StreamTranslator"]
 

@@ -2,20 +2,24 @@
 
 Pure code over the request and the reply, no I/O. The gateway runs it on a miniature's reply before
 any byte reaches the client; a reason means the client gets the frontier model's answer instead, and
-never sees the miniature's failure. `check_reply` judges a whole body; `StreamCheck` judges a stream
-as it arrives and settles as early as it can, so the gateway holds a stream only that long.
+never sees the miniature's failure. `check_reply` judges a whole reply, read once into a `ReplyView`
+(`parse_chat_reply`: every upstream answers the gateway in OpenAI's chat shape, whatever ingress the
+client used); `StreamCheck` judges a chat stream as it arrives and settles as early as it can, so the
+gateway holds a stream only that long.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-__all__ = ["CONTENT_CHECKS", "ESCALATION_REASONS", "EscalationReason", "StreamCheck", "check_reply"]
+__all__ = ["CONTENT_CHECKS", "ESCALATION_REASONS", "EscalationReason", "ReplyView", "StreamCheck", "check_reply",
+           "parse_chat_reply"]
 
 EscalationReason = Literal["error", "timeout", "invalid_json", "invalid_tool_call", "empty"]
 ESCALATION_REASONS: tuple[EscalationReason, ...] = ("error", "timeout", "invalid_json", "invalid_tool_call", "empty")
@@ -23,16 +27,40 @@ ESCALATION_REASONS: tuple[EscalationReason, ...] = ("error", "timeout", "invalid
 CONTENT_CHECKS = frozenset({"invalid_json", "invalid_tool_call", "empty"})
 
 
-def check_reply(request: Mapping[str, Any], reply: bytes, policy: frozenset[str]) -> EscalationReason | None:
-    """The first failed check among those the policy names, or None when the reply may be relayed."""
+@dataclass(frozen=True, slots=True)
+class ReplyView:
+    """What the checks read of a whole reply: its text and its tool calls (each `{"function": {"name",
+    "arguments"}}`, as the upstream sent it: checking it is the point).
+
+    >>> parse_chat_reply(b'{"choices": [{"message": {"content": "Hi"}}]}')
+    ReplyView(content='Hi', tool_calls=())
+    """
+
+    content: str | None
+    tool_calls: Sequence[Any] = ()
+
+
+def parse_chat_reply(reply: bytes) -> ReplyView | None:
+    """The first choice of a chat completion; None when the bytes are not one."""
     try:
-        body = orjson.loads(reply)
-        message = body["choices"][0]["message"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        message = orjson.loads(reply)["choices"][0]["message"]
+        content, calls = message.get("content"), message.get("tool_calls")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    # Anything but a list of calls is a malformed call: present, so `empty` doesn't apply, and never valid.
+    tool_calls = tuple(calls) if isinstance(calls, list) else (None,) if calls else ()
+    return ReplyView(content if isinstance(content, str) else None, tool_calls)
+
+
+def check_reply(request: Mapping[str, Any], reply: ReplyView | None, policy: frozenset[str]) -> EscalationReason | None:
+    """The first failed check among those the policy names, or None when the reply may be relayed.
+
+    `reply` None: the upstream's bytes were no reply at all (`parse_chat_reply`), an `error`.
+    """
+    if reply is None:
         return "error" if "error" in policy else None
-    content = message.get("content")
-    calls = message.get("tool_calls") or []
-    if "empty" in policy and not (isinstance(content, str) and content.strip()) and not calls:
+    content, calls = reply.content, reply.tool_calls
+    if "empty" in policy and not (content and content.strip()) and not calls:
         return "empty"
     if "invalid_tool_call" in policy and calls and not _valid_calls(calls, request.get("tools")):
         return "invalid_tool_call"
@@ -56,9 +84,9 @@ class StreamCheck:
     - a finish with neither content nor tool call: `empty`; an error event in the stream: `error`.
 
     >>> check = StreamCheck({"messages": []}, frozenset({"empty"}))
-    >>> check.feed(b'data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n') is None
+    >>> check.feed(b'data: {"choices": [{"delta": {"role": "assistant"}}]}\\n\\n') is None
     True
-    >>> check.feed(b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n')
+    >>> check.feed(b'data: {"choices": [{"delta": {"content": "Hi"}}]}\\n\\n')
     'relay'
     """
 
@@ -141,11 +169,11 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _valid_json(content: Any, response_format: Any) -> bool:
+def _valid_json(content: str | None, response_format: Any) -> bool:
     if not isinstance(response_format, Mapping) or response_format.get("type") not in ("json_object", "json_schema"):
         return True
     try:
-        value = orjson.loads(content) if isinstance(content, str) else None
+        value = orjson.loads(content) if content is not None else None
     except orjson.JSONDecodeError:
         return False
     if response_format.get("type") == "json_object":
@@ -155,7 +183,7 @@ def _valid_json(content: Any, response_format: Any) -> bool:
     return value is not None and _conforms(value, schema)
 
 
-def _valid_calls(calls: list[Any], tools: Any) -> bool:
+def _valid_calls(calls: Sequence[Any], tools: Any) -> bool:
     offered = {
         tool["function"]["name"]: tool["function"].get("parameters")
         for tool in tools or []

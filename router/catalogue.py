@@ -23,16 +23,15 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from minigate.router.observations import OutputKind
-
-__all__ = ["MATCH_SIMILARITY", "Catalogue", "CatalogueError", "Identity", "Task", "catalogue_document", "identify",
-           "load_catalogue", "merge", "rename", "save_catalogue"]
+__all__ = ["MATCH_SIMILARITY", "Catalogue", "CatalogueError", "Identity", "OutputKind", "Task", "catalogue_document",
+           "identify", "load_catalogue", "merge", "rename", "save_catalogue"]
 
 MATCH_SIMILARITY = 0.8  # cosine between centroids; the same task's centroid moves far less across runs
 FORMAT = 1
 _NAME = r"^[a-z0-9][a-z0-9_./-]*$"
 
 Floats = npt.NDArray[np.float32]
+OutputKind = Literal["free_text", "json", "tool_call", "label"]  # what a task's replies mostly are
 
 
 class CatalogueError(ValueError):

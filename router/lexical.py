@@ -1,6 +1,6 @@
 """Lexical terms of the escalation score: the words of the last user turn, weighted by a fitted file.
 
-`minigate router fit` can learn a weight per word (see router/fit.py); the scoring file keeps them as a
+`minigate router fit` can learn a weight per word (see conversion/fit.py); the scoring file keeps them as a
 readable mapping, `{"lexical": {"plaintiff": 0.41, "hello": -0.12, ...}}`, and a request's score adds
 the weights of the distinct words it contains. The same `terms()` splits text at fit and at serve
 time, so the two can't drift apart.

@@ -136,7 +136,7 @@ class TaskMatcher:
     def _nearest(self, body: Mapping[str, Any], sig: str) -> str:
         """Runs in the worker. A step's context (system prompt, tools, format) is the same for every call
         with its signature, so its embedding is computed once per signature; a call then embeds one text."""
-        from minigate.router.discovery import blend
+        from minigate.router.embedding import blend
         from minigate.router.task_text import content_text, context_text
 
         assert self._embedder is not None and self._centroids is not None

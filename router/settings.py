@@ -20,7 +20,8 @@ __all__ = ["RouteEntry", "Rule", "ScoringSection", "TasksSection"]
 class Rule(BaseModel):
     """One routing rule: when its condition holds, `use` that model (or `split` traffic by weight).
 
-    >>> Rule.model_validate({"name": "long", "when": {"prompt_tokens": {"gt": 3000}}, "use": "gpt-4.1"})
+    >>> Rule.model_validate({"name": "long", "when": {"prompt_tokens": {"gt": 3000}}, "use": "gpt-4.1"}).use
+    'gpt-4.1'
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -95,7 +96,9 @@ class ScoringSection(BaseModel):
     """The escalation score's weights: shipped defaults, a fitted file (`minigate router fit`), or both
     with `weights` overriding feature by feature. A fitted file may also carry word weights (`lexical`).
 
-    >>> ScoringSection.model_validate({"model": "scoring.json", "weights": {"tools": 0.5}})
+    >>> ScoringSection.model_validate({"weights": {"tools": 0.5}}).merged()["tools"]
+    0.5
+    >>> ScoringSection.model_validate({"model": "scoring.json", "weights": {"tools": 0.5}})  # doctest: +SKIP
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -3,9 +3,9 @@
 To the gateway this is one more `UpstreamClient`: it takes an OpenAI request body and returns a reply
 whose bytes are OpenAI's (a `chat.completion` body, `chat.completion.chunk` events ending with
 `[DONE]`, or an error in OpenAI's shape), so nothing above `serving` knows which protocol was spoken.
-The translation itself is pure code in `anthropic_request`, `anthropic_reply` and `anthropic_stream`;
-this module only adds the HTTP: the pooled transport, timeouts and transport errors are
-`UpstreamClient`'s and `UpstreamReply`'s.
+The translation itself is pure code in `minigate.protocols` (`anthropic_request`, `anthropic_reply`,
+`anthropic_stream`); this module only adds the HTTP: the pooled transport, timeouts and transport
+errors are `UpstreamClient`'s and `UpstreamReply`'s.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import httpx
 import orjson
 
 from minigate.errors import InvalidRequest, UpstreamError, UpstreamStreamCut, UpstreamUnavailable
-from minigate.serving.anthropic_reply import ReplyError, completion, error_body, openai_status
-from minigate.serving.anthropic_request import MessagesRequest, to_messages_request
-from minigate.serving.anthropic_stream import StreamTranslator
+from minigate.protocols.anthropic_reply import ReplyError, completion, error_body, openai_status
+from minigate.protocols.anthropic_request import MessagesRequest, to_messages_request
+from minigate.protocols.anthropic_stream import StreamTranslator
 from minigate.serving.settings import AnthropicUpstream
 from minigate.serving.upstream import UpstreamClient, UpstreamReply
 

@@ -65,7 +65,7 @@ def gateway(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGatew
     return make_gateway(gateway_config(upstream.base_url))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty call-log store of each kind (PostgreSQL skips when no server is configured)."""
     with _store_url(request.param, tmp_path) as url:

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 POSTGRES_URL = os.environ.get("MINIGATE_TEST_POSTGRES_URL")
@@ -30,6 +29,8 @@ def fresh_postgres_database() -> Iterator[str]:
 
 
 async def _admin(statement: str) -> None:
+    import asyncpg  # lazily: only the PostgreSQL tests need the driver
+
     connection = await asyncpg.connect(POSTGRES_URL)
     try:
         await connection.execute(statement)
@@ -53,6 +54,8 @@ def fetch(url: str, query: str) -> list[tuple[Any, ...]]:
 
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             return db.execute(query).fetchall()
+
+    import asyncpg  # lazily, like sqlite3 above: only a PostgreSQL URL needs the driver
 
     async def run() -> list[tuple[Any, ...]]:
         connection = await asyncpg.connect(url)

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from minigate.serving.anthropic_reply import ReplyError, completion, error_body, finish_reason, openai_status, usage
-from minigate.serving.anthropic_tools import Answer
+from minigate.protocols.anthropic_reply import ReplyError, completion, error_body, finish_reason, openai_status, usage
+from minigate.protocols.anthropic_tools import Answer
 
 
 def message(*blocks: dict[str, Any], stop_reason: str = "end_turn", **counts: int) -> bytes:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from minigate.errors import InvalidRequest
-from minigate.serving.anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
-from minigate.serving.anthropic_tools import Answer
+from minigate.protocols.anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
+from minigate.protocols.anthropic_tools import Answer
 
 USER = {"role": "user", "content": "hi"}
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
-from minigate.serving.anthropic_reply import ReplyError
-from minigate.serving.anthropic_request import MessagesRequest
-from minigate.serving.anthropic_tools import Answer
-from minigate.serving.anthropic_stream import StreamTranslator
+from minigate.protocols.anthropic_reply import ReplyError
+from minigate.protocols.anthropic_request import MessagesRequest
+from minigate.protocols.anthropic_stream import StreamTranslator
+from minigate.protocols.anthropic_tools import Answer
 
 
 def event(kind: str, **data: Any) -> bytes:

@@ -56,6 +56,7 @@ def test_no_keys_serves_loopback(upstream: ScriptedUpstream, make_gateway: Calla
     assert httpx.post(f"{gateway.v1}/chat/completions", json=HELLO).status_code == 200
 
 
+@pytest.mark.integration
 def test_no_keys_on_a_public_address_is_refused(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     path = write_config(tmp_path / "open.yaml", gateway_config(upstream.base_url, auth={"keys": []}))
     result = subprocess.run(

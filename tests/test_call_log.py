@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import re
 import sqlite3
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import run_gateway, write_config
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 
@@ -56,9 +56,8 @@ def test_log_metrics_are_exported(upstream: ScriptedUpstream, tmp_path: Path) ->
         for _ in range(3):
             httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
                        json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]})
-        deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
-        while gateway.metric("minigate_log_records_written_total") < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The first batch may wait for the sealing worker to start.
+        eventually(lambda: gateway.metric("minigate_log_records_written_total") >= 3)
         assert gateway.metric("minigate_log_records_written_total") == 3
         assert gateway.metric("minigate_log_queue_depth") == 0
         assert gateway.metric("minigate_log_records_dropped_total") == 0
@@ -166,9 +165,7 @@ def test_retention_purges_old_records_at_start(upstream: ScriptedUpstream, tmp_p
     with sqlite3.connect(tmp_path / "c.db") as db:  # age the record by 30 days
         db.execute("UPDATE calls SET started_at = started_at - 30 * 86400")
     with run_gateway(path):
-        deadline = time.monotonic() + 10
-        while fetch(store, "SELECT count(*) FROM calls") != [(0,)] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: fetch(store, "SELECT count(*) FROM calls") == [(0,)], what="the aged record is purged")
     assert fetch(store, "SELECT count(*) FROM calls") == [(0,)]
 
 

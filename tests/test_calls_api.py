@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +11,7 @@ from tests.conftest import ADMIN_KEY, AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import run_gateway, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -29,9 +29,8 @@ def test_reads_behind_roles(upstream: ScriptedUpstream, tmp_path: Path, store_ur
                 "model": "cheap" if i < 3 else "gpt-4.1",
                 "messages": [{"role": "user", "content": f"call {i}: write to ann{i}@example.org"}]})
             sent.append(response.headers["x-minigate-request-id"])
-        deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
-        while gateway.metric("minigate_log_records_written_total") < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The first batch may wait for the sealing worker to start.
+        eventually(lambda: gateway.metric("minigate_log_records_written_total") >= 5)
         url = f"{gateway.v1}/minigate/calls"
 
         assert httpx.get(url, headers=bearer(AGENT_KEY)).status_code == 403

@@ -6,7 +6,6 @@ requests for `gpt-4.1` the frontier's good answer.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,12 @@ import httpx
 import orjson
 import pytest
 
-from minigate.router.cascade import StreamCheck, check_reply
+from minigate.router.cascade import ReplyView, StreamCheck, check_reply, parse_chat_reply
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 ALL = ["error", "timeout", "invalid_json", "invalid_tool_call", "empty"]
 TOOL = {"type": "function", "function": {"name": "refund", "parameters": {
@@ -53,11 +53,36 @@ def reply(content: str | None = None, calls: list[dict[str, Any]] | None = None)
 )
 def test_check_reply(request_extra: dict[str, Any], body: bytes, expected: str | None) -> None:
     request = {"messages": [{"role": "user", "content": "x"}], **request_extra}
-    assert check_reply(request, body, frozenset(ALL)) == expected
+    assert check_reply(request, parse_chat_reply(body), frozenset(ALL)) == expected
 
 
 def test_checks_run_only_when_the_policy_names_them() -> None:
-    assert check_reply({}, reply("  "), frozenset({"invalid_json"})) is None
+    assert check_reply({}, parse_chat_reply(reply("  ")), frozenset({"invalid_json"})) is None
+    assert check_reply({}, None, frozenset({"empty"})) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "view"),
+    [
+        (reply("fine"), ReplyView("fine")),
+        (reply(None), ReplyView(None)),
+        (orjson.dumps({"choices": [{"message": {"content": ["a", "part"]}}]}), ReplyView(None)),
+        (reply(calls=[{"name": "refund", "arguments": "{}"}]),
+         ReplyView(None, ({"id": "c", "type": "function", "function": {"name": "refund", "arguments": "{}"}},))),
+        (orjson.dumps({"choices": [{"message": {"content": "x", "tool_calls": {"name": "refund"}}}]}),
+         ReplyView("x", (None,))),
+        (b"not json", None),
+        (b'{"choices": []}', None),
+        (b'{"choices": [{"message": "hello"}]}', None),
+    ],
+)
+def test_parse_chat_reply_reads_the_first_choice_once(body: bytes, view: ReplyView | None) -> None:
+    assert parse_chat_reply(body) == view
+
+
+def test_a_malformed_tool_calls_member_is_an_invalid_call() -> None:
+    body = orjson.dumps({"choices": [{"message": {"content": None, "tool_calls": {"name": "refund"}}}]})
+    assert check_reply({"tools": [TOOL]}, parse_chat_reply(body), frozenset(ALL)) == "invalid_tool_call"
 
 
 @pytest.fixture
@@ -135,9 +160,8 @@ def test_stream_escalates_before_its_first_byte(cascading: RunningGateway, upstr
 def test_escalation_is_in_the_call_record(cascading: RunningGateway, upstream: ScriptedUpstream, tmp_path: Path) -> None:
     upstream.script(Script(status=503), model="mini-lora")
     request_id = ask(cascading).headers["x-minigate-request-id"]
-    deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
-    while cascading.metric("minigate_log_records_written_total") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The first batch may wait for the sealing worker to start.
+    eventually(lambda: cascading.metric("minigate_log_records_written_total") >= 1)
     [(escalated, model, attempts)] = fetch(f"sqlite:///{tmp_path}/calls-0.db",
                                            f"SELECT escalated, model, attempts FROM calls WHERE request_id = '{request_id}'")
     assert escalated == "error" and model == "gpt-4.1"
@@ -185,10 +209,7 @@ def test_stream_is_held_until_its_checks_settle_and_escalated_unseen(
     else:
         assert streamed_text(events) == '{"label": "shipping"}'
     assert cascading.metric("minigate_escalations_total", {"route": "gpt-4.1", "reason": reason}) == 1
-    deadline = time.monotonic() + 5
-    while upstream.open_streams and time.monotonic() < deadline:  # the abandoned miniature stream is closed
-        time.sleep(0.02)
-    assert upstream.open_streams == 0
+    eventually(lambda: upstream.open_streams == 0, timeout=5, what="the abandoned miniature stream is closed")
 
 
 def test_good_stream_is_relayed_as_soon_as_content_starts(cascading: RunningGateway, upstream: ScriptedUpstream) -> None:

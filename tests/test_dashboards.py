@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import RunningGateway
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 FILES = sorted(DASHBOARDS.glob("*.json"))
@@ -93,7 +93,7 @@ def run_prometheus(tmp_path: Path, target: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _is_ready(url, process, tmp_path / "prometheus.log"), "prometheus did not become ready")
+        eventually(lambda: _is_ready(url, process, tmp_path / "prometheus.log"), what="prometheus is ready")
         yield url
     finally:
         process.terminate()
@@ -112,14 +112,6 @@ def _is_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
         return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def _wait(condition: Callable[[], bool], failure: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(failure)
-        time.sleep(0.1)
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -194,17 +186,21 @@ def logged_calls(gateway: RunningGateway) -> list[dict[str, Any]]:
             return rows
 
 
+@pytest.mark.integration
 def test_every_panel_query_returns_data_and_savings_match_the_call_log(
         upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path) -> None:
     gateway = priced_gateway(upstream, make_gateway)
     with run_prometheus(tmp_path, gateway.base_url.removeprefix("http://")) as prometheus:
         # Two waves a scrape apart, so every series has grown between two samples and rates are not 0.
         calls = serve_wave(gateway, upstream, 0)
-        _wait(lambda: scalar(prometheus, "sum(minigate_log_records_written_total)") == calls, "wave 1 not scraped")
+        eventually(lambda: scalar(prometheus, "sum(minigate_log_records_written_total)") == calls,
+                   what="wave 1 scraped")
         calls += serve_wave(gateway, upstream, 1)
-        _wait(lambda: scalar(prometheus, "sum(minigate_log_records_written_total)") == calls, "wave 2 not scraped")
+        eventually(lambda: scalar(prometheus, "sum(minigate_log_records_written_total)") == calls,
+                   what="wave 2 scraped")
         seen = scalar(prometheus, 'timestamp(up{job="minigate"})')
-        _wait(lambda: scalar(prometheus, 'timestamp(up{job="minigate"})') > seen, "no scrape after the last call")
+        eventually(lambda: scalar(prometheus, 'timestamp(up{job="minigate"})') > seen,
+                   what="a scrape after the last call")
 
         missing = []
         assert FILES, "no dashboards/*.json"

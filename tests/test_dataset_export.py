@@ -18,11 +18,11 @@ import numpy as np
 import orjson
 import pytest
 
+from minigate.conversion.dataset import DatasetBuilder, Selection
+from minigate.conversion.dataset_split import split
+from minigate.conversion.near_duplicates import ShingleSets, near_duplicates
 from minigate.logger.crypto import generate_key
 from minigate.router.catalogue import Catalogue, Task, save_catalogue
-from minigate.router.dataset import DatasetBuilder, Selection
-from minigate.router.dataset_split import split
-from minigate.router.near_duplicates import ShingleSets, near_duplicates
 from minigate.router.signature import signature
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch

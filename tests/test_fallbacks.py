@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -56,9 +56,8 @@ def post(gateway: RunningGateway, **body: Any) -> httpx.Response:
 
 
 def record(gateway: RunningGateway, tmp_path: Path, request_id: str) -> list[tuple[Any, ...]]:
-    deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
-    while gateway.metric("minigate_log_records_written_total") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The first batch may wait for the sealing worker to start.
+    eventually(lambda: gateway.metric("minigate_log_records_written_total") >= 1)
     return fetch(f"sqlite:///{tmp_path}/calls-0.db",
                  "SELECT model, upstream, status, attempts, input_tokens, output_tokens, cost_usd FROM calls "
                  f"WHERE request_id = '{request_id}'")

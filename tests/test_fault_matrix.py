@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,10 @@ from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.stores import POSTGRES_URL, fetch, fresh_postgres_database
 from tests.support.servers import RunningGateway, run_gateway, start_gateway_process, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 from tests.test_log_reliability import fill, nested, tmpfs
+
+pytestmark = pytest.mark.slow  # load against gateways whose store fails
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 BODY = {"model": "cheap", "messages": [{"role": "user", "content": "write to jane@example.com"}]}
@@ -109,13 +112,6 @@ def stored(url: str) -> Counter[str]:
     return Counter(row[0] for row in fetch(url, "SELECT request_id FROM calls"))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def check(table: list[Row], name: str, load: Load, store: Counter[str], dropped: float = 0) -> Row:
     """Each answered call is stored exactly once, unless it was one of the `dropped` ones."""
     assert {a.status for a in load.answers} == {200}
@@ -144,12 +140,12 @@ def test_store_locked(upstream: ScriptedUpstream, tmp_path: Path, table: list[Ro
         blocker = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")
         load.send(20)
-        wait_for(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
+        eventually(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
         assert readiness(gateway).status_code == 200  # spooled is persisted
         blocker.execute("ROLLBACK")
         blocker.close()
         load.send(15)
-        wait_for(lambda: len(stored(store)) == len(load.ids))
+        eventually(lambda: len(stored(store)) == len(load.ids))
     check(table, "store locked (sqlite, exclusive)", load, stored(store))
 
 
@@ -160,10 +156,10 @@ def test_store_down_until_its_volume_appears(upstream: ScriptedUpstream, tmp_pat
                                 payloads=False)) as gateway:
         load = Load(gateway.base_url)
         load.send(25)
-        wait_for(lambda: gateway.metric("minigate_log_records_spooled_total") == 25)
+        eventually(lambda: gateway.metric("minigate_log_records_spooled_total") == 25)
         (tmp_path / "volume").mkdir()
         load.send(25)
-        wait_for(lambda: (tmp_path / "volume" / "calls.db").exists() and len(stored(store)) == 50)
+        eventually(lambda: (tmp_path / "volume" / "calls.db").exists() and len(stored(store)) == 50)
     check(table, "store down (sqlite folder missing)", load, stored(store))
 
 
@@ -178,6 +174,7 @@ async def _allow_connections(url: str, allowed: bool) -> None:
         await connection.close()
 
 
+@pytest.mark.integration
 def test_store_down_postgres(upstream: ScriptedUpstream, tmp_path: Path, table: list[Row]) -> None:
     """The PostgreSQL database refuses connections mid-run, then takes them again."""
     with fresh_postgres_database() as url:
@@ -186,10 +183,10 @@ def test_store_down_postgres(upstream: ScriptedUpstream, tmp_path: Path, table: 
             load.send(15)
             asyncio.run(_allow_connections(url, False))
             load.send(20)
-            wait_for(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
+            eventually(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
             asyncio.run(_allow_connections(url, True))
             load.send(15)
-            wait_for(lambda: len(stored(url)) == len(load.ids))
+            eventually(lambda: len(stored(url)) == len(load.ids))
         check(table, "store down (postgresql refusing)", load, stored(url))
 
 
@@ -201,17 +198,17 @@ def test_store_full(upstream: ScriptedUpstream, tmp_path: Path, table: list[Row]
         with run_gateway(gateway_at(tmp_path, upstream, store=store, queue_size=10, payloads=False)) as gateway:
             load = Load(gateway.base_url)
             load.send(10)
-            wait_for(lambda: len(stored(store)) == 10)
+            eventually(lambda: len(stored(store)) == 10)
             filler = fill(disk)
             load.send(3)
-            wait_for(lambda: readiness(gateway).status_code == 503)
+            eventually(lambda: readiness(gateway).status_code == 503)
             load.send(30)
             not_ready = readiness(gateway).json()
             dropped = gateway.metric("minigate_log_records_dropped_total")
             filler.unlink()
-            wait_for(lambda: readiness(gateway).status_code == 200)
+            eventually(lambda: readiness(gateway).status_code == 200)
             load.send(10)
-            wait_for(lambda: len(stored(store)) + dropped == len(load.ids))
+            eventually(lambda: len(stored(store)) + dropped == len(load.ids))
             assert gateway.metric("minigate_log_records_dropped_total") == dropped
         assert not_ready["status"] == "not_ready"
         assert "database or disk is full" in not_ready["call_log"] and "No space left" in not_ready["call_log"]
@@ -228,18 +225,19 @@ def test_file_deleted_mid_serving(upstream: ScriptedUpstream, tmp_path: Path, ta
             run_gateway(gateway_at(tmp_path, upstream, store=store)) as gateway:
         load = Load(gateway.base_url)
         load.send(20)
-        wait_for(lambda: len(stored(store)) == 20)
+        eventually(lambda: len(stored(store)) == 20)
         for name in ("calls.db", "calls.db-wal", "calls.db-shm"):
             (tmp_path / name).unlink(missing_ok=True)
         deleted_at = time.monotonic()
         load.send(30)
-        wait_for(lambda: (tmp_path / "calls.db").exists() and len(stored(store)) >= 30)
+        eventually(lambda: (tmp_path / "calls.db").exists() and len(stored(store)) >= 30)
     after = Load(load.base_url, answers=[a for a in load.answers if a.sent > deleted_at])
     assert [r for r in caplog.records if "deleted or replaced" in r.getMessage()]
     row = check(table, "file deleted (sent after deletion)", after, stored(store))
     assert row.answered == 30
 
 
+@pytest.mark.integration
 def test_sigterm_under_load(upstream: ScriptedUpstream, tmp_path: Path, table: list[Row]) -> None:
     """A real `minigate serve` (sealing in its worker process) drains and stores every answered call."""
     store = f"sqlite:///{tmp_path / 'calls.db'}"
@@ -247,13 +245,14 @@ def test_sigterm_under_load(upstream: ScriptedUpstream, tmp_path: Path, table: l
     with start_gateway_process("--config", str(path), "--port", "0") as gateway:
         load = Load(gateway.base_url)
         load.start(3000)
-        wait_for(lambda: len(load.answers) >= 40)
+        eventually(lambda: len(load.answers) >= 40)
         gateway.signal(signal.SIGTERM)
         load.join()
         assert gateway.wait() == 0
     check(table, "SIGTERM under load", load, stored(store))
 
 
+@pytest.mark.integration
 def test_sigkill_then_restart_under_load(upstream: ScriptedUpstream, tmp_path: Path, table: list[Row]) -> None:
     """Killed while its store is locked: what was spooled survives and is replayed at the restart. Only calls
     answered within the documented window (flush_interval_s + store_timeout_s) before the kill may be lost."""
@@ -264,12 +263,12 @@ def test_sigkill_then_restart_under_load(upstream: ScriptedUpstream, tmp_path: P
         # Paced, so the gateway's core keeps up with sealing: the window holds for a writer that is not behind.
         load = Load(gateway.base_url, pace_s=0.01)
         load.send(5)  # the first batch also loads the redaction lexicons
-        wait_for(lambda: len(stored(store)) == 5)
+        eventually(lambda: len(stored(store)) == 5)
         blocker = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
         load.start(3000)
-        wait_for(lambda: len(load.answers) >= 45 and time.monotonic() - started > 3 * window_s)
+        eventually(lambda: len(load.answers) >= 45 and time.monotonic() - started > 3 * window_s)
         gateway.signal(signal.SIGKILL)
         killed_at = time.monotonic()
         load.join()
@@ -277,7 +276,7 @@ def test_sigkill_then_restart_under_load(upstream: ScriptedUpstream, tmp_path: P
     blocker.execute("ROLLBACK")
     blocker.close()
     with start_gateway_process("--config", str(path), "--port", "0") as gateway:
-        wait_for(lambda: len(stored(store)) >= sum(1 for a in load.answers if a.answered < killed_at - window_s), 10)
+        eventually(lambda: len(stored(store)) >= sum(1 for a in load.answers if a.answered < killed_at - window_s), 10)
         gateway.signal(signal.SIGTERM)
         assert gateway.wait() == 0
     records = stored(store)
@@ -300,7 +299,7 @@ def test_deeply_nested_request_keeps_the_writer_alive(upstream: ScriptedUpstream
         assert deep.status_code in (200, 400), deep.text
         load = Load(gateway.base_url)
         load.send(20)
-        wait_for(lambda: len(stored(store)) == 20 + (deep.status_code == 200))
+        eventually(lambda: len(stored(store)) == 20 + (deep.status_code == 200))
         assert readiness(gateway).status_code == 200
     if deep.status_code == 200:
         load.answers.append(Answer(deep.headers["x-minigate-request-id"], 200, 0.0, 0.0))

@@ -79,11 +79,21 @@ def test_system_prompt_is_not_the_users_question() -> None:
     assert quiet.reasoning_cues == 0 and quiet.intents == 0
 
 
-@pytest.mark.parametrize("body", [{}, {"messages": None}, {"messages": [1, "x", None]},
-                                  {"messages": [{"role": "user", "content": 5}]}, {"tools": "nope", "messages": []},
-                                  {"response_format": {"type": "json_schema", "json_schema": "bad"}}])
-def test_malformed_shapes_count_as_absent(body: dict[str, object]) -> None:
-    assert extract_features(body).messages >= 0
+QUESTION = user("Write a Python function, step by step: why does it fail?")
+
+
+@pytest.mark.parametrize(("body", "absent"), [
+    ({"messages": None}, {}),
+    ({"messages": [1, "x", None]}, {"messages": []}),
+    ({"messages": [QUESTION, 1, "x", None]}, {"messages": [QUESTION]}),
+    ({"messages": [{"role": "user", "content": 5}]}, {"messages": [{"role": "user"}]}),
+    ({"tools": "nope", "messages": [QUESTION]}, {"messages": [QUESTION]}),
+    ({"max_tokens": "lots", "messages": [QUESTION]}, {"messages": [QUESTION]}),
+    ({"response_format": {"type": "json_schema", "json_schema": "bad"}}, {"response_format": {"type": "json_schema"}}),
+])
+def test_malformed_shapes_count_as_absent(body: dict[str, object], absent: dict[str, object]) -> None:
+    """A malformed part weighs exactly as much as no part at all: every feature equals the body without it."""
+    assert extract_features(body) == extract_features(absent)
 
 
 # Robustness: any text, any shape, never an exception, and linear time. A deadline per example (far
@@ -133,6 +143,7 @@ def test_any_text_gives_sane_features_in_linear_time(text: str) -> None:
         assert 0.0 <= getattr(features, factor) <= 1.0, factor
 
 
+@pytest.mark.slow
 @FAST
 @given(st.dictionaries(st.sampled_from(KEYS), SHAPES, max_size=6))
 @example({"messages": 5})

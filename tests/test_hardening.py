@@ -18,17 +18,11 @@ import pytest
 from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 ANALYST = {"authorization": f"Bearer {ANALYST_KEY}"}
 CHAT = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def post(gateway: RunningGateway, content: bytes, **kwargs: Any) -> httpx.Response:
@@ -142,7 +136,7 @@ def test_credentials_in_an_upstream_url_reach_no_client_and_no_record(make_gatew
     assert "s3cret" not in response.text and "svcuser" not in response.text
     assert response.json()["error"]["message"].startswith("cannot reach upstream 'scripted'")
     request_id = response.headers["x-minigate-request-id"]
-    wait_for(lambda: stored(tmp_path / "calls.db", request_id) is not None, 30)
+    eventually(lambda: stored(tmp_path / "calls.db", request_id) is not None, 30)
     row = stored(tmp_path / "calls.db", request_id)
     assert row is not None and "s3cret" not in row["attempts"]
     assert {a["base_url"] for a in orjson.loads(row["attempts"])} == {"http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"}
@@ -173,11 +167,11 @@ def test_a_client_that_leaves_cancels_the_upstream_call(make_gateway: Callable[.
     with pytest.raises(httpx.ReadTimeout):
         post(gateway, orjson.dumps(CHAT), timeout=httpx.Timeout(5, read=0.5))
     # Recorded as client-closed within seconds, not after the upstream's 30 s (or the 120 s read timeout).
-    wait_for(lambda: gateway.metric("minigate_requests_total", {"route": "gpt-4.1", "model": "gpt-4.1",
+    eventually(lambda: gateway.metric("minigate_requests_total", {"route": "gpt-4.1", "model": "gpt-4.1",
                                                                 "tier": "frontier", "task": "unknown",
                                                                 "status": "499"}) == 1, 10)
     with sqlite3.connect(tmp_path / "calls.db") as conn:
-        wait_for(lambda: conn.execute("SELECT count(*) FROM calls WHERE status = 499").fetchone()[0] == 1, 30)
+        eventually(lambda: conn.execute("SELECT count(*) FROM calls WHERE status = 499").fetchone()[0] == 1, 30)
         attempts = orjson.loads(conn.execute("SELECT attempts FROM calls WHERE status = 499").fetchone()[0])
     assert attempts[-1]["error"] == "client_closed"
 
@@ -189,7 +183,7 @@ def test_a_client_closing_mid_upload_is_a_quiet_499(gateway: RunningGateway, cap
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + AGENT_KEY.encode()
                          + b"\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\": ")
             time.sleep(0.2)
-        wait_for(lambda: gateway.metric("minigate_requests_total", {"route": "", "model": "", "tier": "",
+        eventually(lambda: gateway.metric("minigate_requests_total", {"route": "", "model": "", "tier": "",
                                                                     "task": "unknown", "status": "499"}) == 1)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -244,7 +238,7 @@ def test_connections_past_the_limit_get_an_openai_shaped_503(upstream: ScriptedU
     finally:
         for sock in held:
             sock.close()
-    wait_for(lambda: httpx.post(f"http://{address[0]}:{address[1]}/v1/chat/completions", json=CHAT,
+    eventually(lambda: httpx.post(f"http://{address[0]}:{address[1]}/v1/chat/completions", json=CHAT,
                                 headers=AUTH).status_code == 200)
 
 
@@ -276,11 +270,11 @@ def test_a_reload_cannot_remove_every_key(upstream: ScriptedUpstream, make_gatew
         error = httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST).json()["last_reload_error"]
         return error is not None and "auth.keys" in error
 
-    wait_for(refused)
+    eventually(refused)
     assert httpx.get(f"{gateway.v1}/minigate/calls").status_code == 401  # still locked
     assert post(gateway, orjson.dumps(CHAT)).status_code == 200
     path.write_text(original)  # the file as it was: the old error is gone
-    wait_for(lambda: httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST).json()["last_reload_error"] is None)
+    eventually(lambda: httpx.get(f"{gateway.base_url}/readyz", headers=ANALYST).json()["last_reload_error"] is None)
 
 
 def test_an_admin_still_sees_details_on_an_open_gateway(make_gateway: Callable[..., RunningGateway],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from minigate.logger.crypto import PayloadCipher, generate_key, key_id, validate_key
 from tests.conftest import AGENT_KEY, gateway_config
@@ -85,6 +86,7 @@ def test_rotate_with_the_default_key_file_prepends_a_new_key(upstream: ScriptedU
     assert {kid for (kid,) in fetch(store, "SELECT key_id FROM calls")} == {key_id(new)}
 
 
+@pytest.mark.integration
 def test_rotate_without_any_key_or_with_a_broken_key_file_says_what_to_fix(upstream: ScriptedUpstream,
                                                                            tmp_path: Path) -> None:
     logging = {"store": f"sqlite:///{tmp_path}/calls.db"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 needs_litellm = pytest.mark.skipif(importlib.util.find_spec("litellm") is None,
                                    reason="the litellm extra is not installed: pip install 'minigate[litellm]'")
@@ -70,9 +70,8 @@ def test_a_completion_reaches_the_provider_and_comes_back_openai_shaped(
     assert sent.path == "/v1/chat/completions" and sent.headers["authorization"] == "Bearer sk-tail"
     assert sent.json()["model"] == "tail-model-1" and sent.json()["temperature"] == 0.2  # no `openai/` prefix
 
-    deadline = time.monotonic() + 30  # the first batch may wait for the sealing worker to start
-    while gateway.metric("minigate_log_records_written_total") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The first batch may wait for the sealing worker to start.
+    eventually(lambda: gateway.metric("minigate_log_records_written_total") >= 1)
     [(tokens_in, tokens_out, cost)] = fetch(f"sqlite:///{tmp_path}/calls-0.db",
                                             "SELECT input_tokens, output_tokens, cost_usd FROM calls")
     assert (tokens_in, tokens_out) == (reply.usage.prompt_tokens, reply.usage.completion_tokens)
@@ -210,6 +209,7 @@ with ScriptedUpstream() as up:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("make_config", "imported"), [
     (lambda tmp: gateway_config("http://set-by-the-child/v1"), False),
     pytest.param(lambda tmp: litellm_config("http://set-by-the-child/v1"), True, marks=needs_litellm),

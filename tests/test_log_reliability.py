@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import POSTGRES_URL, fetch, fresh_postgres_database
 from tests.support.servers import run_gateway, start_gateway_process, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually, eventually_async
+
+pytestmark = pytest.mark.slow  # load against gateways whose store fails
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 BODY = {"model": "cheap", "messages": [{"role": "user", "content": "x"}]}
@@ -65,13 +68,6 @@ class Load:
         self._thread.join(timeout=60)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def stored_ids(url: str) -> list[str]:
     return [row[0] for row in fetch(url, "SELECT request_id FROM calls")]
 
@@ -87,17 +83,18 @@ async def _set_connections(url: str, allowed: bool) -> None:
         await connection.close()
 
 
+@pytest.mark.integration
 def test_postgres_outage_under_load(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     with fresh_postgres_database() as url:
         logging = {"store": url, "spool": str(tmp_path / "spool"), "flush_interval_s": 0.05, "replay_interval_s": 0.2}
         path = write_config(tmp_path / "minigate.yaml", gateway_config(upstream.base_url, logging=logging))
         with run_gateway(path) as gateway, Load(gateway.base_url) as load:
-            wait_for(lambda: len(load.ids) > 50)
+            eventually(lambda: len(load.ids) > 50)
             asyncio.run(_set_connections(url, False))  # the store goes away mid-run...
-            wait_for(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
+            eventually(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
             asyncio.run(_set_connections(url, True))  # ...and comes back
             count = len(load.ids)
-            wait_for(lambda: len(load.ids) > count + 50)
+            eventually(lambda: len(load.ids) > count + 50)
         assert set(load.statuses) == {200}
         ids = stored_ids(url)
         assert sorted(ids) == sorted(load.ids), "exactly one record per request, none twice"
@@ -109,26 +106,27 @@ def test_stalled_store_and_full_queue_spool_instead_of_dropping(upstream: Script
     logging = {"store": store, "queue_size": 5, "batch_size": 5, "flush_interval_s": 0.05, "replay_interval_s": 0.2}
     path = write_config(tmp_path / "minigate.yaml", gateway_config(upstream.base_url, logging=logging))
     with run_gateway(path) as gateway:
-        wait_for(lambda: (tmp_path / "calls.db").exists())
+        eventually(lambda: (tmp_path / "calls.db").exists())
         blocker = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database: writes stall, then fail
         with Load(gateway.base_url) as load:
-            wait_for(lambda: gateway.metric("minigate_log_records_spooled_total") >= 20)
+            eventually(lambda: gateway.metric("minigate_log_records_spooled_total") >= 20)
         blocker.execute("ROLLBACK")
         blocker.close()
-        wait_for(lambda: gateway.metric("minigate_log_records_written_total") >= len(load.ids))
+        eventually(lambda: gateway.metric("minigate_log_records_written_total") >= len(load.ids))
     assert set(load.statuses) == {200}
     assert sorted(stored_ids(store)) == sorted(load.ids)
     assert gateway.metric("minigate_log_records_dropped_total") == 0
 
 
+@pytest.mark.integration
 def test_sigterm_under_load_keeps_every_record(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'calls.db'}"
     path = write_config(tmp_path / "minigate.yaml",
                         gateway_config(upstream.base_url, logging={"store": store, "flush_interval_s": 5}))
     with start_gateway_process("--config", str(path), "--port", "0") as gateway:
         with Load(gateway.base_url) as load:
-            wait_for(lambda: len(load.ids) > 100)
+            eventually(lambda: len(load.ids) > 100)
             gateway.signal(signal.SIGTERM)
             assert gateway.wait() == 0
     # The flush interval had not passed: the records were written by the shutdown drain.
@@ -167,21 +165,15 @@ def fill(folder: Path) -> Path:
 
 
 def record(request_id: str, **fields: Any) -> CallRecord:
-    return CallRecord(request_id, time.time(), "agents", "cheap", "mini", "miniature", "unknown", "default",
-                      "scripted", 200, 0.01, False, **fields)
+    return CallRecord(request_id=request_id, started_at=time.time(), key_name="agents", route="cheap", model="mini",
+                      tier="miniature", task="unknown", rule="default", upstream="scripted", status=200,
+                      latency_s=0.01, stream=False, **fields)
 
 
 def call_log(store: str, **settings: Any) -> tuple[CallLog, CollectorRegistry]:
     section = LoggingSection(store=store, flush_interval_s=0.05, replay_interval_s=0.2, **settings)
     registry = CollectorRegistry()
     return CallLog(section, registry, Sealer.from_settings(section)), registry
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def sample(registry: CollectorRegistry, name: str) -> float:
@@ -207,7 +199,7 @@ def test_a_record_that_cannot_be_sealed_costs_its_payload_only(tmp_path: Path, s
         calls.submit(record("deep", request_body=nested(300, b'"jane.deep@example.com"')))
         for request_id in later:
             calls.submit(record(request_id, request_body=b'{"messages":[{"role":"user","content":"a@b.co"}]}'))
-        await until(lambda: sample(registry, "minigate_log_records_written_total") >= 6)
+        await eventually_async(lambda: sample(registry, "minigate_log_records_written_total") >= 6)
         assert calls.problem is None
         await calls.stop()
 
@@ -234,16 +226,16 @@ def test_a_full_disk_holds_a_bounded_number_of_records_and_recovers(tmp_path: Pa
         async def scenario() -> tuple[str | None, str | None]:
             await calls.start()
             calls.submit(record("before"))
-            await until(lambda: sample(registry, "minigate_log_records_written_total") == 1)
+            await eventually_async(lambda: sample(registry, "minigate_log_records_written_total") == 1)
             filler = fill(disk)
             for i in range(3):
                 calls.submit(record(f"held-{i}"))
-            await until(lambda: calls.problem is not None)
+            await eventually_async(lambda: calls.problem is not None)
             for i in range(20):  # the writer takes none while it retries: 5 wait in the queue, 15 are dropped
                 calls.submit(record(f"late-{i}"))
             full = calls.problem
             filler.unlink()
-            await until(lambda: calls.problem is None and sample(registry, "minigate_log_queue_depth") == 0)
+            await eventually_async(lambda: calls.problem is None and sample(registry, "minigate_log_queue_depth") == 0)
             recovered = calls.problem
             await calls.stop()
             return full, recovered
@@ -257,6 +249,7 @@ def test_a_full_disk_holds_a_bounded_number_of_records_and_recovers(tmp_path: Pa
     assert sample(registry, "minigate_log_records_dropped_total") == 15
 
 
+@pytest.mark.integration
 def test_a_store_that_hangs_costs_a_timeout_then_the_spool(tmp_path: Path) -> None:
     """A PostgreSQL write stuck behind a lock would hold every later record in memory: it gets
     `store_timeout_s`, then the batch is spooled; once the lock goes, replay stores each record once."""
@@ -271,11 +264,11 @@ def test_a_store_that_hangs_costs_a_timeout_then_the_spool(tmp_path: Path) -> No
             await blocker.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
             for i in range(10):
                 calls.submit(record(f"stalled-{i}"))
-            await until(lambda: sample(registry, "minigate_log_records_spooled_total") == 10)
+            await eventually_async(lambda: sample(registry, "minigate_log_records_spooled_total") == 10)
             assert calls.problem is None  # spooled is persisted
             await transaction.rollback()
             await blocker.close()
-            await until(lambda: sample(registry, "minigate_log_records_written_total") >= 10)
+            await eventually_async(lambda: sample(registry, "minigate_log_records_written_total") >= 10)
             await calls.stop()
 
         asyncio.run(scenario())

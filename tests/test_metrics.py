@@ -8,7 +8,6 @@ wait until the log has written every call (`minigate_log_records_written_total`)
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 PRICES = {"gpt-4.1": {"input_per_mtok": 2.0, "output_per_mtok": 8.0},
           "mini": {"input_per_mtok": 0.1, "output_per_mtok": 0.4}}
@@ -64,14 +64,13 @@ def client(gateway: RunningGateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.v1, api_key=AGENT_KEY, max_retries=0)
 
 
-def settled(gateway: RunningGateway, check: Callable[[Scrape], bool], timeout: float = 15.0) -> Scrape:
-    """Scrape until `check` holds (the writer counts calls a moment after they end), or give up."""
-    deadline = time.monotonic() + timeout
-    scrape = Scrape(gateway)
-    while not check(scrape) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        scrape = Scrape(gateway)
-    return scrape
+def settled(gateway: RunningGateway, check: Callable[[Scrape], bool]) -> Scrape:
+    """The first scrape where `check` holds (the writer counts calls a moment after they end)."""
+    return eventually(lambda: _passing(Scrape(gateway), check))
+
+
+def _passing(scrape: Scrape, check: Callable[[Scrape], bool]) -> Scrape | None:
+    return scrape if check(scrape) else None
 
 
 def logged(gateway: RunningGateway, calls: int) -> Scrape:

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from minigate.serving.price_table import PriceTable
-from minigate.serving.pricing import PriceBook, Rate, model_rate
+from minigate.pricing import PriceTable, Rate, model_rate
+from minigate.router.prices import PriceBook
 from minigate.serving.settings import ModelEntry, Price
 from pydantic import ValidationError
 
@@ -126,11 +126,10 @@ def test_check_shows_each_price_and_its_source(tmp_path: Path) -> None:
 
 
 def test_the_table_ships_as_package_data() -> None:
-    text = resources.files("minigate.serving").joinpath("prices.json").read_text("utf-8")
+    text = resources.files("minigate").joinpath("prices.json").read_text("utf-8")
     assert json.loads(text)["models"]
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "*.json" in setuptools["package-data"]["minigate.serving"]
-    assert setuptools["package-dir"]["minigate.serving"] == "serving"
+    assert "prices.json" in setuptools["package-data"]["minigate"]
 
 
 def test_refresh_keeps_chat_models_with_token_prices(tmp_path: Path) -> None:

@@ -11,9 +11,17 @@ from typing import Any
 
 import pytest
 
-from minigate.logger.redact import Placeholders, RedactionPolicy, Redactor, Span, find_spans, redact_lines
-from minigate.logger.redact_patterns import is_valid_iban
-from minigate.logger.redact_walk import MAX_DEPTH, RedactionBudget
+from minigate.logger.redact import (
+    MAX_DEPTH,
+    Placeholders,
+    RedactionBudget,
+    RedactionPolicy,
+    Redactor,
+    Span,
+    find_spans,
+    redact_lines,
+)
+from minigate.logger.redact.patterns import is_valid_iban
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio_synth" / "synth_dataset_v2.json"
 TARGET_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")

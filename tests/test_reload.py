@@ -8,24 +8,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import start_gateway_process, write_config
 from tests.support.servers import RunningGateway
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 
 
 def routes(base_url: str) -> list[str]:
     return [m["id"] for m in httpx.get(f"{base_url}/v1/models", headers=AUTH).json()["data"]]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def reloads(base_url: str, result: str) -> float:
@@ -41,10 +36,10 @@ def test_file_change_reloads_and_bad_file_keeps_old(upstream: ScriptedUpstream, 
     path = next(Path(p) for p in [gateway.app.state.holder.path])
     config["routes"]["added"] = {"default": "mini"}
     write_config(path, config)
-    wait_for(lambda: "added" in routes(gateway.base_url))
+    eventually(lambda: "added" in routes(gateway.base_url))
 
     path.write_text(path.read_text().replace("default: mini", "default: no-such-model"))
-    wait_for(lambda: reloads(gateway.base_url, "rejected") >= 1)
+    eventually(lambda: reloads(gateway.base_url, "rejected") >= 1)
     ready = httpx.get(f"{gateway.base_url}/readyz", headers={"authorization": f"Bearer {ANALYST_KEY}"}).json()
     assert "routes.cheap.default: unknown model 'no-such-model'" in ready["last_reload_error"]
     assert ready["config_generation"] == 2
@@ -53,12 +48,13 @@ def test_file_change_reloads_and_bad_file_keeps_old(upstream: ScriptedUpstream, 
     assert response.status_code == 200
 
 
+@pytest.mark.integration
 def test_sighup_reloads(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     path = write_config(tmp_path / "minigate.yaml", gateway_config(upstream.base_url))
     with start_gateway_process("--config", str(path), "--port", "0") as gateway:
         before = reloads(gateway.base_url, "unchanged")
         gateway.signal(signal.SIGHUP)
-        wait_for(lambda: reloads(gateway.base_url, "unchanged") == before + 1)
+        eventually(lambda: reloads(gateway.base_url, "unchanged") == before + 1)
         gateway.signal(signal.SIGTERM)
         assert gateway.wait() == 0
 
@@ -77,4 +73,4 @@ def test_rename_on_save_reloads_and_log_writes_beside_the_config_do_not(
     config["routes"]["renamed-in"] = {"default": "mini"}
     staged = write_config(path.with_name(".minigate.yaml.swp"), config)  # how editors save: write, rename
     staged.rename(path)
-    wait_for(lambda: "renamed-in" in routes(gateway.base_url))
+    eventually(lambda: "renamed-in" in routes(gateway.base_url))

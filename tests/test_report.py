@@ -94,6 +94,7 @@ def total(rows: list[dict[str, Any]], column: str) -> float:
     return sum(row[column] or 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_report_figures_match_the_call_log(upstream: ScriptedUpstream, tmp_path: Path, store_url: str) -> None:
     path = serve_traffic(upstream, tmp_path, store_url)
     since, until = math.floor(time.time()) - 86400, math.ceil(time.time()) + 60  # a day's window: projected
@@ -185,6 +186,7 @@ def chromium() -> Iterator[str]:
     yield found
 
 
+@pytest.mark.integration
 def test_the_page_renders_in_headless_chromium(upstream: ScriptedUpstream, tmp_path: Path, chromium: str) -> None:
     path = serve_traffic(upstream, tmp_path, f"sqlite:///{tmp_path}/calls.db")
     folder = tmp_path / "report"

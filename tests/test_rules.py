@@ -212,6 +212,7 @@ def test_rules_pick_the_model(routed: RunningGateway, upstream: ScriptedUpstream
     assert corrected.headers["x-minigate-rule"] == "corrected-twice"
 
 
+@pytest.mark.slow
 def test_split_is_sticky_per_conversation_and_weighted(routed: RunningGateway) -> None:
     def model(i: int) -> str:
         response = ask(routed, [{"role": "user", "content": f"conversation {i}"}], metadata={"canary": "yes"})

@@ -13,8 +13,7 @@ import orjson
 
 from minigate.logger.crypto import generate_key
 from minigate.logger.records import CallRecord
-from minigate.logger.seal import Sealer
-from minigate.logger.seal_pool import SealerPool
+from minigate.logger.seal import Sealer, SealerPool
 from minigate.logger.settings import LoggingSection
 
 _REQUEST = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "mail jane@example.com now"}]})
@@ -24,8 +23,9 @@ _REPLY = orjson.dumps({"choices": [{"index": 0, "message": {"role": "assistant",
 
 
 def _records(count: int) -> list[CallRecord]:
-    return [CallRecord(uuid.uuid4().hex, time.time(), "agents", "r", "m", "frontier", "unknown", "default", "up",
-                       200, 0.01, False, request_body=_REQUEST, user="u-1", reply=_REPLY) for _ in range(count)]
+    return [CallRecord(request_id=uuid.uuid4().hex, started_at=time.time(), key_name="agents", route="r", model="m",
+                       tier="frontier", task="unknown", rule="default", upstream="up", status=200, latency_s=0.01,
+                       stream=False, request_body=_REQUEST, user="u-1", reply=_REPLY) for _ in range(count)]
 
 
 def _opened(sealer: Sealer, record: CallRecord) -> dict[str, object]:

@@ -23,13 +23,13 @@ import pytest
 
 from minigate.logger.crypto import generate_key
 from minigate.logger.records import CallRecord
-from minigate.logger.redact_walk import MAX_DEPTH
-from minigate.logger.seal import Sealer
-from minigate.logger.seal_pool import SealerPool
+from minigate.logger.redact import MAX_DEPTH
+from minigate.logger.seal import Sealer, SealerPool
 from minigate.logger.settings import LoggingSection
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.support.servers import start_gateway_process, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 _EMAIL, _SSN = "jane@example.com", "536-22-8718"
 _REPLY = orjson.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -43,8 +43,9 @@ def sealer() -> Sealer:
 
 
 def _record(body: bytes, **raw: Any) -> CallRecord:
-    return CallRecord(uuid.uuid4().hex, time.time(), "agents", "r", "m", "frontier", "unknown", "default", "up",
-                      200, 0.01, "chunks" in raw, request_body=body, **raw)
+    return CallRecord(request_id=uuid.uuid4().hex, started_at=time.time(), key_name="agents", route="r", model="m",
+                      tier="frontier", task="unknown", rule="default", upstream="up", status=200, latency_s=0.01,
+                      stream="chunks" in raw, request_body=body, **raw)
 
 
 def _chat(**extra: Any) -> dict[str, Any]:
@@ -150,6 +151,12 @@ def test_a_record_that_cannot_be_sealed_keeps_its_metadata(sealer: Sealer, caplo
     assert "<EMAIL_1>" in _opened(sealer, records[1], records[1].request_payload)  # its neighbour: sealed
 
 
+def _sealing_tree(pid: int) -> set[int] | None:
+    """The gateway's descendants once its sealing pool runs (tracker, forkserver, worker), else None."""
+    tree = _descendants(pid)
+    return tree if len(tree) >= 3 else None
+
+
 def _descendants(pid: int) -> set[int]:
     """Every process under `pid`, from /proc (each /proc/N/stat names its parent)."""
     children: dict[int, list[int]] = {}
@@ -178,6 +185,7 @@ def _is_alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux's /proc")
 def test_sealing_processes_exit_when_the_gateway_is_killed(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/calls.db",
@@ -187,17 +195,7 @@ def test_sealing_processes_exit_when_the_gateway_is_killed(upstream: ScriptedUps
         answer = httpx.post(f"{gateway.base_url}/v1/chat/completions", headers={"authorization": f"Bearer {AGENT_KEY}"},
                             json=_chat(model="gpt-4.1"), timeout=30)
         assert answer.status_code == 200
-        deadline = time.monotonic() + 30
-        while len(tree := _descendants(gateway.process.pid)) < 3:  # tracker, forkserver, worker
-            assert time.monotonic() < deadline, f"no sealing worker started: {tree}"
-            time.sleep(0.05)
+        tree = eventually(lambda: _sealing_tree(gateway.process.pid), what="a sealing worker started")
         gateway.signal(signal.SIGKILL)
         gateway.wait()
-        deadline = time.monotonic() + 10
-        while alive := {pid for pid in tree if _is_alive(pid)}:
-            assert time.monotonic() < deadline, f"outlived the gateway: {_commands(alive)}"
-            time.sleep(0.05)
-
-
-def _commands(pids: set[int]) -> list[str]:
-    return [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120] for pid in pids]
+        eventually(lambda: not {pid for pid in tree if _is_alive(pid)}, what="the gateway's children end with it")

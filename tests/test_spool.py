@@ -9,13 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from minigate.logger.spool import FsyncPolicy, Spool, SpoolBatch, SpoolInUseError
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -300,9 +300,7 @@ def test_records_survive_a_process_crash_right_after_append(tmp_path: Path, poli
 def test_sigkill_while_appending_loses_no_acknowledged_record(tmp_path: Path) -> None:
     child = run_child(tmp_path, "append-forever", "batch")
     acked = tmp_path / "acked"
-    deadline = time.monotonic() + 20
-    while (not acked.exists() or acked.read_text().count("\n") < 300) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: acked.exists() and acked.read_text().count("\n") >= 300, interval=0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
     acknowledged = acked.read_text().count("\n")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from minigate.logger.migrations import MIGRATIONS
 from minigate.logger.records import CallRecord
-from minigate.logger.store import open_store
+from minigate.logger.stores import open_store
+from minigate.logger.stores.migrations import MIGRATIONS
 from tests.stores import fetch
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import orjson
 import pytest
 
-from minigate.router.candidates import CandidatePrices, TaskStats, rank_candidates
+from minigate.conversion.candidates import CandidatePrices, TaskStats, rank_candidates
+from minigate.pricing import Rate
 from minigate.router.catalogue import Catalogue, Task, save_catalogue
 from minigate.router.signature import signature
-from minigate.serving.pricing import Rate
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.support.servers import run_gateway, write_config
 from tests.support.upstream import ScriptedUpstream

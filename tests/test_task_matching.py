@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 REFUNDS = "You handle refund requests for ACME. Today is 2026-11-23. Answer with the refund amount."
@@ -65,9 +65,7 @@ def test_signature_hit_names_the_task_everywhere(tasked: RunningGateway, upstrea
 
     assert tasked.metric("minigate_requests_total", {"route": "gpt-4.1", "model": "mini", "tier": "miniature",
                                                      "task": "t001", "status": "200"}) == 1
-    deadline = time.monotonic() + 10
-    while tasked.metric("minigate_log_records_written_total") < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: tasked.metric("minigate_log_records_written_total") >= 3)
     stored = dict(fetch(f"sqlite:///{tmp_path}/calls-0.db", "SELECT request_id, task FROM calls"))
     assert stored == {hit.headers["x-minigate-request-id"]: "t001", other.headers["x-minigate-request-id"]: "t002",
                       new.headers["x-minigate-request-id"]: "unknown"}
@@ -78,13 +76,12 @@ def test_a_re_discovered_catalogue_is_picked_up_without_a_restart(tasked: Runnin
     write_catalogue(tmp_path / "tasks.yaml", refund_name="refunds")  # as `tasks rename` would leave it
     text = config_path.read_text().replace("task: refund-request", "task: refunds")
     config_path.write_text(text)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+
+    def renamed() -> httpx.Response | None:
         response = httpx.post(f"{tasked.v1}/chat/completions", headers=AUTH, json=ask(REFUNDS, "refund please"))
-        if response.headers["x-minigate-task"] == "refunds":
-            break
-        time.sleep(0.1)
-    assert response.headers["x-minigate-task"] == "refunds" and response.headers["x-minigate-model"] == "mini"
+        return response if response.headers["x-minigate-task"] == "refunds" else None
+
+    assert eventually(renamed, interval=0.1, what="the renamed task matches").headers["x-minigate-model"] == "mini"
 
 
 def test_rules_naming_unknown_tasks_are_config_errors(upstream: ScriptedUpstream, tmp_path: Path) -> None:
@@ -115,7 +112,7 @@ needs_embeddings = pytest.mark.skipif(
 
 def embedded_catalogue(path: Path) -> None:
     """Centroids made the way discovery makes them: blended content + context embeddings of each task's calls."""
-    from minigate.router.discovery import blend
+    from minigate.router.embedding import blend
     from minigate.router.embedding import Embedder
     from minigate.router.task_text import content_text, context_text
 
@@ -132,6 +129,7 @@ def embedded_catalogue(path: Path) -> None:
     save_catalogue(Catalogue(tasks, centroids, 4, "2026-11-23T00:00:00Z", "test", "all-MiniLM-L6-v2", 3), path)
 
 
+@pytest.mark.slow
 @needs_embeddings
 def test_unseen_signature_is_matched_by_embedding_within_the_budget(
         upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path) -> None:
@@ -155,11 +153,9 @@ def test_over_budget_the_request_goes_on_unknown_and_the_answer_is_cached(
     refund = ask("Another assistant.", "refund my order please")
     first = httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH, json=refund)
     assert first.status_code == 200 and first.headers["x-minigate-task"] == "unknown"
-    deadline = time.monotonic() + 10  # the embedding finished in the background and filled the cache
-    while httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
-                     json=refund).headers["x-minigate-task"] != "refund-request":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: httpx.post(f"{gateway.v1}/chat/completions", headers=AUTH,
+                                  json=refund).headers["x-minigate-task"] == "refund-request",
+               what="the embedding finished in the background and filled the cache")
 
 
 def test_without_embedding_the_gateway_never_imports_torch(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import yaml
 
+from minigate.conversion.observations import Observation, Skipped, logged_observation, output_kind, read_observations
 from minigate.logger.crypto import generate_key
 from minigate.router.catalogue import Catalogue, Task, identify, load_catalogue, merge, rename, save_catalogue
-from minigate.router.observations import Observation, Skipped, logged_observation, output_kind, read_observations
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.support.servers import run_gateway, write_config
 from tests.support.upstream import Script, ScriptedUpstream
@@ -169,6 +169,7 @@ def grouping(truth: dict[str, str], found: dict[str, str]) -> dict[str, set[str]
     return groups
 
 
+@pytest.mark.slow
 @needs_tasks_extra
 def test_discovery_finds_the_steps_and_keeps_ids_names_and_merges(tmp_path: Path) -> None:
     truth = write_calls(tmp_path / "calls.jsonl", agent_calls())
@@ -233,6 +234,7 @@ def test_discovery_finds_the_steps_and_keeps_ids_names_and_merges(tmp_path: Path
     assert missing.returncode == 2 and "no task" in missing.stderr
 
 
+@pytest.mark.slow
 @needs_tasks_extra
 def test_discovery_from_calls_logged_through_a_gateway(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     logging = {"store": f"sqlite:///{tmp_path}/calls.db", "encryption_key": generate_key()}

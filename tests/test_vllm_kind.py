@@ -6,7 +6,6 @@ The vLLM stand-in is the scripted upstream, which speaks vLLM's adapter endpoint
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,11 @@ from minigate.serving.vllm_load import VllmLoad, least_loaded, parse_metrics
 from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 ANALYST = {"authorization": f"Bearer {ANALYST_KEY}"}
 HELLO = [{"role": "user", "content": "hi"}]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def vllm_config(vllm_url: str, frontier_url: str, **upstream: Any) -> dict[str, Any]:
@@ -89,12 +82,12 @@ def test_a_reload_loads_new_adapters_and_unloads_dropped_ones(upstream: Scripted
                                       "tier": "miniature"}
         config["routes"]["refunds"] = {"default": "refund"}
         write_config(gateway.app.state.holder.path, config)
-        wait_for(lambda: vllm.adapters == {"invoice-lora", "refund-lora"})
+        eventually(lambda: vllm.adapters == {"invoice-lora", "refund-lora"})
         calls = lora_calls(vllm)
         assert ("unload_lora_adapter", {"lora_name": "ticket-lora"}) in calls
         moved = calls.index(("load_lora_adapter", {"lora_name": "invoice-lora", "lora_path": "/adapters/invoice-v2"}))
         assert ("unload_lora_adapter", {"lora_name": "invoice-lora"}) in calls[:moved]  # vLLM refuses a loaded name
-        wait_for(lambda: chat(gateway, "refunds").status_code == 200)
+        eventually(lambda: chat(gateway, "refunds").status_code == 200)
         assert vllm.requests[-1].json()["model"] == "refund-lora"
 
 
@@ -119,9 +112,9 @@ def test_a_restarted_server_gets_its_adapters_back(upstream: ScriptedUpstream,
     gateway = make_gateway(vllm_config(first.base_url, upstream.base_url))
     assert first.adapters == {"ticket-lora", "invoice-lora"}
     first.stop()
-    wait_for(lambda: "vllm-a" not in gateway.app.state.holder.current.pool.loads)  # the poller saw it go
+    eventually(lambda: "vllm-a" not in gateway.app.state.holder.current.pool.loads)  # the poller saw it go
     with ScriptedUpstream(port=port) as second:  # a new process: no adapters in memory
-        wait_for(lambda: second.adapters == {"ticket-lora", "invoice-lora"})
+        eventually(lambda: second.adapters == {"ticket-lora", "invoice-lora"})
         assert chat(gateway, "invoices").status_code == 200
 
 
@@ -148,24 +141,25 @@ def served(gateway: RunningGateway) -> tuple[str, str]:
     return response.headers["x-minigate-model"], response.headers["x-minigate-rule"]
 
 
+@pytest.mark.slow
 def test_the_load_of_a_rules_upstream_escalates_when_saturated(upstream: ScriptedUpstream,
                                                                make_gateway: Callable[..., RunningGateway]) -> None:
     with ScriptedUpstream() as vllm:
         gateway = make_gateway(load_routes(vllm.base_url, upstream.base_url))
         loads = gateway.app.state.holder.current.pool.loads
-        wait_for(lambda: "vllm-a" in loads)
+        eventually(lambda: "vllm-a" in loads)
         assert served(gateway) == ("base", "mini")
 
         vllm.waiting, vllm.running = 12, 64
-        wait_for(lambda: loads["vllm-a"] == VllmLoad(12.0, 64.0, 0.0))
+        eventually(lambda: loads["vllm-a"] == VllmLoad(12.0, 64.0, 0.0))
         assert served(gateway) == ("big", "default")  # the miniature is saturated: not chosen
 
         vllm.waiting, vllm.kv_metric, vllm.kv_cache = 0, "vllm:gpu_cache_usage_perc", 0.95  # an older vLLM's name
-        wait_for(lambda: loads["vllm-a"].kv_cache == 0.95)
+        eventually(lambda: loads["vllm-a"].kv_cache == 0.95)
         assert served(gateway) == ("big", "spill")
 
         vllm.kv_cache = 0.2
-        wait_for(lambda: loads["vllm-a"].kv_cache == 0.2)
+        eventually(lambda: loads["vllm-a"].kv_cache == 0.2)
         assert served(gateway) == ("base", "mini")
 
 

@@ -12,7 +12,6 @@ message of a second load, of an unknown unload, of a path with no adapter).
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,15 +26,16 @@ from minigate.router import rules
 from minigate.serving.settings import ModelEntry
 from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
 from tests.support.servers import RunningGateway
+from tests.support.waiting import eventually
 
 VLLM_URL = os.environ.get("MINIGATE_TEST_VLLM_URL", "").rstrip("/")
 BASE_MODEL = os.environ.get("MINIGATE_TEST_VLLM_MODEL", "smollm2")
 ADAPTER_PATH = os.environ.get("MINIGATE_TEST_VLLM_ADAPTER", "")
 ANALYST = {"authorization": f"Bearer {ANALYST_KEY}"}
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not VLLM_URL, reason="no real vLLM server: set MINIGATE_TEST_VLLM_URL, or run scripts/vllm-cpu"
-)
+)]
 # Adapters from config and load in rules came to the `vllm` kind together; before that, only the
 # endpoints themselves are tested (directly, with httpx).
 needs_vllm_extras = pytest.mark.skipif(
@@ -228,9 +228,10 @@ def test_rules_read_the_servers_queue(make_gateway: Callable[..., RunningGateway
     # Without a fresh reading of /metrics (before the first, or after a failed poll), load tests are
     # false and the route's default serves: ask again, leaving the poller (once a second) time to read.
     seen: list[str] = []
-    deadline = time.monotonic() + 120
-    while "idle" not in seen and time.monotonic() < deadline:
-        if seen:
-            time.sleep(1)
+
+    def is_idle() -> bool:
         seen.append(ask(client, "mini", max_tokens=1)[1]["x-minigate-rule"])
-    assert seen[-1] == "idle" and "saturated" not in seen, seen
+        return seen[-1] == "idle"
+
+    eventually(is_idle, timeout=120, interval=1, what="a load-based rule matched")
+    assert "saturated" not in seen, seen

@@ -15,7 +15,7 @@ The span then runs on over what belongs to the address: "Apt. 595", "Suite 282",
 comma- or line-separated locality parts (a town, a state code, a postcode, a country), each of which
 must look like one, so that the sentence after an address is never swallowed.
 
-    >>> from minigate.logger.redact_lexicon import capitalised_runs
+    >>> from minigate.logger.redact.lexicon import capitalised_runs
     >>> text = "Ship to 24 Clarke Avenue, Apt. 5, Springfield, IL 62704."
     >>> [text[s:e] for s, e, _, _ in address_candidates(text, capitalised_runs(text))]
     ['24 Clarke Avenue, Apt. 5, Springfield, IL 62704']
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import re
 
-from minigate.logger.redact_lexicon import is_english_word
-from minigate.logger.redact_patterns import Candidate
+from minigate.logger.redact.lexicon import is_english_word
+from minigate.logger.redact.patterns import Candidate
 
 __all__ = ["RANK_ADDRESS", "address_candidates"]
 

@@ -10,7 +10,7 @@ start of a sentence or after "in"/"at"/"the" takes away. Runs listed together ("
 Vasquez") are names together. An organisation's or a place's head word after a run ("Russell
 Investments", "Jones, Smith and Davis Orchestra") rules it out.
 
-    >>> from minigate.logger.redact_lexicon import capitalised_runs
+    >>> from minigate.logger.redact.lexicon import capitalised_runs
     >>> text = "Ask Dr. Okafor or Jennifer Hill on Monday"
     >>> [text[s:e] for s, e, _, _ in name_candidates(text, capitalised_runs(text))]
     ['Okafor', 'Jennifer Hill']
@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from minigate.logger.redact_lexicon import (
+from minigate.logger.redact.lexicon import (
     AMBIGUOUS,
     FIRST_NAME,
     LOWER,
@@ -35,7 +35,7 @@ from minigate.logger.redact_lexicon import (
     kind_of,
     word_kinds,
 )
-from minigate.logger.redact_patterns import Candidate
+from minigate.logger.redact.patterns import Candidate
 
 __all__ = ["RANK_PERSON", "name_candidates"]
 

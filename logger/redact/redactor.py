@@ -9,9 +9,9 @@ a dataset built from the log still shows that the user repeated it.
     >>> redactor.redact("mail jane@example.com or call +1 415-555-0100")[0]
     'mail <EMAIL_1> or call <PHONE_1>'
 
-Recognition is pattern-based (see `minigate.logger.redact_patterns`); street addresses and person
-names are found by `minigate.logger.redact_addresses` and `minigate.logger.redact_names` (patterns,
-name gazetteers and context cues, see `minigate.logger.redact_lexicon`: no language model), and lose
+Recognition is pattern-based (see `minigate.logger.redact.patterns`); street addresses and person
+names are found by `minigate.logger.redact.addresses` and `minigate.logger.redact.names` (patterns,
+name gazetteers and context cues, see `minigate.logger.redact.lexicon`: no language model), and lose
 every overlap to the pattern types.
 """
 
@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from minigate.logger.redact_addresses import address_candidates
-from minigate.logger.redact_lexicon import capitalised_runs
-from minigate.logger.redact_names import name_candidates
-from minigate.logger.redact_patterns import candidates
-from minigate.logger.redact_walk import JsonRedaction, RedactionBudget
+from minigate.logger.redact.addresses import address_candidates
+from minigate.logger.redact.lexicon import capitalised_runs
+from minigate.logger.redact.names import name_candidates
+from minigate.logger.redact.patterns import candidates
+from minigate.logger.redact.walk import JsonRedaction, RedactionBudget
 
 __all__ = [
     "ENTITY_TYPES",
@@ -209,7 +209,7 @@ class Redactor:
         Strings holding JSON (tool-call `arguments`) are parsed and walked, so values inside escaped
         text (`"Phone:\\n0490 75 40 81"`) are found; they are re-serialised only when something changed.
         Dict keys are redacted too: a user's address can be a key. The walk is iterative and bounded
-        (see `minigate.logger.redact_walk`): any value can be redacted; text past the `budget`
+        (see `minigate.logger.redact.walk`): any value can be redacted; text past the `budget`
         (unlimited when None) and containers nested past `MAX_DEPTH` are withheld, never kept.
         """
         state = Placeholders() if state is None else state

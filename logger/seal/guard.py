@@ -19,7 +19,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter
 
 from minigate.logger.records import CallRecord
-from minigate.logger.seal_pool import SealerPool
+from minigate.logger.seal.pool import SealerPool
 
 __all__ = ["SealGuard", "metadata_only"]
 

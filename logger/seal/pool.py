@@ -4,11 +4,11 @@ Redaction and payload parsing are pure-Python CPU work. In a thread of the gatew
 would hold the GIL the event loop needs to serve requests; in a worker process they take another
 core, and the gateway only pickles raw records out and sealed records back (a memory copy each).
 Workers come from a forkserver: forked from a clean interpreter, never from the gateway's threads
-and event loop, with the redaction lexicons already loaded (`minigate.logger.seal_worker`), so they
+and event loop, with the redaction lexicons already loaded (`minigate.logger.seal.worker`), so they
 start in milliseconds. A worker ignores SIGINT and SIGTERM: stopping is the gateway's decision, made
 by draining the queue and shutting the pool down in order. A gateway killed outright (SIGKILL) leaves
 no process behind: workers exit when the gateway's end of their pipe closes, and the forkserver and
-resource tracker then see EOF on theirs (`minigate.logger.seal_worker`).
+resource tracker then see EOF on theirs (`minigate.logger.seal.worker`).
 
 `Sealer.seal` never raises for a record's content, so one bad record cannot cost its batch.
 
@@ -30,7 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 import anyio
 
 from minigate.logger.records import CallRecord
-from minigate.logger.seal import Sealer, SealerRecipe
+from minigate.logger.seal.sealer import Sealer, SealerRecipe
 
 __all__ = ["SealerPool"]
 
@@ -69,7 +69,7 @@ class SealerPool:
         if self.processes == 0 or self.sealer.recipe is None:
             return None
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["minigate.logger.seal_worker"])
+        context.set_forkserver_preload(["minigate.logger.seal.worker"])
         return ProcessPoolExecutor(self.processes, mp_context=context, initializer=_start_worker,
                                    initargs=(self.sealer.recipe,))
 
@@ -86,12 +86,12 @@ def _seal_here(sealer: Sealer, batch: list[CallRecord], measure_only: bool) -> N
 # Trampolines: the gateway's process must not import `seal_worker` (its import loads the lexicons,
 # which only the workers need); a worker has it preloaded, so these imports cost a lookup.
 def _start_worker(recipe: SealerRecipe) -> None:
-    from minigate.logger.seal_worker import start_worker
+    from minigate.logger.seal.worker import start_worker
 
     start_worker(recipe)
 
 
 def _seal_in_worker(batch: list[CallRecord]) -> list[CallRecord]:
-    from minigate.logger.seal_worker import seal_batch
+    from minigate.logger.seal.worker import seal_batch
 
     return seal_batch(batch)

@@ -1,13 +1,13 @@
 """Turning a call record's raw material into what may be stored: tokens, an anonymous client id, and
 payloads that are redacted first and encrypted second. Runs in the call log's sealing worker process
-(`minigate.logger.seal_pool`), or a thread of the gateway's with `logging.seal_processes: 0`.
+(`minigate.logger.seal.pool`), or a thread of the gateway's with `logging.seal_processes: 0`.
 
 Redaction before encryption means even the holder of the key reads placeholders (`<EMAIL_1>`), never
 the values; one placeholder state per record keeps a value's placeholder the same across the request
 and the reply, so datasets keep their structure.
 
 Sealing is isolated per record: nothing a record holds can make `Sealer.seal` raise. Redaction is
-iterative and bounded (`minigate.logger.redact_walk`), and takes at most `redaction_budget_s` (wall time)
+iterative and bounded (`minigate.logger.redact.walk`), and takes at most `redaction_budget_s` (wall time)
 per record, after which the rest of the text is withheld; a payload that still cannot be sealed is
 stored as an encrypted `{"minigate_unsealable": "<error type>: <reason>"}` beside the record's
 metadata and tokens, and logged at ERROR with the request id (never with payload text).
@@ -28,8 +28,7 @@ from minigate.logger.identity import anonymise
 from minigate.logger.keys import LogKeys, load_keys
 from minigate.logger.payloads import Reply, reply_from_body, reply_from_stream, request_payload
 from minigate.logger.records import CallRecord
-from minigate.logger.redact import Action, Placeholders, RedactionPolicy, Redactor
-from minigate.logger.redact_walk import REDACTION_BUDGET_S, RedactionBudget
+from minigate.logger.redact import REDACTION_BUDGET_S, Action, Placeholders, RedactionBudget, RedactionPolicy, Redactor
 from minigate.logger.settings import LoggingSection
 
 __all__ = ["Sealer", "SealerRecipe"]
@@ -60,7 +59,7 @@ class Sealer:
         self.cipher = cipher
         self.pepper = pepper
         self.recipe = recipe  # what `from_recipe` needs to build the same sealer in a worker process
-        self.redaction_budget_s = redaction_budget_s  # per record: see `minigate.logger.redact_walk`
+        self.redaction_budget_s = redaction_budget_s  # per record: see `minigate.logger.redact.walk`
 
     @classmethod
     def from_settings(cls, settings: LoggingSection, *, create_key: bool = False) -> Sealer:

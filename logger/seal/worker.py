@@ -1,4 +1,4 @@
-"""The sealing worker process's side of `minigate.logger.seal_pool`.
+"""The sealing worker process's side of `minigate.logger.seal.pool`.
 
 The pool's forkserver imports this module once, ahead of any worker (`set_forkserver_preload`), and
 the import loads the redaction lexicons (names, words: about a second of reading). Every worker is
@@ -23,7 +23,7 @@ import threading
 
 from minigate.logger.records import CallRecord
 from minigate.logger.redact import Redactor
-from minigate.logger.seal import Sealer, SealerRecipe
+from minigate.logger.seal.sealer import Sealer, SealerRecipe
 
 __all__ = ["seal_batch", "start_worker"]
 

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from minigate.logger.query import CallQuery
 from minigate.logger.records import CallRecord
+from minigate.logger.stores.query import CallQuery
 
 __all__ = ["KEY_USAGE", "CallStore", "SealedPayloads", "open_store", "reseal_sql", "sealed_sql"]
 
@@ -70,10 +70,10 @@ def reseal_sql(placeholder: Callable[[int], str]) -> str:
 async def open_store(url: str, *, timeout_s: float = 5.0) -> CallStore:
     """Open (and migrate) the store a `logging.store` URL names; `timeout_s` bounds connecting and lock waits."""
     if url.startswith("sqlite:///"):
-        from minigate.logger.sqlite_store import SQLiteStore
+        from minigate.logger.stores.sqlite import SQLiteStore
 
         return await SQLiteStore.open(url, timeout_s=timeout_s)
     # Imported only when configured, so a SQLite deployment never loads the PostgreSQL driver.
-    from minigate.logger.postgres_store import PostgresStore
+    from minigate.logger.stores.postgres import PostgresStore
 
     return await PostgresStore.open(url, timeout_s=timeout_s)

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 
-from minigate.logger.migrations import MIGRATIONS
-from minigate.logger.query import CallQuery
-from minigate.logger.records import CallRecord
-from minigate.logger.store import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
+from minigate.logger.records import CallRecord, attempts_to_json
+from minigate.logger.stores.base import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
+from minigate.logger.stores.migrations import MIGRATIONS
+from minigate.logger.stores.query import CallQuery
 
 __all__ = ["PostgresStore"]
 
@@ -69,7 +68,7 @@ class PostgresStore:
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s,
-             None if r.attempts is None else orjson.dumps(r.attempts).decode(), r.escalated, r.key_id,
+             attempts_to_json(r.attempts), r.escalated, r.key_id,
              r.cost_usd, r.counterfactual_cost_usd)
             for r in records
         ]

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 
-from minigate.logger.migrations import MIGRATIONS
-from minigate.logger.query import CallQuery
-from minigate.logger.records import CallRecord
-from minigate.logger.store import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
+from minigate.logger.records import CallRecord, attempts_to_json
+from minigate.logger.stores.base import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
+from minigate.logger.stores.migrations import MIGRATIONS
+from minigate.logger.stores.query import CallQuery
 
 __all__ = ["SQLiteStore"]
 
@@ -137,7 +136,7 @@ class SQLiteStore:
         rows = [
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens, r.client_id,
-             r.request_payload, r.response_payload, r.ttft_s, _json(r.attempts), r.escalated, r.key_id,
+             r.request_payload, r.response_payload, r.ttft_s, attempts_to_json(r.attempts), r.escalated, r.key_id,
              r.cost_usd, r.counterfactual_cost_usd)
             for r in records
         ]
@@ -173,10 +172,6 @@ class SQLiteStore:
         if self._db is not None:
             db, self._db = self._db, None
             db.close()
-
-
-def _json(value: object) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
 
 
 def _file_id(path: Path) -> _FileId | None:

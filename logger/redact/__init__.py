@@ -1,0 +1,40 @@
+"""PII redaction for call records (`redactor`), and the parts it is made of.
+
+The recognizers are `patterns` (regexes with validators: e-mails, phones, cards, IBANs, SSNs, IPs,
+secrets), `addresses` and `names` (street addresses and person names, weighed with the word kinds of
+`lexicon`); `walk` carries redaction through a JSON body within a depth and a time budget. Callers
+import the public names from here.
+
+    >>> from minigate.logger.redact import Redactor
+    >>> Redactor().redact("mail jane@example.com")[0]
+    'mail <EMAIL_1>'
+"""
+
+from __future__ import annotations
+
+from minigate.logger.redact.redactor import (
+    ENTITY_TYPES,
+    Action,
+    Placeholders,
+    RedactionPolicy,
+    Redactor,
+    Span,
+    find_spans,
+    redact_lines,
+)
+from minigate.logger.redact.walk import MAX_DEPTH, REDACTION_BUDGET_S, JsonRedaction, RedactionBudget
+
+__all__ = [
+    "ENTITY_TYPES",
+    "MAX_DEPTH",
+    "REDACTION_BUDGET_S",
+    "Action",
+    "JsonRedaction",
+    "Placeholders",
+    "RedactionBudget",
+    "RedactionPolicy",
+    "Redactor",
+    "Span",
+    "find_spans",
+    "redact_lines",
+]
