@@ -7,7 +7,6 @@ and a stream is forwarded chunk by chunk as it arrives, never re-framed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import uuid
@@ -279,13 +278,7 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
 
 def _normalised(chat: ChatRequest) -> NormalisedRequest:
     """The chat request as the dispatcher takes it (chat completions are the normalised form already)."""
-    return NormalisedRequest(chat.body, chat.stream, functools.partial(_encode, chat))
-
-
-def _encode(chat: ChatRequest, upstream_model: str, include_usage: bool) -> bytes:
-    if include_usage and not chat.wants_usage:
-        return chat.with_usage(upstream_model)
-    return chat.with_model(upstream_model)
+    return NormalisedRequest(chat.body, chat.stream, chat.encode)
 
 
 def _outcome_headers(decision: Decision, outcome: Outcome, task_name: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ while relaying, after the outcome, is the ingress's to count.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class Dispatcher:
             if reason not in decision.escalate_on:
                 raise
         except TimeoutError:
+            _timed_out(trail)
             if "timeout" not in decision.escalate_on:
                 self._count(decision.target.upstream, "timeout")
                 raise UpstreamTimeout(f"model {decision.target.name!r} exceeded its rule's timeout_s",
@@ -288,3 +290,9 @@ def _failure(reply: Reply | None, error: UpstreamError | None) -> str | None:
     assert reply is not None
     status = reply.upstream.status
     return f"status_{status}" if status >= 500 or status == 429 else None
+
+
+def _timed_out(trail: _Trail) -> None:
+    """The rule's timeout works by cancelling the send, which recorded the attempt as the client's doing."""
+    if trail.attempts and trail.attempts[-1].error == "client_closed":
+        trail.attempts[-1] = dataclasses.replace(trail.attempts[-1], error="timeout")

@@ -34,6 +34,12 @@ class ChatRequest:
         options = self.body.get("stream_options")
         return isinstance(options, dict) and options.get("include_usage") is True
 
+    def encode(self, upstream_model: str, include_usage: bool) -> bytes:
+        """The bytes an upstream gets: `model` replaced, and the usage chunk asked for when `include_usage`."""
+        if include_usage and not self.wants_usage:
+            return self.with_usage(upstream_model)
+        return self.with_model(upstream_model)
+
     def with_usage(self, upstream_model: str) -> bytes:
         """The body with `model` replaced and `stream_options.include_usage` set (see usage_stream)."""
         options = self.body.get("stream_options")

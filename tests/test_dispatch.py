@@ -138,3 +138,16 @@ def test_a_cancelled_dispatch_hands_over_what_it_did(upstream: ScriptedUpstream)
     assert [(a.model, a.status, a.error) for a in outcome.attempts] == [
         ("mini-lora", 503, None), ("gpt-4.1", None, "client_closed")]
     assert upstream.requests[-1].json()["stream_options"] == {"include_usage": True}, "a stream asks for its usage"
+
+
+def test_a_rule_timeout_is_recorded_as_a_timeout_not_as_the_client_leaving(upstream: ScriptedUpstream) -> None:
+    upstream.script(Script(latency_s=5), model="mini-lora")
+    decision = Decision("route", MINI, "strict", frozenset({"timeout"}), FRONTIER, timeout_s=0.3)
+    outcome, _ = run({"local": upstream.base_url, "scripted": upstream.base_url},
+                     lambda dispatcher: _dispatch_and_relay(dispatcher, decision))
+    assert outcome.escalated == "timeout" and outcome.served == FRONTIER
+    assert [a.error for a in outcome.attempts] == ["timeout", None]
+
+
+async def _dispatch_and_relay(dispatcher: Dispatcher, decision: Decision) -> Outcome:
+    return await relayed(await dispatcher.dispatch(normalised(), decision))
