@@ -144,6 +144,7 @@ def test_unseen_signature_is_matched_by_embedding_within_the_budget(
         "weather"
 
 
+@pytest.mark.slow
 @needs_embeddings
 def test_over_budget_the_request_goes_on_unknown_and_the_answer_is_cached(
         upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path) -> None:
