@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.quick_server import QuickServer
 from tests.support.upstream import RecordedRequest
 
 __all__ = ["AnthropicScript", "ScriptedAnthropic"]
@@ -115,7 +116,7 @@ class ScriptedAnthropic:
     def start(self) -> ScriptedAnthropic:
         app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"]),
                                 Route("/v1/models", self._models, methods=["GET"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+        self._server = QuickServer(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                                      lifespan="off", timeout_graceful_shutdown=1))
         self._thread = threading.Thread(target=self._server.run, name="scripted-anthropic", daemon=True)
         self._thread.start()

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -24,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from minigate.config import load_config
 from minigate.gateway.app import create_app
 from minigate.gateway.server import uvicorn_config
+from tests.support.quick_server import QuickServer
 
 __all__ = ["GatewayProcess", "RunningGateway", "run_gateway", "start_gateway_process", "write_config"]
 
@@ -54,7 +54,7 @@ def run_gateway(config_path: Path, *, watch: bool = False) -> Iterator[RunningGa
     registry = CollectorRegistry()
     config = load_config(config_path)
     app = create_app(config, registry, config_path=config_path if watch else None)
-    server = uvicorn.Server(uvicorn_config(app, config.server, host="127.0.0.1", port=0, log_level="warning"))
+    server = QuickServer(uvicorn_config(app, config.server, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -39,6 +39,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.support.quick_server import QuickServer
+
 __all__ = ["RecordedRequest", "Script", "ScriptedUpstream"]
 
 INVALID_JSON_REPLY = '{"label": "bill'
@@ -181,7 +183,7 @@ class ScriptedUpstream:
         error_log = logging.getLogger("uvicorn.error")
         if not any(isinstance(f, _QuietCuts) for f in error_log.filters):
             error_log.addFilter(_QuietCuts())
-        self._server = uvicorn.Server(config)
+        self._server = QuickServer(config)
         self._thread = threading.Thread(target=self._server.run, name="scripted-upstream", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
