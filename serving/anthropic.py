@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import orjson
@@ -21,7 +21,7 @@ from minigate.errors import InvalidRequest, UpstreamError, UpstreamStreamCut, Up
 from minigate.protocols.anthropic_reply import ReplyError, completion, error_body, openai_status
 from minigate.protocols.anthropic_request import MessagesRequest, to_messages_request
 from minigate.protocols.anthropic_stream import StreamTranslator
-from minigate.serving.settings import AnthropicUpstream
+from minigate.serving.options import ClientOptions
 from minigate.serving.upstream import UpstreamClient, UpstreamReply
 
 __all__ = ["AnthropicClient", "AnthropicReply"]
@@ -67,21 +67,24 @@ class AnthropicReply(UpstreamReply):
 class AnthropicClient(UpstreamClient):
     """A pooled connection to Anthropic's Messages API (or anything speaking it).
 
-    >>> client = AnthropicClient("claude", AnthropicUpstream(kind="anthropic", api_key="sk-ant-..."))
+    >>> options = ClientOptions(name="claude", base_url="https://api.anthropic.com", api_key="sk-ant-...")
+    >>> client = AnthropicClient(options, anthropic_version="2023-06-01")
+    >>> client.base_url
+    'https://api.anthropic.com/v1'
     >>> reply = await client.chat(openai_body)  # doctest: +SKIP
     >>> await reply.read()  # doctest: +SKIP
     b'{"id":"msg_...","object":"chat.completion",...}'
     """
 
-    def __init__(self, name: str, settings: AnthropicUpstream) -> None:
-        headers = {"anthropic-version": settings.anthropic_version, **settings.headers}
-        if settings.api_key is not None:
-            headers["x-api-key"] = settings.api_key.get_secret_value()
-        root = settings.base_url.rstrip("/").removesuffix("/v1")  # a base URL copied with /v1 works too
-        super().__init__(name, f"{root}/v1", settings.timeouts, headers=headers,
-                         max_connections=settings.max_connections, max_keepalive=settings.max_keepalive)
+    def __init__(self, options: ClientOptions, *, anthropic_version: str) -> None:
+        root = options.base_url.rstrip("/").removesuffix("/v1")  # a base URL copied with /v1 works too
+        headers = {"anthropic-version": anthropic_version, **options.headers}
+        super().__init__(replace(options, base_url=f"{root}/v1", headers=headers))
         # The base class posts to {base_url}/chat/completions; `probe`'s GET {base_url}/models is Anthropic's too.
         self._chat_url = httpx.URL(f"{self.base_url}/messages")
+
+    def _key_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key}
 
     async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> AnthropicReply:
         """Translate and send; raises `InvalidRequest` (400) for what Anthropic can't be asked."""

@@ -8,7 +8,7 @@ don't change; the vLLM fleet (adapters loaded, load polled) follows each new con
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from minigate.serving.anthropic import AnthropicClient
 from minigate.serving.litellm_client import LitellmClient
@@ -19,12 +19,12 @@ from minigate.serving.llamacpp import (
     default_gguf_path,
     default_threads,
 )
+from minigate.serving.options import ClientOptions
 from minigate.serving.settings import (
     AnthropicUpstream,
     LitellmUpstream,
     LlamaCppUpstream,
     ModelEntry,
-    OpenAIUpstream,
     Upstream,
 )
 from minigate.serving.upstream import AzureClient, ChatUpstream, UnconfiguredClient, UpstreamClient
@@ -87,29 +87,18 @@ class UpstreamPool:
 
 
 async def _client(name: str, spec: Upstream, local: LocalServers, fleet: VllmFleet | None) -> ChatUpstream:
-    if isinstance(spec, OpenAIUpstream | AnthropicUpstream) and spec.missing_key():
-        return UnconfiguredClient(name, spec.base_url, spec.timeouts)
-    if isinstance(spec, OpenAIUpstream):
-        # Azure speaks the same protocol at another path, with its key in another header.
-        make: Callable[..., UpstreamClient] = UpstreamClient
-        if spec.api_version:
-            make = functools.partial(AzureClient, api_version=spec.api_version)
-        elif spec.kind == "vllm" and fleet is not None:
-            make = functools.partial(VllmClient, adapter_problem=functools.partial(fleet.problem, name))
-        return make(
-            name,
-            spec.base_url,
-            spec.timeouts,
-            api_key=spec.api_key.get_secret_value() if spec.api_key else None,
-            headers=spec.headers,
-            max_connections=spec.max_connections,
-            max_keepalive=spec.max_keepalive,
-            replicas=spec.replicas(),
-            breaker=spec.breaker,
-            retry=spec.retry,
-        )
-    if isinstance(spec, AnthropicUpstream):
-        return AnthropicClient(name, spec)
     if isinstance(spec, LitellmUpstream):
         return await LitellmClient.open(name, spec)  # the only place litellm is imported
-    return LlamaCppClient(name, await local.ensure(spec), spec.timeouts)
+    if isinstance(spec, LlamaCppUpstream):
+        return LlamaCppClient(ClientOptions(name=name, base_url=await local.ensure(spec), timeouts=spec.timeouts))
+    if spec.missing_key():  # it calls nothing, so it needs neither the blank key nor the rest
+        return UnconfiguredClient(ClientOptions(name=name, base_url=spec.base_url))
+    options = ClientOptions.of(name, spec)
+    if isinstance(spec, AnthropicUpstream):
+        return AnthropicClient(options, anthropic_version=spec.anthropic_version)
+    # Azure speaks the same protocol at another path, with its key in another header.
+    if spec.api_version:
+        return AzureClient(options, api_version=spec.api_version)
+    if spec.kind == "vllm" and fleet is not None:
+        return VllmClient(options, adapter_problem=functools.partial(fleet.problem, name))
+    return UpstreamClient(options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote
@@ -26,8 +26,8 @@ from minigate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from minigate.serving.options import ClientOptions
 from minigate.serving.replicas import Attempt, Replica, Replicas, backoff, retry_wait
-from minigate.serving.settings import Breaker, Retry, Timeouts
 from minigate.version import __version__
 
 __all__ = ["AzureClient", "ChatUpstream", "UnconfiguredClient", "UpstreamClient", "UpstreamReply"]
@@ -154,38 +154,30 @@ class UpstreamClient:
     It speaks to httpx's transport directly: the client layer above it (cookies, redirects, auth
     hooks, URL merging) does nothing a proxy wants and cost a fifth of the gateway's CPU per request.
 
-    >>> client = UpstreamClient("openai", "https://api.openai.com/v1", Timeouts(), api_key="sk-...")
+    >>> client = UpstreamClient(ClientOptions(name="openai", base_url="https://api.openai.com/v1", api_key="sk-..."))
     >>> reply = await client.chat(body)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        name: str,
-        base_url: str,
-        timeouts: Timeouts,
-        *,
-        api_key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int = 256,
-        max_keepalive: int = 64,
-        replicas: Sequence[str] = (),
-        breaker: Breaker | None = None,
-        retry: Retry | None = None,
-    ) -> None:
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self.replicas = Replicas(replicas or [self.base_url], breaker)
-        self._retry = retry
+    def __init__(self, options: ClientOptions) -> None:
+        self.name = options.name
+        self.base_url = options.base_url.rstrip("/")
+        self.replicas = Replicas(options.replicas or [self.base_url], options.breaker)
+        self._retry = options.retry
+        timeouts = options.timeouts
         self.total_timeout_s = timeouts.total_s
-        fixed = {"content-type": "application/json", "user-agent": f"minigate/{__version__}", **(headers or {})}
-        if api_key:
-            fixed["authorization"] = f"Bearer {api_key}"
+        fixed = {"content-type": "application/json", "user-agent": f"minigate/{__version__}", **options.headers}
+        if options.api_key:
+            fixed.update(self._key_headers(options.api_key))
         self._headers = httpx.Headers(fixed)
         self._chat_url = httpx.URL(f"{self.base_url}/chat/completions")
         self._timeout = httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s, pool=timeouts.connect_s).as_dict()
         self._transport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive)
+            limits=httpx.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_keepalive)
         )
+
+    def _key_headers(self, api_key: str) -> dict[str, str]:
+        """How this API takes its key: OpenAI's protocol wants a bearer token."""
+        return {"authorization": f"Bearer {api_key}"}
 
     def prepare(self, body: bytes) -> bytes:
         """The body as this upstream needs it: OpenAI-protocol servers take it as the client sent it."""
@@ -340,30 +332,17 @@ class AzureClient(UpstreamClient):
     The model id the gateway puts in the body (a model entry's `model`) is the deployment's name;
     the body keeps it, and Azure ignores it.
 
-    >>> client = AzureClient("azure", "https://me.openai.azure.com", Timeouts(), api_version="2024-10-21")
-    >>> client.chat_url(b'{"model": "gpt-4o-prod"}')  # doctest: +SKIP
+    >>> options = ClientOptions(name="azure", base_url="https://me.openai.azure.com")
+    >>> AzureClient(options, api_version="2024-10-21").chat_url(b'{"model": "gpt-4o-prod"}')
     URL('https://me.openai.azure.com/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21')
     """
 
-    def __init__(
-        self,
-        name: str,
-        base_url: str,
-        timeouts: Timeouts,
-        *,
-        api_version: str,
-        api_key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int = 256,
-        max_keepalive: int = 64,
-        replicas: Sequence[str] = (),
-        breaker: Breaker | None = None,
-        retry: Retry | None = None,
-    ) -> None:
-        keyed = {**(headers or {}), **({"api-key": api_key} if api_key else {})}
-        super().__init__(name, base_url, timeouts, headers=keyed, max_connections=max_connections,
-                         max_keepalive=max_keepalive, replicas=replicas, breaker=breaker, retry=retry)
+    def __init__(self, options: ClientOptions, *, api_version: str) -> None:
+        super().__init__(options)
         self._api_version = api_version
+
+    def _key_headers(self, api_key: str) -> dict[str, str]:
+        return {"api-key": api_key}
 
     def chat_url(self, body: bytes) -> httpx.URL:
         model = orjson.loads(body).get("model")  # the gateway always sets it (ChatRequest.with_model)

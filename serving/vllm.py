@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from minigate.serving.lora import ReplicaAdapters
-from minigate.serving.settings import Breaker, ModelEntry, OpenAIUpstream, Retry, Timeouts, Upstream, lora_adapters
+from minigate.serving.options import ClientOptions
+from minigate.serving.settings import ModelEntry, OpenAIUpstream, Timeouts, Upstream, lora_adapters
 from minigate.serving.upstream import UpstreamClient
 from minigate.serving.vllm_load import VllmLoad, least_loaded, parse_metrics
 
@@ -41,27 +42,13 @@ def _server_root(base_url: str) -> str:
 class VllmClient(UpstreamClient):
     """An OpenAI-protocol client whose readiness is vLLM's `/health` and the state of its adapters.
 
-    >>> client = VllmClient("vllm-a", "http://vllm-a:8000/v1", Timeouts(), adapter_problem=lambda: None)
+    >>> options = ClientOptions(name="vllm-a", base_url="http://vllm-a:8000/v1")
+    >>> client = VllmClient(options, adapter_problem=lambda: None)
     >>> await client.probe()  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        name: str,
-        base_url: str,
-        timeouts: Timeouts,
-        *,
-        adapter_problem: Callable[[], str | None],
-        api_key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int = 256,
-        max_keepalive: int = 64,
-        replicas: Sequence[str] = (),
-        breaker: Breaker | None = None,
-        retry: Retry | None = None,
-    ) -> None:
-        super().__init__(name, base_url, timeouts, api_key=api_key, headers=headers, max_connections=max_connections,
-                         max_keepalive=max_keepalive, replicas=replicas, breaker=breaker, retry=retry)
+    def __init__(self, options: ClientOptions, *, adapter_problem: Callable[[], str | None]) -> None:
+        super().__init__(options)
         self._adapter_problem = adapter_problem
 
     async def probe(self, timeout_s: float = 2.0) -> str | None:

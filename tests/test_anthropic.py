@@ -16,6 +16,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from minigate.serving.anthropic import AnthropicClient
+from minigate.serving.options import ClientOptions
 from minigate.serving.settings import AnthropicUpstream, Upstream
 from tests.conftest import ADMIN_KEY, AGENT_KEY, gateway_config
 from tests.stores import fetch
@@ -381,7 +382,7 @@ def test_a_base_url_given_with_v1_works_too(anthropic: ScriptedAnthropic) -> Non
     settings = AnthropicUpstream(kind="anthropic", base_url=f"{anthropic.base_url}/v1/", api_key=anthropic.api_key)
 
     async def ask() -> tuple[int, bytes]:
-        client = AnthropicClient("claude", settings)
+        client = AnthropicClient(ClientOptions.of("claude", settings), anthropic_version=settings.anthropic_version)
         try:
             reply = await client.chat(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
             return reply.status, await reply.read()

@@ -21,7 +21,7 @@ from minigate.logger.redact import (
     find_spans,
     redact_lines,
 )
-from minigate.logger.redact.patterns import is_valid_iban
+from minigate.logger.redact.numbers import is_valid_iban
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio_synth" / "synth_dataset_v2.json"
 TARGET_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")

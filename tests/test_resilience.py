@@ -15,8 +15,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from minigate.serving.options import ClientOptions
 from minigate.serving.replicas import Replicas
-from minigate.serving.settings import Breaker, OpenAIUpstream, Retry, Timeouts
+from minigate.serving.settings import Breaker, OpenAIUpstream, Retry
 from minigate.serving.upstream import UpstreamClient
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
@@ -153,7 +154,8 @@ def test_a_read_timeout_is_never_retried(make_gateway: Callable[..., RunningGate
 
 def test_attempts_are_on_the_reply(upstream: ScriptedUpstream) -> None:
     down = closed_port_url()
-    client = UpstreamClient("scripted", down, Timeouts(), replicas=[down, upstream.base_url], retry=Retry())
+    options = ClientOptions(name="scripted", base_url=down, replicas=(down, upstream.base_url), retry=Retry())
+    client = UpstreamClient(options)
 
     async def call() -> list[tuple[str, int | None, str | None]]:
         reply = await client.chat(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
@@ -165,7 +167,7 @@ def test_attempts_are_on_the_reply(upstream: ScriptedUpstream) -> None:
 
 
 def test_outstanding_calls_are_released_when_the_body_is_closed(upstream: ScriptedUpstream) -> None:
-    client = UpstreamClient("scripted", upstream.base_url, Timeouts())
+    client = UpstreamClient(ClientOptions(name="scripted", base_url=upstream.base_url))
 
     async def call() -> tuple[int, int]:
         reply = await client.chat(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')

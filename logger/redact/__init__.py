@@ -1,8 +1,9 @@
 """PII redaction for call records (`redactor`), and the parts it is made of.
 
-The recognizers are `patterns` (regexes with validators: e-mails, phones, cards, IBANs, SSNs, IPs,
-secrets), `addresses` and `names` (street addresses and person names, weighed with the word kinds of
-`lexicon`); `walk` carries redaction through a JSON body within a depth and a time budget. Callers
+The recognizers: `patterns` gathers the regexes with validators (e-mails; `numbers`: phones, cards,
+IBANs, SSNs, IPs; `secrets`: keys, tokens, passwords), and `addresses` and `names` find street
+addresses and person names, weighed with the word kinds of `lexicon`. Each yields ranked candidates
+(`spans`). `walk` carries redaction through a JSON body within a depth and a time budget. Callers
 import the public names from here.
 
     >>> from minigate.logger.redact import Redactor

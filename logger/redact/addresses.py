@@ -20,7 +20,7 @@ must look like one, so that the sentence after an address is never swallowed.
     >>> [text[s:e] for s, e, _, _ in address_candidates(text, capitalised_runs(text))]
     ['24 Clarke Avenue, Apt. 5, Springfield, IL 62704']
 
-Cores are read off the capitalised runs that `redact_lexicon.capitalised_runs` found once for the
+Cores are read off the capitalised runs that `lexicon.capitalised_runs` found once for the
 names too: what precedes and follows a run (a house number, a number, a street word) is checked
 with anchored matches, so the only whole-text scans here are for boxes and corners, and only when
 "Box", "PSC", "US" or "corner" occurs at all.
@@ -31,13 +31,9 @@ from __future__ import annotations
 import re
 
 from minigate.logger.redact.lexicon import is_english_word
-from minigate.logger.redact.patterns import Candidate
+from minigate.logger.redact.spans import RANK_ADDRESS, Candidate
 
-__all__ = ["RANK_ADDRESS", "address_candidates"]
-
-# The rank of phone numbers (see `redact_patterns`): of the two, the longer span wins, so a house number
-# that looks like a phone number stays in its address ("17031 2202 Rissik St").
-RANK_ADDRESS = 6
+__all__ = ["address_candidates"]
 
 _UPPER = "A-ZÀ-ÖØ-Þ" + "".join(chr(c) for c in range(0x100, 0x250) if chr(c).isupper()) + "Α-ΩΆ-ΏА-Я"
 _LETTER = "A-Za-zÀ-ÖØ-öø-ɏΆ-ώА-яё"

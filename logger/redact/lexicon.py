@@ -1,7 +1,7 @@
 """What the name and address recognizers share: runs of capitalised words, and what kind of word each is.
 
-Runs are found once per text (`capitalised_runs`) and handed to both `redact_names` and
-`redact_addresses`: a regex pass over the whole text is the expensive part, so there is one.
+Runs are found once per text (`capitalised_runs`) and handed to both `names` and
+`addresses`: a regex pass over the whole text is the expensive part, so there is one.
 
 Word kinds come from two lexicons shipped in PyPI packages, loaded once per process on first use:
 

@@ -1,6 +1,6 @@
 """Person names for `minigate.logger.redact`: capitalised runs weighed by word kinds and context.
 
-There is no language model here. A name is a run of capitalised words (see `redact_lexicon`) whose
+There is no language model here. A name is a run of capitalised words (see `lexicon`) whose
 words look like names and whose context says "person". Evidence adds up: a census first name
 counts most, a census surname less, an unknown word ("Zuzana", "Szöllösy") little, an ambiguous one
 ("Hope") nothing, and a plain English word ends the run. Several name-like words in a row, a middle
@@ -35,11 +35,9 @@ from minigate.logger.redact.lexicon import (
     kind_of,
     word_kinds,
 )
-from minigate.logger.redact.patterns import Candidate
+from minigate.logger.redact.spans import RANK_PERSON, Candidate
 
-__all__ = ["RANK_PERSON", "name_candidates"]
-
-RANK_PERSON = 9  # after every pattern type (see `redact_patterns`) and street addresses
+__all__ = ["name_candidates"]
 
 
 # Context, as the lower-cased word or two before a run: set look-ups, since every run asks.
