@@ -16,11 +16,16 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from minigate.pricing import Rate
 from minigate.router.catalogue import Catalogue, Task
+from minigate.router.prices import PriceBook
 
-__all__ = ["Candidate", "CandidatePrices", "TaskStats", "rank_candidates"]
+if TYPE_CHECKING:
+    from minigate.config import Config
+
+__all__ = ["Candidate", "CandidatePrices", "TaskStats", "default_models", "rank_candidates"]
 
 _DAYS_PER_MONTH = 30.0
 # How readily a small model learns each kind of output: a closed label set is the easiest conversion,
@@ -66,6 +71,17 @@ class Candidate:
     @property
     def value(self) -> float:
         return (self.monthly_savings or 0.0) * self.fit
+
+
+def default_models(config: Config, catalogue: Catalogue, book: PriceBook) -> tuple[str | None, str | None]:
+    """The models a conversion is priced between when none is named: the priced frontier model that served
+    most of the catalogue's calls, and the cheapest priced miniature; None where the config prices none."""
+    served = {model: calls for task in catalogue.tasks for model, calls in task.served_by.items()}
+    priced = [(name, entry.tier) for name, entry in config.models.items() if name in book.models]
+    frontiers = sorted((name for name, tier in priced if tier == "frontier"), key=lambda name: -served.get(name, 0))
+    minis = sorted((name for name, tier in priced if tier == "miniature"),
+                   key=lambda name: book.models[name].cost(1000, 100))
+    return next(iter(frontiers), None), next(iter(minis), None)
 
 
 def rank_candidates(catalogue: Catalogue, prices: CandidatePrices | None, *, period_days: float,

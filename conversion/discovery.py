@@ -24,10 +24,11 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from minigate.conversion.clustering import cluster
 from minigate.conversion.naming import distinctive_terms, task_name
-from minigate.conversion.observations import Observation
+from minigate.conversion.observations import Observation, Skipped
 from minigate.router.catalogue import Catalogue, Identity, OutputKind, Task, identify
 from minigate.router.embedding import MODEL_NAME, blend
 from minigate.router.features import extract_features
@@ -55,6 +56,19 @@ class Discovery:
     catalogue: Catalogue
     assignments: list[tuple[str, str]]
     vectors: Floats
+
+    def assignment_lines(self, read: Sequence[Observation | Skipped]) -> bytes:
+        """`{"id", "task", "name"}` per input line, in input order; "unknown" for lines without a request.
+
+        `read` is what discovery was given plus the lines skipped, in the order they were read.
+        """
+        names = {task.id: task.name for task in self.catalogue.tasks}
+        tasks = iter(task for _, task in self.assignments)  # in the order of the lines that held a request
+        lines = []
+        for item in read:
+            task = "unknown" if isinstance(item, Skipped) else next(tasks)
+            lines.append(orjson.dumps({"id": item.id, "task": task, "name": names.get(task, "unknown")}) + b"\n")
+        return b"".join(lines)
 
 
 def discover(observations: Sequence[Observation], embedder: TextEmbedder, *, previous: Catalogue | None,

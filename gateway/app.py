@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,7 +139,8 @@ async def _announce(holder: RuntimeHolder) -> None:
     for name, entry in runtime.config.models.items():
         problem = probes.get(entry.upstream)
         table.add_row(name, entry.tier, entry.upstream, "[green]yes[/]" if problem is None else f"[red]no[/]: {problem}")
-    Console(stderr=True).print(table)
+    # Off a terminal (a log file, a supervisor), the table keeps its rows whole whatever COLUMNS says.
+    Console(stderr=True, width=None if sys.stderr.isatty() else 10_000).print(table)
 
 
 async def _watch(holder: RuntimeHolder) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from minigate.logger.crypto import PayloadCipher, generate_key, validate_key
 from minigate.logger.settings import LoggingSection
 
-__all__ = ["KeyFileError", "LogKeys", "key_file_path", "load_keys", "write_key_file"]
+__all__ = ["KeyFileError", "LogKeys", "key_file_path", "load_keys", "rotate_key_file", "write_key_file"]
 
 log = logging.getLogger("minigate.logger")
 
@@ -70,6 +70,20 @@ def load_keys(settings: LoggingSection, *, create: bool) -> LogKeys | None:
                     "payloads can't be read; or set MINIGATE_LOG_KEY / logging.encryption_key", path)
     keys = _read_key_file(path)
     return LogKeys(keys[0], tuple(keys[1:]) + previous, str(path), path)
+
+
+def rotate_key_file(keys: LogKeys) -> LogKeys:
+    """A new key, written first in the key file; the old ones stay in it as previous keys, still decrypting.
+
+    Keys from `logging.encryption_key` live in the config, which minigate never writes: a person rotates
+    those by setting the new key there and moving the old one to `logging.previous_keys`.
+    """
+    if keys.file is None:
+        raise KeyFileError(f"the log key comes from {keys.source}: set the new key there and move the old one "
+                           "to logging.previous_keys")
+    fresh = generate_key()
+    write_key_file(keys.file, [fresh, keys.current, *keys.previous])
+    return LogKeys(fresh, (keys.current, *keys.previous), keys.source, keys.file)
 
 
 def write_key_file(path: Path, keys: list[str]) -> None:

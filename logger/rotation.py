@@ -8,11 +8,41 @@ interrupted rotation is simply run again, and it picks up what is left.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from minigate.logger.crypto import PayloadCipher
-from minigate.logger.stores import CallStore, SealedPayloads
+from minigate.logger.stores import CallStore, SealedPayloads, open_store
 
-__all__ = ["rewrap_store"]
+__all__ = ["Rotation", "rewrap_store", "rotate_store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What a rotation did: records re-wrapped, and records per log-key id once it finished.
+
+    >>> Rotation(3, {"a1": 3}).usage["a1"]
+    3
+    """
+
+    rewrapped: int
+    usage: dict[str, int]
+
+
+async def rotate_store(url: str, cipher: PayloadCipher, *, pending: Callable[[int], object] = lambda count: None,
+                       progress: Callable[[int], None] = lambda done: None) -> Rotation:
+    """Re-wrap the store at `url` under the cipher's current key.
+
+    `pending` hears first how many records are under other keys (the length of a progress bar), then
+    `progress` how many each batch re-wrapped.
+    """
+    store = await open_store(url)
+    try:
+        usage = await store.key_usage()
+        pending(sum(count for kid, count in usage.items() if kid != cipher.key_id))
+        done = await rewrap_store(store, cipher, progress=progress)
+        return Rotation(done, await store.key_usage())
+    finally:
+        await store.close()
 
 
 async def rewrap_store(store: CallStore, cipher: PayloadCipher, *, batch_size: int = 500,

@@ -19,8 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from minigate.errors import ConfigError, ConfigProblem
 from minigate.gateway.settings import AuthSection, MetricsSection, ServerSection, TelemetrySection
 from minigate.logger.settings import LoggingSection
-from minigate.router.rules import load_references, task_references
-from minigate.router.settings import RouteEntry, ScoringSection, TasksSection
+from minigate.router.settings import (
+    RouteEntry,
+    ScoringSection,
+    TasksSection,
+    load_test_problems,
+    unknown_task_problems,
+)
 from minigate.serving.settings import ModelEntry, OpenAIUpstream, Upstream, adapter_problems
 
 __all__ = ["Config", "default_config_path", "load_config", "resolve_config_path"]
@@ -77,7 +82,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     catalogue = config.tasks.catalogue
     if catalogue is not None and not catalogue.is_absolute():  # a catalogue sits beside its config
         config = config.model_copy(update={"tasks": config.tasks.model_copy(update={"catalogue": path.parent / catalogue})})
-    found = _dangling_references(config) + _unknown_tasks(config) + _load_tests(config)
+    found = _dangling_references(config) + unknown_task_problems(config.routes, config.tasks.catalogue)
+    found += load_test_problems(config.routes, {name: entry.upstream for name, entry in config.models.items()},
+                                _vllm_upstreams(config))
     found += adapter_problems(config.upstreams, config.models)
     problems = [_problem(loc, msg, lines) for loc, msg in found]
     if problems:
@@ -165,47 +172,9 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
     return found
 
 
-def _load_tests(config: Config) -> list[tuple[_Path, str]]:
-    """Load tests that could never hold: only vLLM upstreams report load (`upstream_waiting` and the like)."""
-    reporting = sorted(name for name, spec in config.upstreams.items()
-                       if isinstance(spec, OpenAIUpstream) and spec.kind == "vllm")
-    listing = ", ".join(reporting) or "none defined"
-    found: list[tuple[_Path, str]] = []
-    for name, route in config.routes.items():
-        for i, rule in enumerate(route.rules):
-            served = {config.models[m].upstream for m in rule.models() if m in config.models}
-            for written, upstream in load_references(rule.when):
-                where = ("routes", name, "rules", i, "when", written)
-                if upstream is not None and upstream not in reporting:
-                    found.append((where, f"rule {rule.name!r}: {upstream!r} is not a vllm upstream, the only kind "
-                                         f"that reports load (vllm upstreams: {listing})"))
-                elif upstream is None and (len(served) != 1 or not served <= set(reporting)):
-                    found.append((where, f"rule {rule.name!r}: its model is not served by one vllm upstream, so "
-                                         f"{written} reads nothing; name one: {written}.<upstream> ({listing})"))
-    return found
-
-
-def _unknown_tasks(config: Config) -> list[tuple[_Path, str]]:
-    """Rules testing for a task the catalogue doesn't have (or any task, with no catalogue configured)."""
-    referenced = [(("routes", name, "rules", i, "when", "task"), rule.name, task)
-                  for name, route in config.routes.items() for i, rule in enumerate(route.rules)
-                  for task in task_references(rule.when)]
-    path = config.tasks.catalogue
-    if not referenced and path is None:
-        return []
-    if path is None:
-        return [(where, f"rule {rule!r} tests for task {task!r}, but tasks.catalogue names no catalogue")
-                for where, rule, task in referenced]
-    from minigate.router.catalogue import CatalogueError, load_catalogue
-
-    try:
-        tasks = load_catalogue(path).tasks
-    except (OSError, CatalogueError) as exc:
-        return [(("tasks", "catalogue"), f"cannot read the task catalogue {path}: {exc}")]
-    known = {task.name for task in tasks}
-    listing = ", ".join(sorted(known)) or "none"
-    return [(where, f"rule {rule!r}: unknown task {task!r} (tasks: {listing}; `minigate tasks list`)")
-            for where, rule, task in referenced if task not in known and task != "unknown"]
+def _vllm_upstreams(config: Config) -> set[str]:
+    """The upstreams that report load (`upstream_waiting` and the like in rules): only vLLM's do."""
+    return {name for name, spec in config.upstreams.items() if isinstance(spec, OpenAIUpstream) and spec.kind == "vllm"}
 
 
 def _problem(loc: tuple[Any, ...], message: str, lines: dict[_Path, int]) -> ConfigProblem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from minigate.router.cascade import EscalationReason
 from minigate.router.features import FEATURE_NAMES
-from minigate.router.rules import Condition, compile_condition
+from minigate.router.rules import Condition, compile_condition, load_references, task_references
 from minigate.router.score import DEFAULT_BIAS, DEFAULT_WEIGHTS
 
-__all__ = ["RouteEntry", "Rule", "ScoringSection", "TasksSection"]
+__all__ = ["RouteEntry", "Rule", "ScoringSection", "TasksSection", "load_test_problems", "unknown_task_problems"]
+
+Problem = tuple[tuple[str | int, ...], str]  # where in the config file (a path of keys), what is wrong
 
 
 class Rule(BaseModel):
@@ -148,3 +151,47 @@ class TasksSection(BaseModel):
     embedding: bool = Field(False, description="match unseen signatures by embedding (loads torch and MiniLM)")
     budget_ms: float = Field(15.0, gt=0, description="longest a request waits for an embedding match")
     min_similarity: float = Field(0.5, ge=-1, le=1, description="below it, the nearest task is not close enough")
+
+
+def load_test_problems(routes: Mapping[str, RouteEntry], upstream_of: Mapping[str, str],
+                       reporting: Collection[str]) -> list[Problem]:
+    """Load tests that could never hold: `reporting` names the upstreams that report load (vLLM's).
+
+    `upstream_of` maps each model entry to its upstream: a bare `upstream_waiting` reads the one upstream
+    serving the rule's models, so they must all be on one reporting upstream.
+    """
+    listing = ", ".join(sorted(reporting)) or "none defined"
+    found: list[Problem] = []
+    for name, route in routes.items():
+        for i, rule in enumerate(route.rules):
+            served = {upstream_of[model] for model in rule.models() if model in upstream_of}
+            for written, upstream in load_references(rule.when):
+                where = ("routes", name, "rules", i, "when", written)
+                if upstream is not None and upstream not in reporting:
+                    found.append((where, f"rule {rule.name!r}: {upstream!r} is not a vllm upstream, the only kind "
+                                         f"that reports load (vllm upstreams: {listing})"))
+                elif upstream is None and (len(served) != 1 or not served <= set(reporting)):
+                    found.append((where, f"rule {rule.name!r}: its model is not served by one vllm upstream, so "
+                                         f"{written} reads nothing; name one: {written}.<upstream> ({listing})"))
+    return found
+
+
+def unknown_task_problems(routes: Mapping[str, RouteEntry], catalogue: Path | None) -> list[Problem]:
+    """Rules testing for a task the catalogue doesn't have (or for any task, with no catalogue configured);
+    a configured catalogue that can't be read is a problem even when no rule names a task."""
+    referenced = [(("routes", name, "rules", i, "when", "task"), rule.name, task)
+                  for name, route in routes.items() for i, rule in enumerate(route.rules)
+                  for task in task_references(rule.when)]
+    if catalogue is None:
+        return [(where, f"rule {rule!r} tests for task {task!r}, but tasks.catalogue names no catalogue")
+                for where, rule, task in referenced]
+    from minigate.router.catalogue import CatalogueError, load_catalogue  # numpy: only for configs with a catalogue
+
+    try:
+        tasks = load_catalogue(catalogue).tasks
+    except (OSError, CatalogueError) as exc:
+        return [(("tasks", "catalogue"), f"cannot read the task catalogue {catalogue}: {exc}")]
+    known = {task.name for task in tasks}
+    listing = ", ".join(sorted(known)) or "none"
+    return [(where, f"rule {rule!r}: unknown task {task!r} (tasks: {listing}; `minigate tasks list`)")
+            for where, rule, task in referenced if task not in known and task != "unknown"]
