@@ -212,6 +212,7 @@ def test_stream_is_held_until_its_checks_settle_and_escalated_unseen(
     eventually(lambda: upstream.open_streams == 0, timeout=5, what="the abandoned miniature stream is closed")
 
 
+@pytest.mark.slow
 def test_good_stream_is_relayed_as_soon_as_content_starts(cascading: RunningGateway, upstream: ScriptedUpstream) -> None:
     upstream.script(reply="one two three four", chunk_delay_s=0.3, model="mini-lora")
     body = {"model": "gpt-4.1", "stream": True, "metadata": {"lenient": False},

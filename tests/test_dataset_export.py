@@ -136,6 +136,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+@pytest.mark.slow
 def test_export_writes_the_teachers_examples_and_a_card(logged: Logged, tmp_path: Path) -> None:
     out = tmp_path / "refunds"
     result = minigate("dataset", "export", "--task", "refund-request", "--config", str(logged.config),
@@ -180,6 +181,7 @@ def test_export_writes_the_teachers_examples_and_a_card(logged: Logged, tmp_path
     assert fetch(logged.store, "SELECT count(*) FROM audit WHERE actor LIKE 'cli:%'")[0][0] >= 1
 
 
+@pytest.mark.slow
 def test_filters_all_tiers_feedback_and_token_limit(logged: Logged, tmp_path: Path) -> None:
     common = ("dataset", "export", "--task", "t001", "--config", str(logged.config), "--validation", "0")
     limit = logged.usage["long"][0] + logged.usage["long"][1] - 1  # just under the long call's tokens
@@ -198,6 +200,7 @@ def test_filters_all_tiers_feedback_and_token_limit(logged: Logged, tmp_path: Pa
     assert (dropped["no_feedback"], dropped["low_feedback"], dropped["not_frontier"]) == (3, 1, 1)
 
 
+@pytest.mark.slow
 def test_clear_errors_without_a_key_or_a_task(logged: Logged, tmp_path: Path) -> None:
     unknown = minigate("dataset", "export", "--task", "nope", "--config", str(logged.config))
     assert unknown.returncode == 2 and "no task 'nope'" in unknown.stderr

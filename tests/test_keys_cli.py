@@ -39,6 +39,7 @@ def test_generate_prints_a_valid_fresh_key() -> None:
     assert first.stdout != second.stdout
 
 
+@pytest.mark.slow
 def test_rotate_rewraps_every_record_under_the_new_configured_key(upstream: ScriptedUpstream, tmp_path: Path,
                                                                    store_url: str) -> None:
     old, new = generate_key(), generate_key()

@@ -57,6 +57,7 @@ def client(gateway: RunningGateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.v1, api_key=AGENT_KEY, max_retries=0)
 
 
+@pytest.mark.slow
 @needs_litellm
 def test_a_completion_reaches_the_provider_and_comes_back_openai_shaped(
         gateway: RunningGateway, client: openai.OpenAI, upstream: ScriptedUpstream, tmp_path: Path) -> None:

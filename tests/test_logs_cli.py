@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from minigate.logger.crypto import generate_key
 from tests.conftest import AGENT_KEY, gateway_config
@@ -21,6 +22,7 @@ def minigate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "minigate.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_export_writes_every_call_with_redacted_payloads(upstream: ScriptedUpstream, tmp_path: Path, store_url: str) -> None:
     logging = {"store": store_url, "encryption_key": generate_key(), "spool": str(tmp_path / "spool")}
     path = write_config(tmp_path / "minigate.yaml", gateway_config(upstream.base_url, logging=logging))
@@ -52,6 +54,7 @@ def test_migrate_creates_the_schema(upstream: ScriptedUpstream, tmp_path: Path, 
     assert fetch(store_url, "SELECT count(*) FROM calls") == [(0,)]
 
 
+@pytest.mark.slow
 def test_export_to_parquet_keeps_every_column_typed(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 

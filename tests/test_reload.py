@@ -59,6 +59,7 @@ def test_sighup_reloads(upstream: ScriptedUpstream, tmp_path: Path) -> None:
         assert gateway.wait() == 0
 
 
+@pytest.mark.slow
 def test_rename_on_save_reloads_and_log_writes_beside_the_config_do_not(
         upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway]) -> None:
     config = gateway_config(upstream.base_url)

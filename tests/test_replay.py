@@ -112,6 +112,7 @@ def test_replay_prices_each_request_at_the_model_chosen(tmp_path: Path, requests
     assert upstream.requests == []
 
 
+@pytest.mark.slow
 def test_replay_prints_tables_and_writes_a_png(tmp_path: Path, requests_file: tuple[Path, list[Any]]) -> None:
     path, _ = requests_file
     config = write_config(tmp_path / "candidate.yaml", candidate("http://127.0.0.1:9"))  # nothing listens there
@@ -127,6 +128,7 @@ def test_replay_prints_tables_and_writes_a_png(tmp_path: Path, requests_file: tu
     assert width > 400 and height > 300
 
 
+@pytest.mark.slow
 def test_unpriced_models_are_reported_not_guessed(tmp_path: Path, requests_file: tuple[Path, list[Any]]) -> None:
     path, _ = requests_file
     config = write_config(tmp_path / "candidate.yaml", candidate("http://127.0.0.1:9", mini_price=None))
@@ -141,6 +143,7 @@ def test_unpriced_models_are_reported_not_guessed(tmp_path: Path, requests_file:
     assert table.returncode == 1 and "no plot" in table.stderr and not png.exists()
 
 
+@pytest.mark.slow
 def test_replay_reads_logged_calls_from_the_store(upstream: ScriptedUpstream, tmp_path: Path, store_url: str) -> None:
     logging = {"store": store_url, "encryption_key": generate_key(), "spool": str(tmp_path / "spool")}
     live = write_config(tmp_path / "live.yaml", gateway_config(upstream.base_url, logging=logging))

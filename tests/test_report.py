@@ -219,6 +219,7 @@ def test_the_page_renders_in_headless_chromium(upstream: ScriptedUpstream, tmp_p
     assert len(loaded) >= 5
 
 
+@pytest.mark.slow
 def test_an_empty_log_says_so(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/never-written.db"})
     path = write_config(tmp_path / "minigate.yaml", config)
@@ -231,6 +232,7 @@ def test_an_empty_log_says_so(upstream: ScriptedUpstream, tmp_path: Path) -> Non
     assert future.returncode == 1 and "in that window" in " ".join(future.stderr.split())
 
 
+@pytest.mark.slow
 def test_the_gateway_never_imports_matplotlib() -> None:
     probe = "import sys, minigate.gateway.app, minigate.cli; print('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -60,6 +60,7 @@ def test_a_down_replica_costs_clients_nothing(make_gateway: Callable[..., Runnin
     assert statuses == [200] * 12 and len(upstream.requests) == 12
 
 
+@pytest.mark.slow
 def test_a_failing_replica_is_retried_elsewhere(make_gateway: Callable[..., RunningGateway],
                                                 replicas: tuple[ScriptedUpstream, ScriptedUpstream]) -> None:
     healthy, failing = replicas

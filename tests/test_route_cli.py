@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "examples" / "routing.yaml")
@@ -47,6 +48,7 @@ def test_score_reads_stdin_and_uses_configured_weights(tmp_path: Path) -> None:
     assert orjson.loads(result.stdout)["score"] > 0.99
 
 
+@pytest.mark.slow
 def test_explain_shows_rules_and_decision() -> None:
     body = orjson.dumps(request("hello"))
     result = minigate("route", "explain", "--config", CONFIG, "--json", "--header", "x-minigate-tier=frontier",

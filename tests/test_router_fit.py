@@ -69,6 +69,7 @@ def labelled(rng: random.Random) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+@pytest.mark.slow
 def test_fit_writes_a_scoring_file_the_config_can_use(tmp_path: Path) -> None:
     source, model = tmp_path / "labelled.jsonl", tmp_path / "scoring.json"
     source.write_bytes(labelled(random.Random(0)))
@@ -100,6 +101,7 @@ def test_bad_labels_and_missing_files_are_clear(tmp_path: Path) -> None:
         load_config(config_path, {})
 
 
+@pytest.mark.slow
 @needs_routellm
 def test_fit_reads_routellm_csv_and_learns_where_the_strong_model_helps(tmp_path: Path) -> None:
     """Real MMLU rows: Mixtral trails GPT-4 most on moral scenarios and leads it on high-school maths."""
@@ -122,6 +124,7 @@ def test_fit_reads_routellm_csv_and_learns_where_the_strong_model_helps(tmp_path
     assert mean["moral_scenarios"] > mean["marketing"] > mean["high_school_mathematics"]
 
 
+@pytest.mark.slow
 def test_fit_detects_routellm_jsonl_and_labels_weak_wrong_where_strong_right(tmp_path: Path) -> None:
     rng = random.Random(1)
     lines = []
@@ -143,6 +146,7 @@ def test_fit_detects_routellm_jsonl_and_labels_weak_wrong_where_strong_right(tmp
     assert score(router, "What is the capital of France?") < score(router, "Is the plaintiff's tort claim valid?")
 
 
+@pytest.mark.slow
 def test_serving_a_fitted_file_imports_neither_sklearn_nor_torch(tmp_path: Path) -> None:
     source, model = tmp_path / "labelled.jsonl", tmp_path / "scoring.json"
     source.write_bytes(labelled(random.Random(2)))
@@ -163,6 +167,7 @@ def test_serving_a_fitted_file_imports_neither_sklearn_nor_torch(tmp_path: Path)
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_no_lexical_writes_feature_weights_only(tmp_path: Path) -> None:
     source, model = tmp_path / "labelled.jsonl", tmp_path / "scoring.json"
     source.write_bytes(labelled(random.Random(3)))

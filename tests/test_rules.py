@@ -128,6 +128,7 @@ def holds(when: dict[str, Any], ctx: RuleContext) -> bool:
 @settings(max_examples=300, deadline=timedelta(milliseconds=500))
 @given(CONDITIONS, st.sampled_from(["hello", "one two three four five", "```def f(x):``` why?"]),
        st.sampled_from(["a", "c"]), st.floats(0, 1), st.integers(0, 2))
+@pytest.mark.slow
 def test_compiled_conditions_agree_with_their_reading(when: dict[str, Any], text: str, task: str, score: float,
                                                       tools: int) -> None:
     ctx = context(text, task=task, score=score, body={"tools": [{"type": "function"}] * tools})

@@ -110,6 +110,7 @@ def test_a_string_holding_deeply_nested_json_is_redacted(sealer: Sealer) -> None
     assert "<NESTED DEEPER THAN" in request["messages"][1]["tool_calls"][0]["function"]["arguments"]
 
 
+@pytest.mark.slow
 def test_adversarial_text_is_redacted_or_withheld_never_kept(sealer: Sealer) -> None:
     text = f"{_EMAIL} " + "a@" * (1 << 20) + f" ssn {_SSN}"
     body = orjson.dumps(_chat(messages=[{"role": "user", "content": text}]))

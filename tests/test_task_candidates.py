@@ -60,6 +60,7 @@ def test_ranking_weighs_savings_by_fit() -> None:
     assert rank_candidates(catalogue(), None, period_days=30)[0].reason.endswith("unpriced")
 
 
+@pytest.mark.slow
 def test_cli_ranks_with_logged_volumes_and_config_prices(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     save_catalogue(catalogue(), tmp_path / "tasks.yaml")
     config = gateway_config(upstream.base_url, tasks={"catalogue": "tasks.yaml"},

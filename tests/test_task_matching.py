@@ -159,6 +159,7 @@ def test_over_budget_the_request_goes_on_unknown_and_the_answer_is_cached(
                what="the embedding finished in the background and filled the cache")
 
 
+@pytest.mark.slow
 def test_without_embedding_the_gateway_never_imports_torch(tmp_path: Path) -> None:
     write_catalogue(tmp_path / "tasks.yaml")
     script = f"""

@@ -236,6 +236,7 @@ def test_sampling_ratio_zero_keeps_only_traces_a_client_sampled(
     assert len({parsed(header)[0] for header in unsampled}) == 3, "each request is a trace of its own"
 
 
+@pytest.mark.slow
 def test_without_telemetry_no_tracer_is_ever_loaded(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     """Neither the SDK nor the exporter is imported, so no span can be made (FastAPI imports the API itself)."""
     config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/calls.db"})

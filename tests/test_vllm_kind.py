@@ -105,6 +105,7 @@ def test_an_adapter_that_fails_to_load_is_reported_not_fatal(upstream: ScriptedU
         assert chat(gateway, "tickets").status_code == 200  # the rest of the gateway serves on
 
 
+@pytest.mark.slow
 def test_a_restarted_server_gets_its_adapters_back(upstream: ScriptedUpstream,
                                                    make_gateway: Callable[..., RunningGateway]) -> None:
     first = ScriptedUpstream().start()
