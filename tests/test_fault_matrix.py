@@ -28,7 +28,7 @@ from tests.stores import POSTGRES_URL, fetch, fresh_postgres_database
 from tests.support.servers import RunningGateway, run_gateway, start_gateway_process, write_config
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import eventually
-from tests.test_log_reliability import fill, nested, tmpfs
+from tests.support.faults import fill, nested, tmpfs
 
 pytestmark = pytest.mark.slow  # load against gateways whose store fails
 

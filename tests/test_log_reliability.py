@@ -4,15 +4,10 @@ can't be sealed, and SIGTERM under load (real stores; the fault matrix is tests/
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +24,7 @@ from minigate.logger.seal import Sealer
 from minigate.logger.settings import LoggingSection
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import POSTGRES_URL, fetch, fresh_postgres_database
+from tests.support.faults import fill, nested, tmpfs
 from tests.support.servers import run_gateway, start_gateway_process, write_config
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import eventually, eventually_async
@@ -136,34 +132,6 @@ def test_sigterm_under_load_keeps_every_record(upstream: ScriptedUpstream, tmp_p
 # -- the writer alone: a CallLog over a real store, no gateway ---------------------------------------
 
 
-@contextmanager
-def tmpfs(path: Path, size: str = "4m") -> Iterator[Path]:
-    """A small RAM file system at `path`, for a test to fill up; skips where mounting is not permitted."""
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill up (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the file system is full; delete it to give the space back."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(64 * 1024))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
-
-
 def record(request_id: str, **fields: Any) -> CallRecord:
     return CallRecord(request_id=request_id, started_at=time.time(), key_name="agents", route="cheap", model="mini",
                       tier="miniature", task="unknown", rule="default", upstream="scripted", status=200,
@@ -178,12 +146,6 @@ def call_log(store: str, **settings: Any) -> tuple[CallLog, CollectorRegistry]:
 
 def sample(registry: CollectorRegistry, name: str) -> float:
     return registry.get_sample_value(name) or 0.0
-
-
-def nested(depth: int, innermost: bytes) -> bytes:
-    """A chat body with a field `depth` levels deep, as bytes (orjson refuses to build one past 254)."""
-    return (b'{"model":"cheap","messages":[{"role":"user","content":"hi"}],"metadata":' + b'{"a":' * depth
-            + innermost + b"}" * depth + b"}")
 
 
 @pytest.mark.parametrize("seal_processes", [0, 1])

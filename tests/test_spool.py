@@ -344,7 +344,7 @@ def test_the_spool_folder_and_files_are_private(tmp_path: Path) -> None:
 def test_appends_to_a_full_disk_fail_cleanly_and_work_again_once_there_is_space(tmp_path: Path) -> None:
     """Retried for as long as the disk is full, failed appends leave no empty segments and no torn frame
     in front of later records."""
-    from tests.test_log_reliability import fill, tmpfs
+    from tests.support.faults import fill, tmpfs
 
     with tmpfs(tmp_path / "disk", size="1m") as disk, Spool(disk / "spool") as spool:
         spool.append(records(2))
