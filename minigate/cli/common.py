@@ -23,7 +23,7 @@ from minigate.config import Config, load_config, resolve_config_path
 from minigate.errors import ConfigError
 
 __all__ = [
-    "CONFIG_INVALID", "STARTUP_FAILURE", "ConfigOption", "actor", "bad_parameter_on", "config_or_exit", "err",
+    "CONFIG_INVALID", "STARTUP_FAILURE", "CallsInputOption", "ConfigOption", "SinceOption", "UntilOption", "actor", "bad_parameter_on", "config_or_exit", "err",
     "exit_on", "existing_catalogue", "fail", "load_or_exit", "out", "readable", "when",
 ]
 
@@ -35,6 +35,12 @@ ConfigOption = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="Config file; default $MINIGATE_CONFIG, ./minigate.yaml, then the embedded example."),
 ]
+# The calls a job reads: a JSONL file, or the config's call log between two times.
+CallsInputOption = Annotated[Optional[Path], typer.Option(
+    "--input", "-i", help="Request JSONL or `logs export` JSONL ('-': stdin); default: the config's call log.",
+)]
+SinceOption = Annotated[Optional[str], typer.Option(help="Logged calls from, unix seconds or ISO 8601.")]
+UntilOption = Annotated[Optional[str], typer.Option(help="Logged calls until (exclusive).")]
 
 
 def _console(*, stderr: bool) -> Console:

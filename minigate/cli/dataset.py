@@ -7,7 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from minigate.cli.common import ConfigOption, actor, bad_parameter_on, config_or_exit, err, exit_on, fail, out, when
+from minigate.cli.common import (
+    ConfigOption,
+    SinceOption,
+    UntilOption,
+    actor,
+    bad_parameter_on,
+    config_or_exit,
+    err,
+    exit_on,
+    fail,
+    out,
+    when,
+)
 from minigate.config import Config
 
 __all__ = ["app"]
@@ -22,8 +34,8 @@ def dataset_export(
     config: ConfigOption = None,
     catalogue: Annotated[Optional[Path], typer.Option(
         help="The task catalogue; default tasks.catalogue from the config.")] = None,
-    since: Annotated[Optional[str], typer.Option(help="Logged calls from, unix seconds or ISO 8601.")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Logged calls until (exclusive).")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Directory for the files; default ./dataset-<task name>.")] = None,
     all_tiers: Annotated[bool, typer.Option(

@@ -8,18 +8,27 @@ from typing import Annotated, Optional
 
 import typer
 
-from minigate.cli.common import ConfigOption, actor, config_or_exit, err, out, readable, when
+from minigate.cli.common import (
+    CallsInputOption,
+    ConfigOption,
+    SinceOption,
+    UntilOption,
+    actor,
+    config_or_exit,
+    err,
+    out,
+    readable,
+    when,
+)
 
 __all__ = ["replay"]
 
 
 def replay(
     config: ConfigOption = None,
-    input: Annotated[Optional[Path], typer.Option(
-        "--input", "-i", help="Request JSONL or `logs export` JSONL ('-': stdin); default: the config's call log.",
-    )] = None,
-    since: Annotated[Optional[str], typer.Option(help="Logged calls from, unix seconds or ISO 8601.")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Logged calls until (exclusive).")] = None,
+    input: CallsInputOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     assume_output_tokens: Annotated[int, typer.Option(
         min=0, help="Reply tokens where none are known (capped at the request's max_tokens).",
     )] = 256,

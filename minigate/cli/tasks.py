@@ -9,7 +9,10 @@ import typer
 from rich.table import Table
 
 from minigate.cli.common import (
+    CallsInputOption,
     ConfigOption,
+    SinceOption,
+    UntilOption,
     actor,
     bad_parameter_on,
     config_or_exit,
@@ -36,11 +39,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 @app.command("discover")
 def tasks_discover(
     config: ConfigOption = None,
-    input: Annotated[Optional[Path], typer.Option(
-        "--input", "-i", help="Request JSONL or `logs export` JSONL ('-': stdin); default: the config's call log.",
-    )] = None,
-    since: Annotated[Optional[str], typer.Option(help="Logged calls from, unix seconds or ISO 8601.")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Logged calls until (exclusive).")] = None,
+    input: CallsInputOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     out_dir: Annotated[Path, typer.Option(
         "--out", "-o", help="Directory for tasks.yaml, tasks.npz and the plots.",
     )] = Path("."),
