@@ -28,6 +28,14 @@ def fresh_postgres_database() -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def allow_connections(url: str, allowed: bool) -> None:
+    """Open or shut a test database to clients (shutting also ends the sessions it has): a store outage."""
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+    if not allowed:
+        asyncio.run(_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+
+
 async def _admin(statement: str) -> None:
     import asyncpg  # lazily: only the PostgreSQL tests need the driver
 

@@ -7,7 +7,6 @@ exactly once, or counted in `minigate_log_records_dropped_total` while `/readyz`
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import sqlite3
@@ -19,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from tests.conftest import AGENT_KEY, ANALYST_KEY, gateway_config
-from tests.stores import POSTGRES_URL, fetch, fresh_postgres_database
+from tests.stores import allow_connections, fetch, fresh_postgres_database
 from tests.support.servers import RunningGateway, run_gateway, start_gateway_process, write_config
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import eventually
@@ -163,17 +161,6 @@ def test_store_down_until_its_volume_appears(upstream: ScriptedUpstream, tmp_pat
     check(table, "store down (sqlite folder missing)", load, stored(store))
 
 
-async def _allow_connections(url: str, allowed: bool) -> None:
-    name = url.rsplit("/", 1)[1]
-    connection = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
-        if not allowed:
-            await connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
-    finally:
-        await connection.close()
-
-
 @pytest.mark.integration
 def test_store_down_postgres(upstream: ScriptedUpstream, tmp_path: Path, table: list[Row]) -> None:
     """The PostgreSQL database refuses connections mid-run, then takes them again."""
@@ -181,10 +168,10 @@ def test_store_down_postgres(upstream: ScriptedUpstream, tmp_path: Path, table: 
         with run_gateway(gateway_at(tmp_path, upstream, store=url, spool=str(tmp_path / "spool"))) as gateway:
             load = Load(gateway.base_url)
             load.send(15)
-            asyncio.run(_allow_connections(url, False))
+            allow_connections(url, False)
             load.send(20)
             eventually(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
-            asyncio.run(_allow_connections(url, True))
+            allow_connections(url, True)
             load.send(15)
             eventually(lambda: len(stored(url)) == len(load.ids))
         check(table, "store down (postgresql refusing)", load, stored(url))

@@ -23,7 +23,7 @@ from minigate.logger.records import CallRecord
 from minigate.logger.seal import Sealer
 from minigate.logger.settings import LoggingSection
 from tests.conftest import AGENT_KEY, gateway_config
-from tests.stores import POSTGRES_URL, fetch, fresh_postgres_database
+from tests.stores import allow_connections, fetch, fresh_postgres_database
 from tests.support.faults import fill, nested, tmpfs
 from tests.support.servers import run_gateway, start_gateway_process, write_config
 from tests.support.upstream import ScriptedUpstream
@@ -68,17 +68,6 @@ def stored_ids(url: str) -> list[str]:
     return [row[0] for row in fetch(url, "SELECT request_id FROM calls")]
 
 
-async def _set_connections(url: str, allowed: bool) -> None:
-    name = url.rsplit("/", 1)[1]
-    connection = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
-        if not allowed:
-            await connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
-    finally:
-        await connection.close()
-
-
 @pytest.mark.integration
 def test_postgres_outage_under_load(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     with fresh_postgres_database() as url:
@@ -86,9 +75,9 @@ def test_postgres_outage_under_load(upstream: ScriptedUpstream, tmp_path: Path) 
         path = write_config(tmp_path / "minigate.yaml", gateway_config(upstream.base_url, logging=logging))
         with run_gateway(path) as gateway, Load(gateway.base_url) as load:
             eventually(lambda: len(load.ids) > 50)
-            asyncio.run(_set_connections(url, False))  # the store goes away mid-run...
+            allow_connections(url, False)  # the store goes away mid-run...
             eventually(lambda: gateway.metric("minigate_log_records_spooled_total") > 0)
-            asyncio.run(_set_connections(url, True))  # ...and comes back
+            allow_connections(url, True)  # ...and comes back
             count = len(load.ids)
             eventually(lambda: len(load.ids) > count + 50)
         assert set(load.statuses) == {200}
