@@ -6,7 +6,9 @@ The call log gives the payloads redacted (`<EMAIL_1>`); they stay that way here.
 
 A call is the task's when its record names the task (or an id merged into it), or, for calls logged
 before the catalogue existed (`unknown`), when its request's signature is one that the catalogue
-lists for this task and no other.
+lists for this task and no other. The calls that are not are counted by why (`Counts`): another
+task's, an `unknown` call whose signature this task shares with others or that no task lists, a task
+id the catalogue doesn't have; an export that comes out empty can then say what to do.
 
 One example is one JSONL line in OpenAI's chat fine-tuning format: the request's messages, then the
 reply; the offered tools (and `parallel_tool_calls`) when the request had them. Sampling parameters
@@ -26,6 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -89,13 +92,19 @@ class Example:
 
 @dataclass
 class Counts:
-    """What happened to the calls read: of the task, dropped by reason, duplicates removed."""
+    """What happened to the calls read: of the task, dropped by reason, duplicates removed; and why the
+    calls that are not the task's aren't (a task's call hidden among them is what an empty export misses)."""
 
     read: int = 0
     of_task: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     exact_duplicates: int = 0
     near_duplicates: int = 0
+    other_tasks: int = 0  # logged as, or matched by signature to, another task
+    shared: Counter[tuple[str, ...]] = field(default_factory=Counter)  # `unknown`, signature this task shares
+    unmatched: int = 0  # `unknown`, and no task lists its signature (or it has no payload to sign)
+    unmatched_before_catalogue: int = 0  # of those, logged before the catalogue was discovered
+    unknown_ids: Counter[str] = field(default_factory=Counter)  # logged under a task id the catalogue doesn't have
 
     @property
     def selected(self) -> int:
@@ -111,6 +120,8 @@ class Dataset:
     validation: list[Example]
     counts: Counts
     stratified_by: Literal["label", "signature"]
+    names: dict[str, str]  # id -> name of every task of the catalogue, to name those `counts.shared` lists
+    discovered_at: str  # the catalogue's
 
 
 class DatasetBuilder:
@@ -122,12 +133,16 @@ class DatasetBuilder:
     """
 
     def __init__(self, task: Task, catalogue: Catalogue, selection: Selection) -> None:
-        holders = Counter(sig for entry in catalogue.tasks for sig in entry.signatures)
+        holders: dict[str, list[str]] = {}
+        for entry in catalogue.tasks:
+            for sig in entry.signatures:
+                holders.setdefault(sig, []).append(entry.id)
         self.task = task
         self.selection = selection
         self.counts = Counts()
-        self._owner = catalogue.owner
-        self._signatures = {sig for sig in task.signatures if holders[sig] == 1}
+        self._catalogue = catalogue
+        self._holders = {sig: tuple(sorted(ids)) for sig, ids in holders.items()}
+        self._discovered = _timestamp(catalogue.discovered_at)
         self._by_label = task.output_kind == "label"
         self._examples: list[Example] = []
         self._seen: set[bytes] = set()
@@ -162,15 +177,43 @@ class DatasetBuilder:
         kept = [example for example, twin in zip(self._examples, duplicate_of) if twin is None]
         self.counts.near_duplicates = len(self._examples) - len(kept)
         train, held_out = split(kept, [example.stratum for example in kept], validation, seed)
-        return Dataset(self.task, train, held_out, self.counts, "label" if self._by_label else "signature")
+        return Dataset(self.task, train, held_out, self.counts, "label" if self._by_label else "signature",
+                       {entry.id: entry.name for entry in self._catalogue.tasks}, self._catalogue.discovered_at)
 
     def _is_task(self, row: Mapping[str, Any]) -> bool:
+        """Whether the call is the task's; a call that isn't is counted under why not."""
         task = row.get("task")
         if isinstance(task, str) and task != "unknown":
-            return self._owner(task) == self.task.id
+            owner = self._catalogue.owner(task)
+            if owner is None:
+                self.counts.unknown_ids[task] += 1
+            elif owner != self.task.id:
+                self.counts.other_tasks += 1
+            return owner == self.task.id
         request = row.get("request")
-        return isinstance(request, dict) and isinstance(request.get("messages"), list) \
-            and signature(request) in self._signatures
+        sign = signature(request) if isinstance(request, dict) and isinstance(request.get("messages"), list) else None
+        holders = self._holders.get(sign, ()) if sign is not None else ()
+        if holders == (self.task.id,):
+            return True
+        if self.task.id in holders:
+            self.counts.shared[holders] += 1
+        elif holders:
+            self.counts.other_tasks += 1
+        else:  # no payload to sign, or a signature no task lists
+            self.counts.unmatched += 1
+            started = row.get("started_at")
+            if self._discovered is not None and isinstance(started, int | float) and started < self._discovered:
+                self.counts.unmatched_before_catalogue += 1
+        return False
+
+
+def _timestamp(iso: str) -> float | None:
+    """The catalogue's `discovered_at` as unix seconds; None when it isn't a date (an old or a test catalogue)."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _example(row: Mapping[str, Any], selection: Selection, *, by_label: bool) -> Example | DropReason:

@@ -2,7 +2,9 @@
 
 The card says what the data is and how it was made: the task, the period its calls cover, how many
 calls were read and why each dropped one went, the duplicates removed, the split, token statistics,
-the models whose replies it holds, and what redaction left in it (placeholders by type).
+the models whose replies it holds, and what redaction left in it (placeholders by type). `skip_notes`
+says, in sentences, which calls were left out and what would bring them in (a flag, a merge of tasks,
+a re-discovery): an export that writes nothing must say why.
 
 >>> write_dataset(dataset, card(dataset, facts), Path("datasets/refunds"))  # doctest: +SKIP
 """
@@ -21,10 +23,10 @@ from typing import Any
 import orjson
 from rich.table import Table
 
-from minigate.conversion.dataset import DROP_REASONS, NEAR_DUPLICATE_JACCARD, Dataset, Example, Selection
+from minigate.conversion.dataset import DROP_REASONS, NEAR_DUPLICATE_JACCARD, Dataset, DropReason, Example, Selection
 from minigate.conversion.near_duplicates import SHINGLE_WORDS
 
-__all__ = ["ExportFacts", "card", "card_table", "readme", "write_dataset"]
+__all__ = ["DROP_HINTS", "ExportFacts", "card", "card_table", "readme", "skip_notes", "write_dataset"]
 
 FORMAT = 1
 _HOW_TO_TRAIN = """\
@@ -54,6 +56,15 @@ SFTTrainer(model="HuggingFaceTB/SmolLM2-360M-Instruct", train_dataset=data["trai
 
 Then serve it as a miniature (`tier: miniature` in `models`), route this task to it with a rule
 (`when: {{task: {task}}}`, with `escalate_on`), and compare with `minigate replay` before rolling out."""
+# What would keep a dropped call: the option that lets it through, or where it went missing.
+DROP_HINTS: dict[DropReason, str] = {
+    "error_status": "--include-errors keeps those that still hold a finished reply",
+    "not_frontier": "--all-tiers keeps them",
+    "no_payload": "payloads were not logged (logging.payloads) or not with this key",
+    "no_feedback": "without --min-feedback they are kept",
+    "low_feedback": "a lower --min-feedback keeps them",
+    "too_long": "a higher --max-tokens keeps them",
+}
 # What `logger.redact` writes: `<EMAIL_1>`, or `<EMAIL_3f9a0c21b7de>` for a hashed value.
 _PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*?)_(?:\d+|[0-9a-f]{12})>")
 
@@ -88,6 +99,7 @@ def card(dataset: Dataset, facts: ExportFacts) -> dict[str, Any]:
                    "selected": counts.selected, "exact_duplicates": counts.exact_duplicates,
                    "near_duplicates": counts.near_duplicates, "examples": len(examples),
                    "train": len(dataset.train), "validation": len(dataset.validation)},
+        "not_of_task": _not_of_task(dataset),
         "near_duplicates": {"method": f"MinHash LSH over word {SHINGLE_WORDS}-shingles of the non-system turns, "
                                       "confirmed by exact Jaccard", "jaccard": NEAR_DUPLICATE_JACCARD},
         "split": {"validation_share": facts.validation_share, "seed": facts.seed,
@@ -99,6 +111,29 @@ def card(dataset: Dataset, facts: ExportFacts) -> dict[str, Any]:
         "models": dict(Counter(example.model for example in examples).most_common()),
         "redaction": _redaction(examples),
     }
+
+
+def skip_notes(document: dict[str, Any]) -> list[str]:
+    """One sentence per reason calls were left out: how many, why, and what would bring them in."""
+    missing, counts = document["not_of_task"], document["counts"]
+    notes = [_shared_note(group, document["task"]["id"]) for group in missing["shared_signature"]]
+    if missing["unmatched"]:
+        before = missing["unmatched_before_catalogue"]
+        when = (f" ({before} logged before the catalogue was discovered, {missing['catalogue_discovered_at']})"
+                if before else "")
+        notes.append(f"{_calls(missing['unmatched'])} logged as `unknown` matching no task's signature{when}: "
+                     "if some are this task's, re-run `minigate tasks discover` over them so the catalogue lists "
+                     "their signatures")
+    if missing["unknown_task_ids"]:
+        ids = ", ".join(f"{key} ({n})" for key, n in missing["unknown_task_ids"].items())
+        notes.append(f"{_calls(sum(missing['unknown_task_ids'].values()))} logged under task ids this catalogue "
+                     f"doesn't have ({ids}): the gateway used another catalogue then; export with that one "
+                     "(--catalogue), or re-discover with it in --out so its ids carry over")
+    for reason, n in counts["dropped"].items():
+        if n:
+            hint = DROP_HINTS.get(reason)
+            notes.append(f"{_calls(n)} of the task dropped: {DROP_REASONS[reason]}" + (f"; {hint}" if hint else ""))
+    return notes
 
 
 def write_dataset(dataset: Dataset, document: dict[str, Any], out: Path) -> list[Path]:
@@ -121,8 +156,8 @@ def readme(document: dict[str, Any]) -> str:
         (f"Exported {document['exported_at']} by `minigate dataset export` from the call log: "
          f"{counts['train']} training and {counts['validation']} validation examples in OpenAI's chat "
          "fine-tuning format (`train.jsonl`, `validation.jsonl`; one `{\"messages\", \"tools\"}` object a line)."),
-        "", *_how_made(document), "", *_tokens_and_models(document), "", *_redaction_section(document), "",
-        *_how_to_train(document), "",
+        "", *_how_made(document), "", *_left_out(document), *_tokens_and_models(document), "",
+        *_redaction_section(document), "", *_how_to_train(document), "",
     ])
 
 
@@ -154,6 +189,31 @@ def _count_rows(document: dict[str, Any]) -> list[tuple[str, int]]:
                    ("train", counts["train"]), ("validation", counts["validation"])]
 
 
+def _not_of_task(dataset: Dataset) -> dict[str, Any]:
+    counts = dataset.counts
+    return {
+        "other_tasks": counts.other_tasks,
+        "shared_signature": [{"tasks": [{"id": key, "name": dataset.names.get(key, key)} for key in holders],
+                              "calls": n} for holders, n in counts.shared.most_common()],
+        "unmatched": counts.unmatched, "unmatched_before_catalogue": counts.unmatched_before_catalogue,
+        "catalogue_discovered_at": dataset.discovered_at,
+        "unknown_task_ids": dict(counts.unknown_ids.most_common()),
+    }
+
+
+def _shared_note(group: dict[str, Any], task: str) -> str:
+    tasks = [f"{entry['id']} ({entry['name']})" for entry in group["tasks"]]
+    others = " ".join(entry["id"] for entry in group["tasks"] if entry["id"] != task)
+    every = "both" if len(tasks) == 2 else "all"
+    return (f"{_calls(group['calls'])} logged as `unknown` with a signature that tasks {', '.join(tasks[:-1])} and "
+            f"{tasks[-1]} {every} list: none was taken; if they are one task, `minigate tasks merge {task} {others}`; "
+            "if not, re-run `minigate tasks discover` so that each signature belongs to one task")
+
+
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
 def _how_made(document: dict[str, Any]) -> list[str]:
     selection, split, period = (document[key] for key in ("selection", "split", "period"))
     teachers = "any tier" if selection["tiers"] == "all" else "a frontier-tier model"
@@ -172,6 +232,11 @@ def _how_made(document: dict[str, Any]) -> list[str]:
         f"({split['strata']} strata), seed {split['seed']}.", "",
         "| step | calls |", "|---|---:|", *(f"| {name} | {n} |" for name, n in _count_rows(document)),
     ]
+
+
+def _left_out(document: dict[str, Any]) -> list[str]:
+    notes = skip_notes(document)
+    return ["## Calls left out", "", *(f"- {note}" for note in notes), ""] if notes else []
 
 
 def _tokens_and_models(document: dict[str, Any]) -> list[str]:

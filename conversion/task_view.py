@@ -1,4 +1,8 @@
-"""How the `tasks` commands show the catalogue to people: rich tables, and two PNGs.
+"""How the `tasks` commands show the catalogue to people: rich tables, example texts, and two PNGs.
+
+The catalogue keeps only the ids of a task's example calls (the calls nearest its centroid); their
+texts are read back from the calls themselves when the user has them (`example_texts`), redacted as
+the call log holds them.
 
 `tasks.png` ranks tasks by their share of cost (of calls when no cost is known); `tasks-map.png`
 draws every call in two dimensions (PCA of its blended vector), coloured by task. matplotlib is
@@ -7,19 +11,26 @@ imported only when a plot is drawn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from rich.table import Table
 
+from minigate.conversion.jsonl import json_objects
 from minigate.router.catalogue import Catalogue, Task
+from minigate.router.signature import message_text
 
-__all__ = ["PlotUnavailable", "catalogue_table", "task_table", "write_map", "write_shares"]
+if TYPE_CHECKING:
+    from minigate.logger.redact import Redactor
+
+__all__ = ["PlotUnavailable", "catalogue_table", "example_texts", "task_table", "write_map", "write_shares"]
 
 _PLOTTED = 20  # tasks drawn one by one; the rest are "other"
+_TEXT_CHARS = 240  # of an example's text: enough to recognise the step, short enough for a table row
 
 
 class PlotUnavailable(Exception):
@@ -46,8 +57,9 @@ def catalogue_table(catalogue: Catalogue) -> Table:
     return table
 
 
-def task_table(task: Task) -> Table:
-    """Everything the catalogue knows about one task, as field and value."""
+def task_table(task: Task, texts: Mapping[str, str] | None = None) -> Table:
+    """Everything the catalogue knows about one task, as field and value; `texts` (example id -> text,
+    from `example_texts`) shows what the example calls said next to their ids."""
     table = Table(title=f"task {task.id}: {task.name}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -58,11 +70,32 @@ def task_table(task: Task) -> Table:
         ("distinctive terms", ", ".join(task.terms) or "-"), ("tools", ", ".join(task.tools) or "-"),
         ("signatures", "\n".join(f"{key}  {count} calls" for key, count in task.signatures.items()) or "-"),
         ("served by (logged)", _served(task.served_by)),
-        ("merged into it", ", ".join(task.merged) or "-"), ("example calls", "\n".join(task.examples) or "-"),
+        ("merged into it", ", ".join(task.merged) or "-"), ("example calls", _examples(task.examples, texts or {})),
     ]
     for field, value in rows:
         table.add_row(field, value)
     return table
+
+
+def example_texts(task: Task, lines: Iterable[str | bytes], redactor: Redactor) -> dict[str, str]:
+    """The text of each of `task`'s example calls found in `lines`, in the catalogue's order.
+
+    `lines` are Request JSONL (ids as `tasks discover --input` gave them: `"id"`, else the line number)
+    or `logs export` JSONL (`request_id`). The text is the last user turn, then `->` and the reply when
+    the call was logged with one. A logged call was redacted when it was logged; a request body is
+    redacted here, with the call log's default policy, so a table never shows more than the log would.
+    """
+    wanted = set(task.examples)
+    found: dict[str, str] = {}
+    for number, value in json_objects(lines):
+        if isinstance(value, str):
+            continue
+        is_logged = "request_id" in value and "request" in value  # a request body has neither
+        identifier = str(value["request_id"] if is_logged else value.get("id", number))
+        if identifier in wanted and identifier not in found:
+            text = _call_text(value["request"] if is_logged else value, value.get("response") if is_logged else None)
+            found[identifier] = _clipped(text if is_logged else redactor.redact(text)[0])
+    return {identifier: found[identifier] for identifier in task.examples if identifier in found}
 
 
 def write_shares(catalogue: Catalogue, path: Path) -> None:
@@ -120,6 +153,35 @@ def _pyplot() -> ModuleType:
     except ImportError as exc:
         raise PlotUnavailable("the plots need matplotlib: pip install 'minigate[tasks]'") from exc
     return plt
+
+
+def _examples(ids: Sequence[str], texts: Mapping[str, str]) -> str:
+    return "\n".join(f"{identifier}: {texts[identifier]}" if identifier in texts else identifier
+                     for identifier in ids) or "-"
+
+
+def _call_text(request: Any, response: Any) -> str:
+    """The last user turn of a request body, and the first choice's reply when there is one."""
+    messages = request.get("messages") if isinstance(request, dict) else None
+    users = [message for message in messages or () if isinstance(message, dict) and message.get("role") == "user"]
+    asked = " ".join(message_text(users[-1].get("content")).split()) if users else ""
+    reply = _reply_text(response)
+    return f"{asked} -> {reply}" if reply else asked
+
+
+def _reply_text(response: Any) -> str:
+    choices = response.get("choices") if isinstance(response, dict) else None
+    message = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) \
+        else None
+    if not isinstance(message, dict):
+        return ""
+    calls = [call.get("function") or {} for call in message.get("tool_calls") or () if isinstance(call, dict)]
+    called = [f"{function.get('name', '')}({function.get('arguments', '')})" for function in calls]
+    return " ".join([" ".join(message_text(message.get("content")).split()), *called]).strip()
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= _TEXT_CHARS else text[: _TEXT_CHARS - 1] + "…"
 
 
 def _served(counts: dict[str, int]) -> str:

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from minigate.conversion.dataset import DatasetBuilder, Selection
+from minigate.conversion.dataset_card import ExportFacts, card, skip_notes
 from minigate.conversion.dataset_split import split
 from minigate.conversion.near_duplicates import ShingleSets, near_duplicates
 from minigate.logger.crypto import generate_key
@@ -95,7 +96,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
             result.call(gateway.v1, "legacy", ask(REFUNDS, "Where is my refund for order 12345? Call me on "
                                                            "+1 415-555-0100"))
         with run_gateway(after) as gateway:
-            feedback = {"metadata": {"feedback": "0.9"}, "temperature": 0.2}
+            feedback: dict[str, Any] = {"metadata": {"feedback": "0.9"}, "temperature": 0.2}
             for name in ("email", "email-again"):  # the second is an exact duplicate
                 upstream.enqueue(Script(reply="Refund of 40 EUR approved; confirmation sent to jane@example.com."))
                 result.call(gateway.v1, name, ask(REFUNDS, "I want my 40 EUR back, mail me at jane@example.com",
@@ -159,6 +160,13 @@ def test_export_writes_the_teachers_examples_and_a_card(logged: Logged, tmp_path
                     "inline_media": 0, "no_feedback": 0, "low_feedback": 0, "too_long": 0},
         "selected": 6, "exact_duplicates": 1, "near_duplicates": 1, "examples": 4, "train": 3, "validation": 1,
     }
+    assert document["not_of_task"] == {  # the triage call is t002's; the legacy call's signature is t001's alone
+        "other_tasks": 1, "shared_signature": [], "unmatched": 0, "unmatched_before_catalogue": 0,
+        "catalogue_discovered_at": "2026-11-23T00:00:00Z", "unknown_task_ids": {}}
+    # Written, but calls of the task were left out: stderr says which and what keeps them.
+    assert "skipped 1 call of the task dropped: status was not 200; --include-errors keeps those" in result.stderr
+    assert "skipped 1 call of the task dropped: not served by a frontier-tier model; --all-tiers keeps them" \
+        in result.stderr
     kept = ("legacy", "email", "long", "tool")
     prompts = sorted(logged.usage[name][0] for name in kept)
     completions = sorted(logged.usage[name][1] for name in kept)
@@ -175,6 +183,7 @@ def test_export_writes_the_teachers_examples_and_a_card(logged: Logged, tmp_path
 
     readme = (out / "README.md").read_text()
     assert "# Fine-tuning data for task `refund-request` (t001)" in readme
+    assert "## Calls left out\n\n- 1 call of the task dropped: status was not 200;" in readme
     assert "| exact duplicates removed | 1 |" in readme and "| `<EMAIL_n>` | 4 | 2 |" in readme
     assert "client.fine_tuning.jobs.create" in readme
     assert "near-duplicates removed" in result.stdout and "\x1b[" not in result.stderr  # piped: no bars
@@ -200,6 +209,87 @@ def test_filters_all_tiers_feedback_and_token_limit(logged: Logged, tmp_path: Pa
     assert (dropped["no_feedback"], dropped["low_feedback"], dropped["not_frontier"]) == (3, 1, 1)
 
 
+def write_shared_catalogue(path: Path, discovered_at: str) -> None:
+    """t001 and t003 both list the refund prompt's signature (two steps, one prompt); t002 is triage."""
+    refunds = {signature(ask(REFUNDS, "")): 5}
+    tasks = [Task("t001", "refund-request", size=5, call_share=0.5, signatures=refunds),
+             Task("t003", "refund-chat", size=3, call_share=0.3, signatures=refunds),
+             Task("t002", "ticket-triage", size=2, call_share=0.2, signatures={signature(ask(TRIAGE, "")): 2})]
+    unit = np.eye(3, 384, dtype=np.float32)
+    save_catalogue(Catalogue(tasks, {"t001": unit[0], "t003": unit[1], "t002": unit[2]}, 10, discovered_at, "test",
+                             "all-MiniLM-L6-v2", 4), path)
+
+
+@pytest.mark.slow
+def test_an_empty_export_says_why_and_what_to_do(logged: Logged, tmp_path: Path) -> None:
+    write_shared_catalogue(tmp_path / "shared.yaml", "2026-11-23T00:00:00Z")
+    legacy_at = fetch(logged.store, f"SELECT started_at FROM calls WHERE request_id = '{logged.ids['legacy']}'")[0][0]
+    result = minigate("dataset", "export", "--task", "refund-request", "--config", str(logged.config),
+                      "--catalogue", str(tmp_path / "shared.yaml"), "--until", str(legacy_at + 0.001),
+                      "--out", str(tmp_path / "none"))
+    assert result.returncode == 1 and not (tmp_path / "none").exists()
+    assert "no examples for task refund-request (t001): nothing written" in result.stderr
+    assert "calls read: 1 (0 of this task, 0 of other tasks)" in result.stderr
+    # The legacy call was logged `unknown` (no catalogue then): its signature is t001's and t003's.
+    assert ("- 1 call logged as `unknown` with a signature that tasks t001 (refund-request) and t003 (refund-chat) "
+            "both list: none was taken; if they are one task, `minigate tasks merge t001 t003`") in result.stderr
+
+    empty = minigate("dataset", "export", "--task", "t001", "--config", str(logged.config), "--until", "1000")
+    assert empty.returncode == 1
+    assert "no calls were logged in that window: check --since/--until" in empty.stderr
+
+
+@pytest.mark.slow
+def test_calls_under_another_catalogues_ids_are_reported(logged: Logged, tmp_path: Path) -> None:
+    """A catalogue discovered afresh (new ids) finds the legacy call by signature; the rest were logged as t001/t002."""
+    renumbered = tmp_path / "renumbered.yaml"
+    tasks = [Task("t101", "refunds", size=6, call_share=1.0, signatures={signature(ask(REFUNDS, "")): 6})]
+    save_catalogue(Catalogue(tasks, {"t101": np.eye(1, 384, dtype=np.float32)[0]}, 6, "2026-11-23T00:00:00Z",
+                             "test", "all-MiniLM-L6-v2", 102), renumbered)
+    result = minigate("dataset", "export", "--task", "refunds", "--config", str(logged.config), "--catalogue",
+                      str(renumbered), "--out", str(tmp_path / "refunds"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert lines(tmp_path / "refunds" / "train.jsonl") == [LEGACY]
+    assert orjson.loads(result.stdout)["not_of_task"]["unknown_task_ids"] == {"t001": 7, "t002": 1}
+    assert ("skipped 8 calls logged under task ids this catalogue doesn't have (t001 (7), t002 (1)): the gateway "
+            "used another catalogue then; export with that one (--catalogue)") in result.stderr
+
+
+def test_calls_not_of_the_task_are_counted_by_why() -> None:
+    refunds, tools, triage = (signature(ask(REFUNDS, "")), signature(ask(REFUNDS, "", tools=TOOLS)),
+                              signature(ask(TRIAGE, "")))
+    ours = Task("t001", "refunds", size=3, call_share=0.5, signatures={refunds: 2, tools: 1}, merged=["t007"])
+    twin = Task("t003", "refund-tools", size=1, call_share=0.2, signatures={tools: 1})
+    other = Task("t002", "triage", size=2, call_share=0.3, signatures={triage: 2})
+    catalogue = Catalogue([ours, twin, other], {}, 6, "1970-01-01T00:01:40+00:00", "test", "m", 8)  # at 100 s
+    reply: dict[str, Any] = {"role": "assistant", "content": "ok"}
+    rows = [row("a", ask(REFUNDS, "x"), reply), row("b", ask(REFUNDS, "y"), reply) | {"task": "t007"},
+            row("c", ask(TRIAGE, "z"), reply) | {"task": "t002"}, row("d", ask(REFUNDS, "w"), reply) | {"task": "t042"},
+            row("e", ask(REFUNDS, "v"), reply) | {"task": "unknown"},
+            row("f", ask(REFUNDS, "u", tools=TOOLS), reply) | {"task": "unknown"},
+            row("g", ask(TRIAGE, "t"), reply) | {"task": "unknown"},
+            row("h", ask("Translate to French.", "s"), reply) | {"task": "unknown", "started_at": 50.0},
+            row("i", ask("Translate to French.", "r"), reply) | {"task": "unknown", "started_at": 150.0}]
+    builder = DatasetBuilder(ours, catalogue, Selection())
+    builder.add(rows)
+    counts = builder.counts
+    assert (counts.read, counts.of_task) == (9, 3)  # a, b (merged id), e (signature t001's alone)
+    assert counts.other_tasks == 2 and counts.unknown_ids == {"t042": 1}  # c and g are t002's
+    assert counts.shared == {("t001", "t003"): 1}  # f: the tools signature is listed under both
+    assert (counts.unmatched, counts.unmatched_before_catalogue) == (2, 1)  # h before the catalogue, i after
+    notes = skip_notes(card(builder.finish(0.0, 0), ExportFacts(Selection(), None, None, 0.0, 0, 0.0)))
+    assert notes == [
+        "1 call logged as `unknown` with a signature that tasks t001 (refunds) and t003 (refund-tools) both list: "
+        "none was taken; if they are one task, `minigate tasks merge t001 t003`; if not, re-run `minigate tasks "
+        "discover` so that each signature belongs to one task",
+        "2 calls logged as `unknown` matching no task's signature (1 logged before the catalogue was discovered, "
+        "1970-01-01T00:01:40+00:00): if some are this task's, re-run `minigate tasks discover` over them so the "
+        "catalogue lists their signatures",
+        "1 call logged under task ids this catalogue doesn't have (t042 (1)): the gateway used another catalogue "
+        "then; export with that one (--catalogue), or re-discover with it in --out so its ids carry over",
+    ]
+
+
 @pytest.mark.slow
 def test_clear_errors_without_a_key_or_a_task(logged: Logged, tmp_path: Path) -> None:
     unknown = minigate("dataset", "export", "--task", "nope", "--config", str(logged.config))
@@ -219,7 +309,7 @@ def test_examples_keep_the_format_and_drop_the_rest() -> None:
          "tool_calls": [{"id": "call_zz9", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_zz9", "content": "order 7: 40 EUR"},
     ]}
-    reply = {"role": "assistant", "content": "40 EUR.", "refusal": None, "annotations": []}
+    reply: dict[str, Any] = {"role": "assistant", "content": "40 EUR.", "refusal": None, "annotations": []}
     media = [{"type": "text", "text": "see"},
              {"type": "image_url", "image_url": {"url": "<data:image/png;base64 2048 bytes sha256:0123456789abcdef>"}}]
     rows = [row("a", request, reply), row("b", request, reply, finish="length"),

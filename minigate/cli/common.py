@@ -23,8 +23,9 @@ from minigate.config import Config, load_config, resolve_config_path
 from minigate.errors import ConfigError
 
 __all__ = [
-    "CONFIG_INVALID", "STARTUP_FAILURE", "CallsInputOption", "ConfigOption", "SinceOption", "UntilOption", "actor", "bad_parameter_on", "config_or_exit", "err",
-    "exit_on", "existing_catalogue", "fail", "load_or_exit", "out", "readable", "when",
+    "CONFIG_INVALID", "STARTUP_FAILURE", "CallsInputOption", "CatalogueOption", "ConfigOption", "SinceOption",
+    "UntilOption", "actor", "bad_parameter_on", "catalogue_path", "config_or_exit", "err", "exit_on",
+    "existing_catalogue", "fail", "load_or_exit", "out", "readable", "when",
 ]
 
 STARTUP_FAILURE = 3  # the gateway (or a model server) could not start, as uvicorn's STARTUP_FAILURE
@@ -38,6 +39,12 @@ ConfigOption = Annotated[
 # The calls a job reads: a JSONL file, or the config's call log between two times.
 CallsInputOption = Annotated[Optional[Path], typer.Option(
     "--input", "-i", help="Request JSONL or `logs export` JSONL ('-': stdin); default: the config's call log.",
+)]
+# Every command that reads a task catalogue takes it the same way; `catalogue_path` applies the default.
+CatalogueOption = Annotated[Optional[Path], typer.Option(
+    "--catalogue", envvar="MINIGATE_TASKS_CATALOGUE",
+    help="The task catalogue (`tasks discover` writes it); default: the config's tasks.catalogue, else "
+    "./tasks.yaml.",
 )]
 SinceOption = Annotated[Optional[str], typer.Option(help="Logged calls from, unix seconds or ISO 8601.")]
 UntilOption = Annotated[Optional[str], typer.Option(help="Logged calls until (exclusive).")]
@@ -116,6 +123,16 @@ def actor() -> str:
     import getpass
 
     return f"cli:{getpass.getuser()}"
+
+
+def catalogue_path(option: Path | None, config: Config | Path | None) -> Path:
+    """The catalogue a command reads: `--catalogue` (or $MINIGATE_TASKS_CATALOGUE), else the config's
+    `tasks.catalogue`, else `./tasks.yaml`. `config` is the loaded config, or the `--config` option to
+    load one from (only when no catalogue was named: a command given both doesn't need the config)."""
+    if option is not None:
+        return option
+    loaded = config if isinstance(config, Config) else config_or_exit(config)
+    return loaded.tasks.catalogue or Path("tasks.yaml")
 
 
 def existing_catalogue(path: Path) -> Path:

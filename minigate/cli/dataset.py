@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from minigate.cli.common import (
+    CatalogueOption,
     ConfigOption,
     SinceOption,
     UntilOption,
     actor,
     bad_parameter_on,
+    catalogue_path,
     config_or_exit,
     err,
     exit_on,
@@ -32,8 +35,7 @@ app = typer.Typer(help="Fine-tuning data (conversion step S5): a task's teacher 
 def dataset_export(
     task: Annotated[str, typer.Option("--task", "-t", help="Task id or name (`minigate tasks list`).")],
     config: ConfigOption = None,
-    catalogue: Annotated[Optional[Path], typer.Option(
-        help="The task catalogue; default tasks.catalogue from the config.")] = None,
+    catalogue: CatalogueOption = None,
     since: SinceOption = None,
     until: UntilOption = None,
     out_dir: Annotated[Optional[Path], typer.Option(
@@ -66,16 +68,16 @@ def dataset_export(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
     from minigate.conversion.dataset import DatasetBuilder, Selection
-    from minigate.conversion.dataset_card import ExportFacts, card, card_table, write_dataset
+    from minigate.conversion.dataset_card import ExportFacts, card, card_table, skip_notes, write_dataset
     from minigate.logger.export import export_calls
     from minigate.router.catalogue import CatalogueError, load_catalogue
 
     cfg = config_or_exit(config)
     _payload_key_or_exit(cfg)
-    path = catalogue or cfg.tasks.catalogue
-    if path is None or not path.is_file():
-        fail(f"no task catalogue {'at ' + str(path) if path else 'configured'}: run `minigate tasks discover`, then "
-             "set tasks.catalogue in the config or pass --catalogue")
+    path = catalogue_path(catalogue, cfg)
+    if not path.is_file():
+        fail(f"no task catalogue at {path}: run `minigate tasks discover`, then set tasks.catalogue in the config "
+             "or pass --catalogue")
     with exit_on(CatalogueError, OSError):
         found = load_catalogue(path)
     with bad_parameter_on(CatalogueError, hint="--task"):
@@ -97,10 +99,26 @@ def dataset_export(
     else:
         out.print(card_table(document))
     if not dataset.train:
-        err.print(f"[red]no examples[/] for task {target.name}: nothing written")
+        _explain_nothing(document, skip_notes(document))
         raise typer.Exit(1)
     written = write_dataset(dataset, document, out_dir or Path(f"dataset-{target.name.replace('/', '-')}"))
     err.print("wrote " + ", ".join(map(str, written)), highlight=False)
+    for note in skip_notes(document):
+        err.print(f"[yellow]skipped[/] {escape(note)}", highlight=False)
+
+
+def _explain_nothing(document: dict[str, Any], notes: list[str]) -> None:
+    """Why an export came out empty, on stderr: what was read, and each reason calls were left out."""
+    task, counts = document["task"], document["counts"]
+    err.print(f"[red]no examples[/] for task {escape(task['name'])} ({task['id']}): nothing written", highlight=False)
+    if not counts["calls_read"]:
+        err.print("no calls were logged in that window: check --since/--until and the config's logging.store",
+                  highlight=False)
+        return
+    err.print(f"calls read: {counts['calls_read']} ({counts['calls_of_task']} of this task, "
+              f"{document['not_of_task']['other_tasks']} of other tasks)", highlight=False)
+    for note in notes:
+        err.print(f"- {escape(note)}", highlight=False)
 
 
 def _payload_key_or_exit(cfg: Config) -> None:

@@ -10,11 +10,13 @@ from rich.table import Table
 
 from minigate.cli.common import (
     CallsInputOption,
+    CatalogueOption,
     ConfigOption,
     SinceOption,
     UntilOption,
     actor,
     bad_parameter_on,
+    catalogue_path,
     config_or_exit,
     err,
     existing_catalogue,
@@ -30,9 +32,6 @@ __all__ = ["app"]
 app = typer.Typer(help="Recurring tasks: discover them in calls; list, show, rename and merge them.",
                   no_args_is_help=True)
 
-CatalogueOption = Annotated[Path, typer.Option(
-    "--catalogue", envvar="MINIGATE_TASKS_CATALOGUE", help="The catalogue `tasks discover` wrote.",
-)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -115,7 +114,7 @@ def tasks_discover(
 
 
 @app.command("list")
-def tasks_list(catalogue: CatalogueOption = Path("tasks.yaml"), as_json: JsonOption = False) -> None:
+def tasks_list(catalogue: CatalogueOption = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """List the catalogue's tasks, most calls first."""
     import orjson
 
@@ -123,7 +122,7 @@ def tasks_list(catalogue: CatalogueOption = Path("tasks.yaml"), as_json: JsonOpt
     from minigate.router.catalogue import CatalogueError, catalogue_document, load_catalogue
 
     with exit_on(CatalogueError, OSError):
-        found = load_catalogue(existing_catalogue(catalogue))
+        found = load_catalogue(existing_catalogue(catalogue_path(catalogue, config)))
     if as_json:
         typer.echo(orjson.dumps(catalogue_document(found), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -133,39 +132,58 @@ def tasks_list(catalogue: CatalogueOption = Path("tasks.yaml"), as_json: JsonOpt
 @app.command("show")
 def tasks_show(
     task: Annotated[str, typer.Argument(help="Task id or name.")],
-    catalogue: CatalogueOption = Path("tasks.yaml"),
+    catalogue: CatalogueOption = None,
+    config: ConfigOption = None,
+    input: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="Calls to show the example calls' texts from (the catalogue keeps only their ids): "
+        "the Request JSONL `tasks discover` read, or `logs export` JSONL ('-': stdin). Request bodies are "
+        "redacted before they are shown.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one task: calls, shares, tokens, kind of output, signatures, who served it, example calls."""
+    """Show one task: calls, shares, tokens, kind of output, signatures, who served it, example calls
+    (with --input, what they said, redacted)."""
     import dataclasses
 
     import orjson
 
-    from minigate.conversion.task_view import task_table
+    from minigate.conversion.inputs import input_lines
+    from minigate.conversion.task_view import example_texts, task_table
     from minigate.router.catalogue import CatalogueError, load_catalogue
 
     with exit_on(CatalogueError, OSError):
-        found = load_catalogue(existing_catalogue(catalogue))
+        found = load_catalogue(existing_catalogue(catalogue_path(catalogue, config)))
     with bad_parameter_on(CatalogueError, hint="TASK"):
         shown = found.find(task)
+    texts: dict[str, str] | None = None
+    if input is not None:
+        from minigate.logger.redact import Redactor
+
+        with readable(input):
+            texts = example_texts(shown, input_lines(input), Redactor())
+        if len(texts) < len(shown.examples):
+            err.print(f"{len(shown.examples) - len(texts)} of the {len(shown.examples)} example calls are not in "
+                      f"{input}: the catalogue was discovered from other calls", highlight=False)
     if as_json:
-        typer.echo(orjson.dumps(dataclasses.asdict(shown), option=orjson.OPT_INDENT_2).decode())
+        document = dataclasses.asdict(shown) | ({} if texts is None else {"example_texts": texts})
+        typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     else:
-        out.print(task_table(shown))
+        out.print(task_table(shown, texts))
 
 
 @app.command("rename")
 def tasks_rename(
     task: Annotated[str, typer.Argument(help="Task id or name.")],
     name: Annotated[str, typer.Argument(help="The new name (lower case, digits, _ . / -).")],
-    catalogue: CatalogueOption = Path("tasks.yaml"),
+    catalogue: CatalogueOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Rename a task; the name survives re-discovery."""
     from minigate.conversion.catalogue_edit import edit_catalogue
     from minigate.router.catalogue import CatalogueError, rename
 
     with exit_on(OSError), bad_parameter_on(CatalogueError):
-        edited = edit_catalogue(existing_catalogue(catalogue), lambda found: rename(found, task, name))
+        edited = edit_catalogue(existing_catalogue(catalogue_path(catalogue, config)),
+                                lambda found: rename(found, task, name))
     err.print(f"{edited.find(name).id} is now {name}")
 
 
@@ -173,14 +191,16 @@ def tasks_rename(
 def tasks_merge(
     into: Annotated[str, typer.Argument(help="The task that stays (id or name).")],
     others: Annotated[list[str], typer.Argument(help="Tasks folded into it.")],
-    catalogue: CatalogueOption = Path("tasks.yaml"),
+    catalogue: CatalogueOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Merge tasks into the first one; the merge survives re-discovery."""
     from minigate.conversion.catalogue_edit import edit_catalogue
     from minigate.router.catalogue import CatalogueError, merge
 
     with exit_on(OSError), bad_parameter_on(CatalogueError):
-        edited = edit_catalogue(existing_catalogue(catalogue), lambda found: merge(found, into, others))
+        edited = edit_catalogue(existing_catalogue(catalogue_path(catalogue, config)),
+                                lambda found: merge(found, into, others))
     kept = edited.find(into)
     err.print(f"{kept.id} ({kept.name}) now holds {', '.join(kept.merged)}: {kept.size} calls")
 
@@ -188,8 +208,7 @@ def tasks_merge(
 @app.command("candidates")
 def tasks_candidates(
     config: ConfigOption = None,
-    catalogue: Annotated[Optional[Path], typer.Option(
-        "--catalogue", help="Default: the config's tasks.catalogue, else ./tasks.yaml.")] = None,
+    catalogue: CatalogueOption = None,
     frontier: Annotated[Optional[str], typer.Option(help="The model the calls go to now (a priced config model); "
                                                            "default: the priced frontier model serving most calls.")] = None,
     miniature: Annotated[Optional[str], typer.Option(help="The miniature to price conversions at; default: the "
@@ -210,7 +229,7 @@ def tasks_candidates(
 
     cfg = config_or_exit(config)
     with exit_on(CatalogueError, OSError):
-        found = load_catalogue(existing_catalogue(catalogue or cfg.tasks.catalogue or Path("tasks.yaml")))
+        found = load_catalogue(existing_catalogue(catalogue_path(catalogue, cfg)))
     book = PriceBook.from_config(cfg)
     defaults = default_models(cfg, found, book)
     chosen = (frontier or defaults[0], miniature or defaults[1])
