@@ -12,9 +12,16 @@ out because their function docs were not copied) checks signatures: every distin
 tools must get signatures of its own (no signature holds two tool sets). Discovery's clusters are
 also scored against the BFCL category, for information: categories are test suites, not tasks.
 
+Agent steps (bench/clustering_steps.py): a logged six-step agent built from the shared data, where
+every step with a specific instruction must come out as exactly one task (step purity, ARI against
+steps) and only the generic assistant's calls are split by content.
+
 Targets: BANKING77 NMI >= 0.80 with the number of tasks chosen automatically; BFCL: every tool set
-recovered. Run: .venv/bin/python bench/clustering.py  (embeddings are cached in
-~/.cache/minigate/bench-embeddings; the first run embeds ~15k texts, a few minutes on two cores).
+recovered; agent steps: each specific step's largest task holds >= 95% of its calls and nothing of
+other steps, ARI against steps >= 0.9. Run: .venv/bin/python bench/clustering.py  (embeddings are
+cached in ~/.cache/minigate/bench-embeddings; the first run embeds ~17k texts, a few minutes on two
+cores). `--discovery-only` measures just the two `tasks discover` runs (BANKING77 and the agent
+steps) and updates those entries of bench/results/clustering.json, keeping the method comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import json
 import multiprocessing
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,11 +49,14 @@ from minigate.router.embedding import Embedder, EmbeddingCache, blend
 from minigate.router.signature import signature, tool_names
 from minigate.router.task_text import content_text, context_text
 
+from clustering_steps import agent_steps, discover_cli, report
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
 CACHE = Path.home() / ".cache" / "minigate" / "bench-embeddings"
 SYSTEM = "You are the customer support assistant of a digital bank. Answer the customer's message."
 SMALL_INTENTS = 8
+CLI = "minigate tasks discover (CLI, end to end)"
 Vectors = np.ndarray
 Method = Callable[[Vectors, int], np.ndarray]
 
@@ -168,23 +177,14 @@ def score(labels: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
 def cli_discover(bodies: list[dict[str, Any]], truth: np.ndarray) -> dict[str, Any]:
     """`minigate tasks discover` end to end on Request JSONL: scored from --assignments, timed with wait4."""
     with tempfile.TemporaryDirectory() as tmp:
-        source, out, assigned = Path(tmp) / "calls.jsonl", Path(tmp) / "out", Path(tmp) / "assignments.jsonl"
-        source.write_text("".join(json.dumps({"id": str(i), **body}) + "\n" for i, body in enumerate(bodies)))
-        command = [sys.executable, "-m", "minigate.cli", "tasks", "discover", "--input", str(source), "--out", str(out),
-                   "--assignments", str(assigned), "--cache", str(CACHE), "--json"]
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        if status:
-            raise SystemExit(f"tasks discover failed: {process.stderr.read().decode() if process.stderr else ''}")
-        rows = [json.loads(line) for line in assigned.read_text().splitlines()]
-        task_of = {row["id"]: row["task"] for row in rows}
+        out = Path(tmp)
+        run = discover_cli([json.dumps({"id": str(i), **body}) for i, body in enumerate(bodies)], out, CACHE)
+        task_of = run.task_of
         numbers = {task: number for number, task in enumerate(sorted(set(task_of.values())))}
         labels = np.array([numbers[task_of[str(i)]] for i in range(len(bodies))])
         for name in ("tasks.png", "tasks-map.png"):
             (HERE / "results" / f"clustering-banking77-{name}").write_bytes((out / name).read_bytes())
-    return score(labels, truth) | {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    return score(labels, truth) | {"seconds": run.seconds, "peak_rss_mib": run.peak_rss_mib}
 
 
 # --- data ---
@@ -260,13 +260,41 @@ def table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
     return view
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     if not (DATA / "banking77" / "train.csv").is_file():
         print(f"no BANKING77 data at {DATA / 'banking77'}: nothing to measure")
         return 0
+    discovery_only = "--discovery-only" in argv
+    out = HERE / "results" / "clustering.json"
+    results: dict[str, Any] = json.loads(out.read_text()) if discovery_only and out.is_file() else {}
     console = Console(width=120)
     embedder = Embedder(EmbeddingCache(CACHE))
     bodies, truth = banking()
+    if discovery_only:
+        banking77 = results.setdefault("datasets", {}).setdefault("banking77", {"calls": len(bodies), "methods": {}})
+        banking77["methods"][CLI] = cli_discover(bodies, truth)
+    else:
+        results = compare_methods(console, embedder, bodies, truth)
+    steps = agent_steps(CACHE)
+    if steps is not None:
+        results["datasets"]["agent-steps"] = steps
+        for line in report(steps):
+            console.print(line, highlight=False)
+    best = results["datasets"]["banking77"]["methods"][CLI]
+    print(f"BANKING77 NMI >= 0.80 with k chosen automatically: {'PASS' if best['nmi'] >= 0.80 else 'FAIL'} "
+          f"({best['nmi']:.3f}, {best['tasks']} tasks)")
+    if not discovery_only:
+        check = results["datasets"]["bfcl"]["signatures"]
+        recovered = check["tool_sets_recovered"] == check["tool_sets"]
+        print(f"BFCL every tool set recovered by signatures: {'PASS' if recovered else 'FAIL'}")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out} and {HERE / 'results'}/clustering-banking77-tasks*.png")
+    return 0
+
+
+def compare_methods(console: Console, embedder: Embedder, bodies: list[dict[str, Any]],
+                    truth: np.ndarray) -> dict[str, Any]:
+    """Every method on BANKING77 and its small slice, the CLI end to end, and BFCL's signatures."""
     content, _, embed_seconds = vectors_of(bodies, embedder)
     print(f"BANKING77: {len(bodies)} messages, {len(set(truth.tolist()))} intents; "
           f"embedded (or read from the cache) in {embed_seconds:.0f} s", flush=True)
@@ -280,9 +308,10 @@ def main() -> int:
             found[method_name] = measure(method, content[rows], truth[rows]) | {"automatic": automatic}
             print(f"  {name}: {method_name}: NMI {found[method_name]['nmi']:.3f}", flush=True)
         if name == "banking77":
-            found["minigate tasks discover (CLI, end to end)"] = cli_discover(bodies, truth)
+            found[CLI] = cli_discover(bodies, truth)
         results["datasets"][name] = {"calls": len(rows), "methods": found}
         console.print(table(f"{name}: {len(rows)} messages, {len(set(truth[rows].tolist()))} intents", found))
+    print(f"(peak RSS of a method includes the {baseline} MiB the benchmark process held before it)")
 
     tool_bodies, categories, skipped = bfcl()
     check = signature_check(tool_bodies)
@@ -300,18 +329,8 @@ def main() -> int:
     console.print(f"BFCL discovery vs the {clustered['true_tasks']} categories (information): NMI "
                   f"{clustered['nmi']:.3f}, ARI {clustered['ari']:.3f}, {clustered['tasks']} tasks, "
                   f"{clustered['seconds']:.0f} s", highlight=False)
-
-    best = results["datasets"]["banking77"]["methods"]["minigate tasks discover (CLI, end to end)"]
-    print(f"BANKING77 NMI >= 0.80 with k chosen automatically: {'PASS' if best['nmi'] >= 0.80 else 'FAIL'} "
-          f"({best['nmi']:.3f}, {best['tasks']} tasks)")
-    recovered = check["tool_sets_recovered"] == check["tool_sets"]
-    print(f"BFCL every tool set recovered by signatures: {'PASS' if recovered else 'FAIL'}")
-    out = HERE / "results" / "clustering.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out} and {HERE / 'results'}/clustering-banking77-tasks*.png (peak RSS includes the "
-          f"{baseline} MiB the benchmark process held before each method)")
-    return 0
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,13 +1,16 @@
 """`minigate tasks discover`: find the recurring tasks in a set of calls and write them as a catalogue.
 
-Each call is read two ways: its user content (the last user turn) and its step's context (masked
-system prompt, tools, response format; one text per signature). Both are embedded with MiniLM and
-blended half and half, so a call sits near calls asking similar things in a similar setting: one
-signature can hold several tasks (a router step that sees many kinds of question), and several
-signatures can share one (two wordings of the same instruction). The blend is clustered
-(`clustering.cluster`), clusters get stable ids from the previous catalogue (`catalogue.identify`),
-and every task is described from its calls: size, shares of calls and cost, tokens, the kind of
-reply, signatures, tools, its distinctive terms and the calls nearest its centroid.
+A task is what one miniature can learn, so discovery follows agent steps first (`steps.find_steps`):
+a step that constrains its output (tools, a response format, label replies) or gives a specific
+instruction in its system prompt is exactly one task, never split by what its calls ask about and
+never merged with another step. Only open-ended calls (no system prompt or a generic one) are split
+by content: each is read two ways, its user content (the last user turn) and its step's context
+(masked system prompt, tools, response format; one text per signature), both embedded with MiniLM
+and blended half and half, and the blend is clustered (`clustering.cluster`), so one generic
+assistant's calls become the several things people ask it. Tasks get stable ids from the previous
+catalogue (`catalogue.identify`), and every task is described from its calls: size, shares of calls
+and cost, tokens, the kind of reply, signatures, tools, its distinctive terms and the calls nearest
+its centroid.
 
 >>> found = discover(calls, Embedder(cache), previous=None, discovered_at="2025-06-01T00:00Z")  # doctest: +SKIP
 >>> found.catalogue.tasks[0].name  # doctest: +SKIP
@@ -29,6 +32,7 @@ import orjson
 from minigate.conversion.clustering import cluster
 from minigate.conversion.naming import distinctive_terms, task_name
 from minigate.conversion.observations import Observation, Skipped
+from minigate.conversion.steps import Step, find_steps
 from minigate.router.catalogue import Catalogue, Identity, OutputKind, Task, identify
 from minigate.router.embedding import MODEL_NAME, blend
 from minigate.router.features import extract_features
@@ -37,7 +41,7 @@ from minigate.router.task_text import content_text, context_text
 
 __all__ = ["METHOD", "Discovery", "Progress", "TextEmbedder", "discover"]
 
-METHOD = "spectral-ward-silhouette"
+METHOD = "steps+spectral-ward-silhouette"  # open-ended calls only are clustered
 _EXAMPLES = 5
 _ANCHOR_SHARE = 0.5  # a tool (or schema) names a task when at least this share of its calls offer it
 
@@ -73,19 +77,17 @@ class Discovery:
 
 def discover(observations: Sequence[Observation], embedder: TextEmbedder, *, previous: Catalogue | None,
              discovered_at: str, progress: Progress = lambda stage, done, total: None) -> Discovery:
-    """Cluster the calls into tasks and describe each; ids and people's edits carry over from `previous`."""
+    """Split the calls into tasks (steps whole, open-ended calls by content) and describe each; ids and
+    people's edits carry over from `previous`."""
     if not observations:
         raise ValueError("there are no calls to discover tasks in")
     signatures = [signature(observation.body) for observation in observations]
     vectors = _vectors(observations, signatures, embedder, progress)
+    steps = find_steps([observation.body for observation in observations],
+                       [observation.output_kind for observation in observations])
     progress("clustering", 0, 1)
-    # Identical calls (same content, same step) are clustered once: repeats would weigh on the tree and
-    # the silhouettes, and make the tasks found depend on how often a caller retried.
-    unique, inverse = np.unique(vectors, axis=0, return_inverse=True)
-    labels = cluster(unique).labels[inverse.reshape(-1)]
+    clusters = sorted(_clusters(steps, vectors), key=len, reverse=True)  # new ids go to the biggest tasks first
     progress("clustering", 1, 1)
-    clusters = sorted((np.flatnonzero(labels == label) for label in range(int(labels.max()) + 1)),
-                      key=len, reverse=True)  # new ids go to the biggest tasks first
     identities, centroids, next_id = identify(previous, np.stack([_centroid(vectors[rows]) for rows in clusters]))
     groups: dict[Identity, list[int]] = {}
     for identity, rows in zip(identities, clusters):
@@ -110,6 +112,19 @@ def _vectors(observations: Sequence[Observation], signatures: list[str], embedde
                            progress=lambda done, total: progress("embedding", done, total))
     by_context = dict(zip(dict.fromkeys(context_texts), every[len(texts):]))
     return blend(every[:len(texts)], np.stack([by_context[text] for text in context_texts]))
+
+
+def _clusters(steps: Sequence[Step], vectors: Floats) -> list[npt.NDArray[np.intp]]:
+    """Rows of each task: every step that is one task whole, then the open-ended calls clustered by content."""
+    whole = [np.array(step.rows, dtype=np.intp) for step in steps if step.is_one_task]
+    open_rows = np.array(sorted(row for step in steps if not step.is_one_task for row in step.rows), dtype=np.intp)
+    if not len(open_rows):
+        return whole
+    # Identical calls (same content, same step) are clustered once: repeats would weigh on the tree and
+    # the silhouettes, and make the tasks found depend on how often a caller retried.
+    unique, inverse = np.unique(vectors[open_rows], axis=0, return_inverse=True)
+    labels = cluster(unique).labels[inverse.reshape(-1)]
+    return [*whole, *(open_rows[labels == label] for label in range(int(labels.max()) + 1))]
 
 
 def _centroid(vectors: Floats) -> Floats:
