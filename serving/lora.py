@@ -1,4 +1,4 @@
-"""The LoRA adapters on one vLLM server, loaded and unloaded at run time to match the config.
+"""The LoRA adapters on one vLLM (or local llama.cpp) server, loaded and unloaded at run time to match the config.
 
 vLLM serves the adapters named at launch (`--lora-modules`) and, when started with
 `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`, loads and drops others on request:
@@ -7,7 +7,8 @@ Both answer 200 with plain text, or an error: 400 for a name already loaded (or 
 the path holds no adapter. A name loaded already (by `--lora-modules`, or by another gateway replica)
 counts as loaded. Adapters loaded this way live in the server's memory only: a server that restarts
 has lost them, so the caller marks a replica stale when it stops answering, and every adapter is
-loaded again when it is back.
+loaded again when it is back. The local llama.cpp child (serving/llamacpp_child.py) speaks the same
+endpoints, so it is driven by the same code.
 
 A failure never raises: it is logged once, kept in `failed` (readiness shows it), and retried.
 """
@@ -28,10 +29,11 @@ log = logging.getLogger("minigate.serving")
 
 _RETRY_S = 10.0  # between attempts at loading adapters that failed to load
 _DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+_VLLM_HINT = "the server must run with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
 
 
 class ReplicaAdapters:
-    """What one vLLM base URL has loaded for this gateway, and brings it in line with the config.
+    """What one server's base URL has loaded for this gateway, and brings it in line with the config.
 
     >>> adapters = ReplicaAdapters("vllm-a", "http://vllm-a:8000/v1")
     >>> await adapters.sync({"invoice-lora": "/adapters/invoice"}, client, now=0.0)  # doctest: +SKIP
@@ -39,8 +41,9 @@ class ReplicaAdapters:
     {'invoice-lora': '/adapters/invoice'}
     """
 
-    def __init__(self, upstream: str, base_url: str) -> None:
+    def __init__(self, upstream: str, base_url: str, *, hint: str = _VLLM_HINT) -> None:
         self.upstream = upstream
+        self.hint = hint  # what a failure to load may need, logged with it
         self.base_url = base_url.rstrip("/")
         self.loaded: dict[str, str] = {}  # name -> path, as loaded by this gateway
         self.failed: dict[str, str] = {}  # name -> why its last load failed
@@ -78,7 +81,7 @@ class ReplicaAdapters:
         if response.status_code == 200 or (response.status_code == 400 and "already been loaded" in response.text):
             self.loaded[name] = path
             if self.failed.pop(name, None) is not None:
-                log.info("vLLM upstream %r: LoRA adapter %r loaded on %s after all", self.upstream, name, self.base_url)
+                log.info("upstream %r: LoRA adapter %r loaded on %s after all", self.upstream, name, self.base_url)
             return
         self.loaded.pop(name, None)
         self._fail(name, path, f"HTTP {response.status_code}: {_message(response)}")
@@ -89,18 +92,17 @@ class ReplicaAdapters:
         try:
             response = await call.post(f"{self.base_url}/unload_lora_adapter", {"lora_name": name})
         except httpx.HTTPError as exc:
-            log.warning("vLLM upstream %r: could not unload LoRA adapter %r from %s: %s: %s",
+            log.warning("upstream %r: could not unload LoRA adapter %r from %s: %s: %s",
                         self.upstream, name, self.base_url, type(exc).__name__, exc)
             return
         if response.status_code != 200 and response.status_code not in (400, 404):
-            log.warning("vLLM upstream %r: could not unload LoRA adapter %r from %s: HTTP %d: %s",
+            log.warning("upstream %r: could not unload LoRA adapter %r from %s: HTTP %d: %s",
                         self.upstream, name, self.base_url, response.status_code, _message(response))
 
     def _fail(self, name: str, path: str, why: str) -> None:
         if self.failed.get(name) != why:  # once per new reason, not on every retry
-            log.error("vLLM upstream %r: cannot load LoRA adapter %r from %s on %s: %s (the server must run with "
-                      "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)",
-                      self.upstream, name, path, self.base_url, why)
+            log.error("upstream %r: cannot load LoRA adapter %r from %s on %s: %s (%s)",
+                      self.upstream, name, path, self.base_url, why, self.hint)
         self.failed[name] = why
 
 

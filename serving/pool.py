@@ -2,7 +2,8 @@
 
 A reload builds a new pool and swaps it in; the old one closes once its in-flight requests are done.
 Local llama.cpp servers take seconds to start, so they are kept across reloads while their settings
-don't change; the vLLM fleet (adapters loaded, load polled) follows each new config.
+don't change, and only their LoRA adapters follow the new config; the vLLM fleet (adapters loaded,
+load polled) follows each new config too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from minigate.serving.settings import (
     LlamaCppUpstream,
     ModelEntry,
     Upstream,
+    lora_adapters,
 )
 from minigate.serving.upstream import AzureClient, ChatUpstream, UnconfiguredClient, UpstreamClient
 from minigate.serving.vllm import VllmClient, VllmFleet
@@ -40,16 +42,28 @@ class LocalServers:
     def __init__(self) -> None:
         self._servers: dict[LlamaCppUpstream, LlamaCppServer] = {}
 
-    async def ensure(self, settings: LlamaCppUpstream) -> str:
-        """The base URL of a running server for these settings, starting one if needed."""
+    async def ensure(self, name: str, settings: LlamaCppUpstream) -> LlamaCppServer:
+        """A running server for these settings, starting one if needed (`name` is the upstream, for logs)."""
         server = self._servers.get(settings)
         if server is None:
             path = settings.path or default_gguf_path()
-            server = LlamaCppServer(LlamaCppSettings(model_path=path, threads=settings.threads or default_threads(),
-                                                     context=settings.context))
+            server = LlamaCppServer(LlamaCppSettings(model_path=path, name=name, context=settings.context,
+                                                     threads=settings.threads or default_threads()))
             await server.start()
             self._servers[settings] = server
-        return server.base_url
+        return server
+
+    async def serve_adapters(self, upstreams: Mapping[str, Upstream], models: Mapping[str, ModelEntry]) -> None:
+        """Each server loads the LoRA adapters its upstreams' model entries name, and drops the others.
+
+        Upstreams with the same settings share one server, and so its adapters.
+        """
+        wanted: dict[LlamaCppUpstream, dict[str, str]] = {}
+        for name, spec in upstreams.items():
+            if isinstance(spec, LlamaCppUpstream):
+                wanted.setdefault(spec, {}).update(lora_adapters(name, spec, models))
+        for spec, adapters in wanted.items():
+            await self._servers[spec].serve_adapters(adapters)
 
     async def retain(self, wanted: set[LlamaCppUpstream]) -> None:
         """Stop servers that the current config no longer names."""
@@ -70,9 +84,11 @@ class UpstreamPool:
     @classmethod
     async def open(cls, upstreams: Mapping[str, Upstream], local: LocalServers, *,
                    models: Mapping[str, ModelEntry] | None = None, fleet: VllmFleet | None = None) -> UpstreamPool:
-        """Clients for `upstreams`; with a `fleet`, the vLLM upstreams' adapters follow `models` too."""
+        """Clients for `upstreams`; the local servers' adapters follow `models`, and with a `fleet` the vLLM
+        upstreams' adapters too."""
         clients = {name: await _client(name, spec, local, fleet) for name, spec in upstreams.items()}
         await local.retain({spec for spec in upstreams.values() if isinstance(spec, LlamaCppUpstream)})
+        await local.serve_adapters(upstreams, models or {})  # once every client opened, as the fleet's below
         if fleet is None:
             return cls(clients)
         await fleet.sync(upstreams, models or {})  # last: a generation that failed to open changes no server
@@ -90,7 +106,9 @@ async def _client(name: str, spec: Upstream, local: LocalServers, fleet: VllmFle
     if isinstance(spec, LitellmUpstream):
         return await LitellmClient.open(name, spec)  # the only place litellm is imported
     if isinstance(spec, LlamaCppUpstream):
-        return LlamaCppClient(ClientOptions(name=name, base_url=await local.ensure(spec), timeouts=spec.timeouts))
+        server = await local.ensure(name, spec)
+        return LlamaCppClient(ClientOptions(name=name, base_url=server.base_url, timeouts=spec.timeouts),
+                              adapter_problem=server.adapter_problem)
     if spec.missing_key():  # it calls nothing, so it needs neither the blank key nor the rest
         return UnconfiguredClient(ClientOptions(name=name, base_url=spec.base_url))
     options = ClientOptions.of(name, spec)

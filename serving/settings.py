@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 __all__ = [
     "AnthropicUpstream", "Breaker", "LitellmUpstream", "LlamaCppUpstream", "ModelEntry", "OpenAIUpstream", "Price",
-    "Retry", "Timeouts", "Upstream", "adapter_problems", "lora_adapters",
+    "Retry", "Timeouts", "Upstream", "adapter_problems", "gguf_adapter_file", "lora_adapters",
 ]
+
+GGUF_ADAPTER = "adapter.gguf"  # the llama.cpp LoRA inside a directory written by `minigate finetune`
 
 
 class _Section(BaseModel):
@@ -210,8 +212,10 @@ class Price(_Section):
 class ModelEntry(_Section):
     """A model minigate can call: which upstream serves it, under which id, and at which tier.
 
-    On a vLLM upstream, `adapter` (with `path`) names a LoRA adapter the gateway loads into the server
-    at start and on reload; it is called by that name, so `model` defaults to it.
+    On a vLLM or llamacpp upstream, `adapter` (with `path`) names a LoRA adapter the gateway loads into
+    the server at start and on reload; it is called by that name, so `model` defaults to it. For vLLM
+    `path` is where the server reads the PEFT adapter; for llamacpp it is a directory written by
+    `minigate finetune` (its `adapter.gguf` is loaded) or a GGUF LoRA file, on this machine.
 
     >>> ModelEntry(upstream="vllm-a", adapter="invoice-lora", path="/adapters/invoice", tier="miniature").model
     'invoice-lora'
@@ -221,8 +225,10 @@ class ModelEntry(_Section):
     model: str
     tier: Literal["miniature", "frontier"]
     price: Price | None = None
-    adapter: str | None = Field(None, min_length=1, description="vllm: a LoRA adapter the gateway loads and calls")
-    path: str | None = Field(None, min_length=1, description="vllm: where the server reads the adapter (lora_path)")
+    adapter: str | None = Field(None, min_length=1, description="vllm, llamacpp: a LoRA adapter the gateway loads "
+                                                                "and calls")
+    path: str | None = Field(None, min_length=1, description="vllm: where the server reads the adapter (lora_path); "
+                                                             "llamacpp: a `minigate finetune` directory or a .gguf")
 
     @model_validator(mode="before")
     @classmethod
@@ -240,27 +246,45 @@ class ModelEntry(_Section):
         return self
 
 
-def lora_adapters(upstream: str, spec: OpenAIUpstream, models: Mapping[str, ModelEntry]) -> dict[str, str]:
-    """The LoRA adapters a vLLM upstream serves, name to path: its `adapters` and its models' `adapter`."""
-    found = dict(spec.adapters)
+def lora_adapters(upstream: str, spec: Upstream, models: Mapping[str, ModelEntry]) -> dict[str, str]:
+    """The LoRA adapters an upstream serves, name to path: a vLLM upstream's `adapters` and its models' `adapter`.
+
+    A llamacpp upstream's adapters are GGUF files, given as absolute paths (`gguf_adapter_file`).
+    """
+    found = dict(spec.adapters) if isinstance(spec, OpenAIUpstream) else {}
     for entry in models.values():
         if entry.upstream == upstream and entry.adapter is not None and entry.path is not None:
-            found.setdefault(entry.adapter, entry.path)
+            path = str(gguf_adapter_file(entry.path).absolute()) if isinstance(spec, LlamaCppUpstream) else entry.path
+            found.setdefault(entry.adapter, path)
     return found
+
+
+def gguf_adapter_file(path: str) -> Path:
+    """The GGUF LoRA a llamacpp model entry's `path` names: the file itself, or a directory's `adapter.gguf`.
+
+    >>> gguf_adapter_file("/no/such/tuned").name
+    'tuned'
+    """
+    given = Path(path).expanduser()
+    return given / GGUF_ADAPTER if given.is_dir() else given
 
 
 def adapter_problems(upstreams: Mapping[str, Upstream],
                      models: Mapping[str, ModelEntry]) -> list[tuple[tuple[str, ...], str]]:
-    """Model entries whose adapter can't be loaded as written: not on vLLM, no path, or two paths for one name."""
+    """Model entries whose adapter can't be loaded as written: not on vLLM or llamacpp, no path, two paths for
+    one name, or (llamacpp, whose adapters are read on this machine) no adapter file where the path says."""
     found: list[tuple[tuple[str, ...], str]] = []
     paths: dict[tuple[str, str], str] = {}
     for name, entry in models.items():
         spec = upstreams.get(entry.upstream)
         if entry.adapter is None or spec is None:
             continue
+        if isinstance(spec, LlamaCppUpstream):
+            found += _local_adapter_problems(name, entry)
+            continue
         if not isinstance(spec, OpenAIUpstream) or spec.kind != "vllm":
-            found.append((("models", name, "adapter"), f"LoRA adapters are loaded into vLLM servers; upstream "
-                                                       f"{entry.upstream!r} is of kind {spec.kind!r}"))
+            found.append((("models", name, "adapter"), f"LoRA adapters are served by vllm and llamacpp upstreams; "
+                                                       f"upstream {entry.upstream!r} is of kind {spec.kind!r}"))
             continue
         path = entry.path or spec.adapters.get(entry.adapter)
         if path is None:
@@ -272,3 +296,15 @@ def adapter_problems(upstreams: Mapping[str, Upstream],
             found.append((("models", name, "path"), f"adapter {entry.adapter!r} on {entry.upstream!r} is loaded "
                                                     f"from {seen!r} elsewhere in this config, not {path!r}"))
     return found
+
+
+def _local_adapter_problems(name: str, entry: ModelEntry) -> list[tuple[tuple[str, ...], str]]:
+    """A llamacpp adapter needs a path, and a GGUF file there (the child reads it from this machine)."""
+    if entry.path is None:
+        return [(("models", name, "adapter"), f"adapter {entry.adapter!r} needs a path: a directory written by "
+                                              f"`minigate finetune`, or a GGUF LoRA file")]
+    if gguf_adapter_file(entry.path).is_file():
+        return []
+    where = f"the directory {entry.path!r} has no {GGUF_ADAPTER}" if Path(entry.path).expanduser().is_dir() \
+        else f"{entry.path!r} does not exist"
+    return [(("models", name, "path"), f"no LoRA adapter for {entry.adapter!r}: {where}")]

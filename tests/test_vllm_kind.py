@@ -200,7 +200,7 @@ def test_metrics_are_read_as_vllm_writes_them() -> None:
 
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda c: c["models"]["big"].update(adapter="x-lora", path="/a", model="x-lora"),
-     "models.big.adapter: LoRA adapters are loaded into vLLM servers; upstream 'scripted' is of kind 'openai'"),
+     "models.big.adapter: LoRA adapters are served by vllm and llamacpp upstreams; upstream 'scripted' is of kind 'openai'"),
     (lambda c: c["models"]["invoice"].pop("path"),
      "models.invoice.adapter: adapter 'invoice-lora' needs a path"),
     (lambda c: c["models"]["invoice"].update(model="other"),

@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from minigate.cli import dataset, keys, logs, route, router, serving, tasks
 from minigate.cli.common import err
+from minigate.cli.finetune import finetune
 from minigate.cli.redact import redact
 from minigate.cli.replay import replay
 from minigate.cli.report import report
@@ -60,7 +61,7 @@ def _plain_usage_errors() -> Iterator[None]:
 
 app = typer.Typer(cls=_Command, help="minigate: an OpenAI-compatible gateway that routes agent calls to miniatures.",
                   no_args_is_help=True)
-for command in (serve, check, redact, version, report, replay):
+for command in (serve, check, redact, version, report, replay, finetune):
     app.command()(command)
 for name, group in (("logs", logs.app), ("keys", keys.app), ("route", route.app), ("router", router.app),
                     ("tasks", tasks.app), ("dataset", dataset.app), ("serving", serving.app)):
