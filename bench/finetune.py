@@ -1,8 +1,8 @@
 """bench/finetune: a classifier miniature made by `minigate finetune`, judged through the gateway.
 
-The task is the classifier step of tests/support/agent_workload.py: BANKING77 messages (the shared
-train split) of 10 intents, a system prompt listing the labels, the reply one label. `--per-intent`
-messages of each intent are drawn with a seed; a fifth of them are held out (stratified by intent).
+The task is tests/support/banking_task.py, the classifier step of the agent workload: BANKING77
+messages (the shared train split) of 10 intents, a system prompt listing the labels, the reply one
+label. `--per-intent` messages of each intent are drawn with a seed; a fifth of them are held out.
 
 1. `minigate finetune --data DIR --epochs E` on the training part, timed with wait4 (wall time and the
    job's peak RSS); its card gives training time, steps, and torch's own validation scores.
@@ -15,7 +15,7 @@ Figures: exact-match labels base vs tuned through the gateway, with Wilson 95% i
 time per epoch per 1,000 examples; peak RSS; the llama.cpp-vs-torch parity of the card. Targets on a
 2-core machine: tuned >= 95%, <= 10 min per epoch of 1,000 short examples, <= 4 GB peak RSS.
 
-    bench/finetune [--per-intent 50] [--epochs 2] [--device cpu]
+    bench/finetune [--per-intent 80] [--epochs 3] [--device cpu]
 
 Prints a table and writes bench/results/finetune.json (and the loss curve, finetune-loss.png).
 """
@@ -23,11 +23,9 @@ Prints a table and writes bench/results/finetune.json (and the loss curve, finet
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -42,32 +40,12 @@ from openai import OpenAI
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from tests.support.agent_workload import CLASSIFY, DATA, INTENTS, missing_data  # noqa: E402
+from tests.support.agent_workload import missing_data  # noqa: E402
+from tests.support.banking_task import write_split  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
 TUNED = "banking-intents"
-HELD_OUT = 0.2
 TARGETS = {"tuned_exact_match": 0.95, "minutes_per_epoch_per_1000": 10.0, "peak_rss_mb": 4096}
-
-
-def examples(per_intent: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, held out) chat fine-tuning rows, stratified by intent."""
-    with (DATA / "banking77" / "train.csv").open(newline="", encoding="utf-8") as handle:
-        by_intent: dict[str, list[str]] = {}
-        for row in csv.DictReader(handle):
-            by_intent.setdefault(row["category"], []).append(row["text"])
-    rng = random.Random(seed)
-    system = CLASSIFY.format(labels=", ".join(INTENTS))
-    train, held_out = [], []
-    for intent in INTENTS:
-        texts = rng.sample(by_intent[intent], per_intent)
-        cut = round(per_intent * HELD_OUT)
-        for number, text in enumerate(texts):
-            row = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},
-                                {"role": "assistant", "content": intent}]}
-            (held_out if number < cut else train).append(row)
-    rng.shuffle(train)
-    return train, held_out
 
 
 def finetune(data: Path, out: Path, epochs: float, device: str) -> dict[str, Any]:
@@ -146,13 +124,13 @@ def wilson(right: int, n: int, z: float = 1.96) -> list[float]:
     share = right / n
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
+    return [max(0.0, round(centre - half, 4)), min(1.0, round(centre + half, 4))]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-intent", type=int, default=50, help="messages per intent (a fifth held out)")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--per-intent", type=int, default=80, help="messages per intent (a fifth held out)")
+    parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -160,15 +138,13 @@ def main() -> int:
     if reason:
         print(f"bench/finetune: {reason}: nothing measured")
         return 0
-    train, held_out = examples(args.per_intent, args.seed)
     with tempfile.TemporaryDirectory(prefix="minigate-finetune-bench-") as tmp:
         work = Path(tmp)
         data = work / "data"
-        data.mkdir()
-        for name, rows in (("train", train), ("validation", held_out)):
-            (data / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        train, validation = write_split(data, args.per_intent, seed=args.seed)
+        held_out = [json.loads(line) for line in (data / "validation.jsonl").read_text().splitlines()]
         adapter = work / TUNED
-        print(f"minigate finetune: {len(train)} training, {len(held_out)} held-out examples, {args.epochs} epochs",
+        print(f"minigate finetune: {train} training, {validation} held-out examples, {args.epochs} epochs",
               flush=True)
         card = finetune(data, adapter, args.epochs, args.device)
         shutil.copy(adapter / "loss.png", HERE / "results" / "finetune-loss.png") if (adapter / "loss.png").exists() \

@@ -146,7 +146,7 @@ def test_only_the_replies_that_take_loss_are_labelled() -> None:
 # --- batching -----------------------------------------------------------------------------------------------
 
 def test_batches_keep_a_step_together_sorted_by_length_and_reshuffle_each_epoch() -> None:
-    ids = [[1] * n for n in (5, 9, 3, 7, 4, 8, 6, 2)]
+    ids = [[n] * n for n in (5, 9, 3, 7, 4, 8, 6, 2)]
     steps = ["a", "b"] * 4
     first = batches(ids, steps=steps, seed=1, epoch=0, max_examples=2)
     assert sorted(index for batch in first for index in batch) == list(range(8))

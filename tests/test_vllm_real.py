@@ -3,7 +3,9 @@
 vLLM takes minutes and gigabytes to install and start, so this runs only when `MINIGATE_TEST_VLLM_URL`
 names a running server (its root, e.g. http://127.0.0.1:8000); `scripts/vllm-cpu` builds one, serving
 SmolLM2-135M-Instruct as `smollm2` with runtime LoRA updates on, and runs this file against it with
-`MINIGATE_TEST_VLLM_ADAPTER` naming a rank-8 adapter directory (docs/serving-vllm.md).
+`MINIGATE_TEST_VLLM_ADAPTER` naming a rank-8 adapter that `minigate finetune` trained on a BANKING77
+classifier task (docs/serving-vllm.md); its accuracy through the gateway is checked on the held-out
+examples its card names.
 
 Besides minigate's own behaviour, these pin the vLLM answers serving/lora.py relies on (the status and
 message of a second load, of an unknown unload, of a path with no adapter).
@@ -11,6 +13,7 @@ message of a second load, of an unknown unload, of a path with no adapter).
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -235,3 +238,29 @@ def test_rules_read_the_servers_queue(make_gateway: Callable[..., RunningGateway
 
     eventually(is_idle, timeout=120, interval=1, what="a load-based rule matched")
     assert "saturated" not in seen, seen
+
+
+@needs_vllm_extras
+def test_a_finetuned_adapter_answers_its_held_out_examples_through_minigate(
+        make_gateway: Callable[..., RunningGateway], adapter_name: str) -> None:
+    card_path = Path(adapter_path(), "card.json")
+    if not card_path.is_file():
+        pytest.skip("the adapter has no card.json: not one `minigate finetune` wrote")
+    card = json.loads(card_path.read_text())
+    validation = Path(card["data"]["sources"][-1])
+    examples = [json.loads(line) for line in validation.read_text().splitlines() if line.strip()]
+    tuned = {"upstream": "vllm-a", "adapter": adapter_name, "path": adapter_path(), "tier": "miniature"}
+    client = client_of(make_gateway(vllm_config({"mini": miniature(BASE_MODEL), "tuned": tuned})))
+
+    def right(model: str) -> int:
+        said = [client.chat.completions.create(model=model, messages=example["messages"][:-1], temperature=0,
+                                               max_tokens=MAX_TOKENS).choices[0].message.content or ""
+                for example in examples]
+        return sum(text.strip() == example["messages"][-1]["content"] for text, example in zip(said, examples))
+
+    base, trained = right("mini"), right("tuned")
+    in_torch = card["validation"]["tuned"]["agreed"]
+    print(f"held-out labels through minigate on vLLM: base {base}/{len(examples)}, tuned {trained}/{len(examples)} "
+          f"(torch at training time: {in_torch}/{len(examples)})")
+    # vLLM computes in bfloat16, torch evaluated in float32: a near-tie may flip, not more.
+    assert trained >= in_torch - max(2, len(examples) // 20) and trained > base

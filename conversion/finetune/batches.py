@@ -3,8 +3,10 @@
 Two things make a CPU step cheap. Examples of one agent step share their system prompt (and tools),
 often most of the tokens: a batch of them shares that prefix, which the step computes once for the
 whole batch (`step.batch_loss`). And examples of similar length pad little. So batches are cut from
-one step's examples sorted by length, each holding at most `max_examples` and about `max_tokens`
-tokens once padded; their order is shuffled every epoch, from the seed, so a run is reproducible.
+one step's examples sorted by length, each holding at most `max_examples` and at most `max_tokens`
+tokens of work: the shared prefix once, plus every row padded to the longest after it (what the step
+keeps activations for, about 1 MB a token on SmolLM2-135M; a longer example goes alone). Their order
+is shuffled every epoch, from the seed, so a run is reproducible.
 
 >>> plan = batches([[1, 2, 3], [1, 2], [7]], steps=["a", "a", "b"], seed=0, epoch=0)
 >>> sorted(sorted(batch) for batch in plan)
@@ -16,10 +18,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-__all__ = ["batches", "common_prefix"]
+__all__ = ["MAX_EXAMPLES", "MAX_TOKENS", "batches", "common_prefix"]
 
-MAX_EXAMPLES = 16
-MAX_TOKENS = 4096
+MAX_EXAMPLES = 8
+MAX_TOKENS = 512
 
 
 def batches(ids: Sequence[Sequence[int]], *, steps: Sequence[str], seed: int, epoch: int,
@@ -34,7 +36,8 @@ def batches(ids: Sequence[Sequence[int]], *, steps: Sequence[str], seed: int, ep
         members = groups[step]
         rng.shuffle(members)  # equal lengths come in a new order each epoch
         members.sort(key=lambda index: len(ids[index]))
-        plan.extend(_cut(members, ids, max_examples, max_tokens))
+        shared = common_prefix([ids[index] for index in members], len(ids[members[0]]) - 1)
+        plan.extend(_cut(members, ids, shared, max_examples, max_tokens))
     rng.shuffle(plan)
     return plan
 
@@ -51,13 +54,14 @@ def common_prefix(rows: Sequence[Sequence[int]], limit: int) -> int:
     return shared
 
 
-def _cut(members: list[int], ids: Sequence[Sequence[int]], max_examples: int, max_tokens: int) -> list[list[int]]:
-    """Consecutive runs of sorted members; a run ends before it would pad past `max_tokens`."""
+def _cut(members: list[int], ids: Sequence[Sequence[int]], shared: int, max_examples: int,
+         max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of sorted members; a run ends before its work would pass `max_tokens`."""
     runs: list[list[int]] = []
     run: list[int] = []
     for index in members:
-        longest = len(ids[index])  # sorted: the newcomer is the longest
-        if run and (len(run) == max_examples or longest * (len(run) + 1) > max_tokens):
+        longest = len(ids[index]) - shared  # sorted: the newcomer is the longest
+        if run and (len(run) == max_examples or shared + longest * (len(run) + 1) > max_tokens):
             runs.append(run)
             run = []
         run.append(index)

@@ -20,6 +20,7 @@ import hashlib
 import os
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import orjson
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from minigate.conversion.finetune.base import base_model
 from minigate.conversion.finetune.card import write_card
@@ -111,6 +113,10 @@ def finetune(request: Request, report: Report) -> dict[str, Any]:
 
 
 def _load(hf_dir: Path, hyper: Hyper, device: torch.device) -> tuple[Any, Any]:
+    # The run reports its own progress: no bar per loaded file, no deprecation notice peft triggers inside transformers.
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from minigate.conversion.finetune.batches import batches
+from minigate.conversion.finetune.batches import MAX_EXAMPLES, MAX_TOKENS, batches
 from minigate.conversion.finetune.examples import Encoded
 from minigate.conversion.finetune.step import batch_loss
 
@@ -47,16 +47,16 @@ Tick = Callable[[int, int, float], object]  # step done, steps planned, last tra
 class Hyper:
     """What a run is asked to do; written to the card as is."""
 
-    epochs: float = 2.0
+    epochs: float = 3.0
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0  # LoRA dropout draws a mask over every input: 15% of a CPU step, for little gain here
-    lr: float = 5e-4
+    lr: float = 2e-3
     seed: int = 0
     max_minutes: float | None = None
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    max_examples_per_batch: int = 16
-    max_tokens_per_batch: int = 4096
+    max_examples_per_batch: int = MAX_EXAMPLES
+    max_tokens_per_batch: int = MAX_TOKENS
 
 
 @dataclass(frozen=True)

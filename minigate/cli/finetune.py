@@ -23,11 +23,11 @@ def finetune(
         "smollm2-135m-instruct",
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Where the adapter goes; default: adapter-<data's name>.")] = None,
-    epochs: Annotated[float, typer.Option(min=0.01, help="Passes over the training examples.")] = 2.0,
+    epochs: Annotated[float, typer.Option(min=0.01, help="Passes over the training examples.")] = 3.0,
     max_minutes: Annotated[Optional[float], typer.Option(
         min=0.05, help="Time budget: training ends cleanly when it is spent, keeping the best checkpoint.")] = None,
     rank: Annotated[int, typer.Option(min=1, max=256, help="LoRA rank (alpha is twice the rank).")] = 8,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 5e-4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, batch order and dropout.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, or cuda where a GPU and a CUDA torch are there.")] = "cpu",
     resume: Annotated[bool, typer.Option(help="Carry on from --out's last checkpoint.")] = False,
