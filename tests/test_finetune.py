@@ -229,7 +229,8 @@ def test_finetune_trains_evaluates_converts_and_resumes(tiny: Path, tmp_path: Pa
     assert first.returncode == 0, first.stderr
     card = orjson.loads(first.stdout)
     training = card["training"]
-    assert training["steps"] == training["steps_planned"] == 4 and training["stopped_by"] == "epochs"
+    # 21 examples of one step, at most 8 a batch: 3 batches an epoch
+    assert training["steps"] == training["steps_planned"] == 6 and training["stopped_by"] == "epochs"
     assert training["best_loss"] < training["first_loss"]  # the loss on held-out replies falls
     assert card["data"] == {**card["data"], "train": 21, "validation": 6, "kind": "label"}
     for who in ("base", "tuned"):
@@ -245,7 +246,7 @@ def test_finetune_trains_evaluates_converts_and_resumes(tiny: Path, tmp_path: Pa
                      "--json", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     resumed = orjson.loads(more.stdout)["training"]
-    assert resumed["steps"] == 6 and [entry[0] for entry in resumed["losses"]][:4] == [1, 2, 3, 4]
+    assert resumed["steps"] == 9 and [entry[0] for entry in resumed["losses"]][:6] == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.slow

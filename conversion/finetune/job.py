@@ -114,8 +114,8 @@ def finetune(request: Request, report: Report) -> dict[str, Any]:
 
 def _load(hf_dir: Path, hyper: Hyper, device: torch.device) -> tuple[Any, Any]:
     # The run reports its own progress: no bar per loaded file, no deprecation notice peft triggers inside transformers.
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if tokenizer.pad_token_id is None:
