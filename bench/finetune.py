@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import socket
@@ -42,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from tests.support.agent_workload import missing_data  # noqa: E402
 from tests.support.banking_task import write_split  # noqa: E402
+
+from minigate.router.agreement import wilson
 
 BASE = "smollm2-135m-instruct"
 TUNED = "banking-intents"
@@ -116,15 +117,8 @@ def exact_match(base_url: str, model: str, rows: list[dict[str, Any]]) -> dict[s
         elif len(wrong) < 5:
             wrong.append({"label": label, "said": said[:80]})
     n = len(rows)
-    return {"n": n, "right": right, "exact_match": round(right / n, 4), "interval_95": wilson(right, n),
+    return {"n": n, "right": right, "exact_match": round(right / n, 4), "interval_95": list(wilson(right, n)),
             "latency_p50_ms": round(1000 * sorted(seconds)[n // 2], 1), "wrong_examples": wrong}
-
-
-def wilson(right: int, n: int, z: float = 1.96) -> list[float]:
-    share = right / n
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, round(centre - half, 4)), min(1.0, round(centre + half, 4))]
 
 
 def main() -> int:

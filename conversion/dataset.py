@@ -73,7 +73,7 @@ class Selection:
     all_tiers: bool = False
     include_errors: bool = False  # keep a call whose status wasn't 200 when it still holds a finished reply
     max_tokens: int | None = None
-    min_feedback: float | None = None  # from the request's `metadata.feedback`
+    min_feedback: float | None = None  # stored feedback (its mean), else the request's `metadata.feedback`
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +248,7 @@ def _usable(row: Mapping[str, Any], selection: Selection) -> tuple[dict[str, Any
     if _MEDIA_REFERENCE.search(orjson.dumps(request["messages"]).decode()):
         return "inline_media"
     if selection.min_feedback is not None:
-        feedback = _feedback(request)
+        feedback = _feedback(row, request)
         if feedback is None or feedback < selection.min_feedback:
             return "no_feedback" if feedback is None else "low_feedback"
     return request, reply
@@ -304,8 +304,12 @@ def _renumbered(call_id: str, ids: dict[str, str]) -> str:
     return ids.setdefault(call_id, f"call_{len(ids) + 1}")
 
 
-def _feedback(request: Mapping[str, Any]) -> float | None:
-    """`metadata.feedback` as a number (OpenAI's metadata values are strings, so "0.8" counts too)."""
+def _feedback(row: Mapping[str, Any], request: Mapping[str, Any]) -> float | None:
+    """The call's stored ratings (`POST /v1/minigate/feedback`; their mean), else the request's
+    `metadata.feedback` as a number (OpenAI's metadata values are strings, so "0.8" counts too)."""
+    ratings = row.get("feedback")
+    if isinstance(ratings, list) and ratings:
+        return sum(float(rating["score"]) for rating in ratings) / len(ratings)
     metadata = request.get("metadata")
     value = metadata.get("feedback") if isinstance(metadata, dict) else None
     if isinstance(value, bool):

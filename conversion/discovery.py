@@ -10,7 +10,8 @@ and blended half and half, and the blend is clustered (`clustering.cluster`), so
 assistant's calls become the several things people ask it. Tasks get stable ids from the previous
 catalogue (`catalogue.identify`), and every task is described from its calls: size, shares of calls
 and cost, tokens, the kind of reply, signatures, tools, its distinctive terms and the calls nearest
-its centroid.
+its centroid, and what its replies must be (a label task's closed label set, a json task's schema),
+which the gateway's cascade checks miniatures against.
 
 >>> found = discover(calls, Embedder(cache), previous=None, discovered_at="2025-06-01T00:00Z")  # doctest: +SKIP
 >>> found.catalogue.tasks[0].name  # doctest: +SKIP
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,7 @@ from minigate.conversion.clustering import cluster
 from minigate.conversion.naming import distinctive_terms, task_name
 from minigate.conversion.observations import Observation, Skipped
 from minigate.conversion.steps import Step, find_steps
+from minigate.router.cascade import normalise_label
 from minigate.router.catalogue import Catalogue, Identity, OutputKind, Task, identify
 from minigate.router.embedding import MODEL_NAME, blend
 from minigate.router.features import extract_features
@@ -44,6 +46,11 @@ __all__ = ["METHOD", "Discovery", "Progress", "TextEmbedder", "discover"]
 METHOD = "steps+spectral-ward-silhouette"  # open-ended calls only are clustered
 _EXAMPLES = 5
 _ANCHOR_SHARE = 0.5  # a tool (or schema) names a task when at least this share of its calls offer it
+# A task's label replies are a closed set (see _labels) with at most this many values, covering this share
+# of its replies, seen in at least this many replies.
+_MAX_LABELS = 50
+_LABEL_COVERAGE = 0.95
+_MIN_LABEL_REPLIES = 20
 
 Floats = npt.NDArray[np.float32]
 Progress = Callable[[str, int, int], object]  # stage, done, total
@@ -93,7 +100,8 @@ def discover(observations: Sequence[Observation], embedder: TextEmbedder, *, pre
     for identity, rows in zip(identities, clusters):
         groups.setdefault(identity, []).extend(rows.tolist())
     kept = _kept(previous, {identity.id for identity in groups})
-    tasks = _describe(groups, observations, signatures, vectors, taken={task.name for task in kept}) + kept
+    before = {task.id: task for task in previous.tasks} if previous else {}
+    tasks = _describe(groups, observations, signatures, vectors, before, taken={task.name for task in kept}) + kept
     catalogue = Catalogue(sorted(tasks, key=lambda task: (-task.size, task.id)), centroids, len(observations),
                           discovered_at, METHOD, MODEL_NAME, next_id)
     owner = {row: identity.id for identity, rows in groups.items() for row in rows}
@@ -133,7 +141,7 @@ def _centroid(vectors: Floats) -> Floats:
 
 
 def _describe(groups: dict[Identity, list[int]], observations: Sequence[Observation], signatures: list[str],
-              vectors: Floats, *, taken: set[str]) -> list[Task]:
+              vectors: Floats, before: Mapping[str, Task], *, taken: set[str]) -> list[Task]:
     total_cost = sum(observation.cost or 0.0 for observation in observations)
     has_cost = any(observation.cost is not None for observation in observations)
     terms = distinctive_terms([[content_text(observations[row].body) for row in rows] for rows in groups.values()])
@@ -146,6 +154,8 @@ def _describe(groups: dict[Identity, list[int]], observations: Sequence[Observat
         taken.add(name)
         costs = [member.cost or 0.0 for member in members]
         nearest = np.argsort(-(vectors[rows] @ _centroid(vectors[rows])), kind="stable")[:_EXAMPLES]
+        kind = _output_kind(members)
+        labels, schema = _contract(members, kind, before.get(identity.id))
         tasks.append(Task(
             id=identity.id, name=name, size=len(rows), call_share=round(len(rows) / len(observations), 6),
             signatures=dict(Counter(signatures[row] for row in rows).most_common()),
@@ -153,10 +163,10 @@ def _describe(groups: dict[Identity, list[int]], observations: Sequence[Observat
             prompt_tokens=_median(member.input_tokens or extract_features(member.body).prompt_tokens
                                   for member in members),
             output_tokens=_median(member.output_tokens for member in members),
-            output_kind=_output_kind(members), tools=tools, terms=words,
+            output_kind=kind, tools=tools, terms=words,
             examples=[members[int(index)].id for index in nearest],
             served_by=dict(Counter(member.model for member in members if member.model).most_common()),
-            named_by=identity.named_by, merged=list(identity.merged),
+            named_by=identity.named_by, merged=list(identity.merged), labels=labels, schema=schema,
         ))
     return tasks
 
@@ -185,10 +195,54 @@ def _anchor(members: Sequence[Observation], tools: list[str]) -> str | None:
 
 
 def _schema_name(observation: Observation) -> str | None:
-    response_format = observation.body.get("response_format")
-    schema = response_format.get("json_schema") if isinstance(response_format, dict) else None
-    name = schema.get("name") if isinstance(schema, dict) else None
+    name = _json_schema(observation).get("name")
     return name if isinstance(name, str) else None
+
+
+def _json_schema(observation: Observation) -> dict[str, Any]:
+    """The request's `response_format.json_schema` (name, schema); empty when it has none."""
+    response_format = observation.body.get("response_format")
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    return spec if isinstance(spec, dict) else {}
+
+
+def _contract(members: Sequence[Observation], kind: OutputKind | None,
+              earlier: Task | None) -> tuple[list[str], dict[str, Any] | None]:
+    """The task's label set and schema as its calls show them. Where these calls can't tell (no logged
+    reply, so no kind; no schema in the requests), the previous catalogue's stay: a person may have
+    written them, and discovery from request bodies alone must not wipe what the call log showed.
+    Replies now of another kind drop them."""
+    labels = _labels(members) or (list(earlier.labels) if earlier and kind is None else [])
+    schema = _schema(members) or (earlier.schema if earlier and kind in ("json", None) else None)
+    return labels, schema
+
+
+def _labels(members: Sequence[Observation]) -> list[str]:
+    """The closed set of a label task's replies, each as most often logged; none unless the set is closed.
+
+    Closed: at least `_MIN_LABEL_REPLIES` label replies, at most `_MAX_LABELS` distinct labels, label
+    replies at least `_LABEL_COVERAGE` of the task's replies, and labels seen only once at most
+    1 - `_LABEL_COVERAGE` of them (Good-Turing: the chance that the next reply is a label not seen yet).
+    A set that is not closed would escalate the miniature's right answers as `invalid_label`.
+    """
+    spellings: dict[str, Counter[str]] = {}
+    for member in members:
+        if member.label is not None and (key := normalise_label(member.label)):  # "." is no label
+            spellings.setdefault(key, Counter())[member.label] += 1
+    counts = [sum(spelt.values()) for spelt in spellings.values()]
+    replies = sum(1 for member in members if member.output_kind is not None)
+    labelled, once = sum(counts), counts.count(1)
+    if labelled < max(_MIN_LABEL_REPLIES, _LABEL_COVERAGE * replies) or len(counts) > _MAX_LABELS \
+            or once > (1 - _LABEL_COVERAGE) * labelled:
+        return []
+    return [spellings[key].most_common(1)[0][0] for key in sorted(spellings)]
+
+
+def _schema(members: Sequence[Observation]) -> dict[str, Any] | None:
+    """The JSON schema every call of the task asks for in its `response_format`; None when any differs."""
+    schemas = [_json_schema(member).get("schema") for member in members]
+    first = schemas[0]
+    return first if isinstance(first, dict) and all(schema == first for schema in schemas) else None
 
 
 def _output_kind(members: Sequence[Observation]) -> OutputKind | None:

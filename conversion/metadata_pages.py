@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from minigate.logger.reader import CallReader
-from minigate.logger.stores import CallQuery, decode_cursor, open_store
+from minigate.logger.stores import CallQuery, Kind, decode_cursor, open_store
 
 __all__ = ["read_metadata"]
 
@@ -20,9 +20,11 @@ _PAGE = 1000
 
 async def read_metadata(
     store_url: str, *, since: float | None, until: float | None, write: Callable[[list[dict[str, Any]]], object],
-    progress: Callable[[int], object] = lambda n: None,
+    progress: Callable[[int], object] = lambda n: None, kind: Kind = "calls",
 ) -> int:
     """Hand every call's metadata row (oldest first) to `write`, a page at a time; returns how many.
+
+    `kind` picks clients' calls (the default), the shadow calls minigate made, or both.
 
     A SQLite file that does not exist reads as empty rather than being created by a read.
     """
@@ -30,7 +32,7 @@ async def read_metadata(
         return 0
     store = await open_store(store_url)
     try:
-        reader, query = CallReader(store, None), CallQuery(since=since, until=until, limit=_PAGE)
+        reader, query = CallReader(store, None), CallQuery(since=since, until=until, kind=kind, limit=_PAGE)
         count = 0
         while True:
             rows, cursor = await reader.page(query, payloads=False, actor="report")
@@ -40,6 +42,6 @@ async def read_metadata(
                 progress(len(rows))
             if cursor is None:
                 return count
-            query = CallQuery(since=since, until=until, after=decode_cursor(cursor), limit=_PAGE)
+            query = CallQuery(since=since, until=until, kind=kind, after=decode_cursor(cursor), limit=_PAGE)
     finally:
         await store.close()

@@ -28,10 +28,11 @@ _LABEL_WORDS = 4
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One call: its request body and, when logged, tokens, cost, the model that served and the kind of reply.
+    """One call: its request body and, when logged, tokens, cost, the model that served, the kind of reply
+    and, for a reply that is a label, the label (stripped, case as logged: discovery builds label sets from it).
 
-    >>> Observation("7", {"messages": [{"role": "user", "content": "hi"}]}, output_kind="label").output_kind
-    'label'
+    >>> Observation("7", {"messages": [{"role": "user", "content": "hi"}]}, output_kind="label", label="billing").label
+    'billing'
     """
 
     id: str
@@ -42,6 +43,7 @@ class Observation:
     model: str | None = None
     tier: str | None = None
     output_kind: OutputKind | None = None
+    label: str | None = None
 
 
 def read_observations(lines: Iterable[str | bytes]) -> Iterator[Observation | Skipped]:
@@ -63,10 +65,14 @@ def logged_observation(row: Mapping[str, Any]) -> Observation | Skipped:
     if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
         why = request.get("error") if isinstance(request, dict) else "no payload was logged"
         return Skipped(request_id, f"no request to learn from: {why}")
+    response: Any = row.get("response")
+    kind = output_kind(response)
+    # A label reply is a text message: output_kind has read that shape already.
+    label = response["choices"][0]["message"]["content"].strip() if kind == "label" else None
     return Observation(
         request_id, request, _count(row.get("input_tokens")), _count(row.get("output_tokens")),
         _amount(row.get("cost_usd")), _string(row.get("model")), _string(row.get("tier")),
-        output_kind(row.get("response")) or requested_kind(request),
+        kind or requested_kind(request), label,
     )
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
+
+from minigate.router.scorecard import Scorecard
 
 __all__ = ["Bucket", "Count", "Group", "Headline", "Latency", "Report", "ReportBuilder", "headline_rows",
            "money", "percent", "report_document"]
@@ -48,6 +50,10 @@ class Group:
     escalated: int
     errors: int  # status >= 400, as the client saw it
     error_rate: float
+    # Tasks only: the shadow-measured agreement of the miniature judged most on the task (router/scorecard.py).
+    judged: str | None = None
+    agreement: float | None = None
+    agreement_interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,7 @@ class Report:
     escalations: list[Count]  # share: of escalated calls
     statuses: list[Count]  # share: of all calls
     latency: list[Latency]
+    quality: list[Scorecard] = field(default_factory=list)  # per task and miniature, from shadow calls
 
 
 @dataclass(slots=True)
@@ -203,8 +210,8 @@ class ReportBuilder:
             merged.setdefault(key // ratio, _Tally()).merge(tally)
         self.buckets, self.step_index = merged, index
 
-    def finish(self, *, since: float | None, until: float | None) -> Report | None:
-        """The report, or None when no call was read."""
+    def finish(self, *, since: float | None, until: float | None, quality: list[Scorecard] | None = None) -> Report | None:
+        """The report, or None when no call was read; `quality` adds the scorecards and each task's agreement."""
         if not self.total.calls:
             return None
         start = since if since is not None else self.first
@@ -212,8 +219,11 @@ class ReportBuilder:
         index = next((i for i in range(self.step_index, len(_STEPS)) if (end - start) / _STEPS[i] < _SHOWN_BUCKETS),
                      len(_STEPS) - 1)
         self._coarsen(index)
-        return Report(self._headline(start, end), _STEPS[index], self._timeline(), *self._tables(),
-                      self._counts(self.escalations, self.total.escalated), self._statuses(), self._latency())
+        tasks, models, tiers, rules = self._tables()
+        cards = quality or []
+        return Report(self._headline(start, end), _STEPS[index], self._timeline(), _with_quality(tasks, cards), models,
+                      tiers, rules, self._counts(self.escalations, self.total.escalated), self._statuses(),
+                      self._latency(), cards)
 
     def _headline(self, start: float, end: float) -> Headline:
         total = self.total
@@ -263,6 +273,16 @@ def _group(name: str, detail: str, tally: _Tally, calls: int) -> Group:
     return Group(name, detail, tally.calls, tally.calls / calls, tally.input_tokens, tally.output_tokens, tally.cost,
                  tally.counterfactual, savings, _rate(savings, tally.counterfactual), tally.escalated, tally.errors,
                  tally.errors / tally.calls)
+
+
+def _with_quality(tasks: list[Group], cards: list[Scorecard]) -> list[Group]:
+    """Each task's row with the agreement of the miniature judged most often on it."""
+    best: dict[str, Scorecard] = {}
+    for card in cards:
+        if card.n and (card.task not in best or card.n > best[card.task].n):
+            best[card.task] = card
+    return [replace(group, judged=found.model, agreement=found.agreement, agreement_interval=found.interval)
+            if (found := best.get(group.name)) is not None else group for group in tasks]
 
 
 def _rate(savings: float, counterfactual: float) -> float | None:

@@ -65,6 +65,7 @@ def render_page(report: Report, plots: Sequence[str], *, source: str) -> str:
                  _groups(report.tiers, "tier", None) + _groups(report.rules, "rule", "route")),
         _section("Escalations", plots, "escalations.png", _counts(report.escalations, "reason", "of escalated calls")
                  if report.escalations else "<p>No call was escalated.</p>"),
+        _section("Quality (shadow calls)", plots, "", _quality(report)),
         _section("Latency", plots, "latency.png", _latency(report.latency)),
         _section("Errors", plots, "errors.png", _counts(report.statuses, "status", "of calls")),
     ]
@@ -122,12 +123,35 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: 
 
 
 def _groups(groups: Sequence[Group], key: str, detail: str | None) -> str:
+    quality = key == "task"  # savings at what quality: the miniature's measured agreement on the task
     headers = [key, *([detail] if detail else []), "calls", "share", "input tokens", "output tokens", "spent",
-               "would have spent", "saved", "savings rate", "escalated", "error rate"]
+               "would have spent", "saved", "savings rate", *(["quality"] if quality else []), "escalated",
+               "error rate"]
     rows = [[g.name, *([g.detail] if detail else []), f"{g.calls:,}", percent(g.share), f"{g.input_tokens:,}",
              f"{g.output_tokens:,}", money(g.cost_usd), money(g.counterfactual_usd), money(g.savings_usd),
-             percent(g.savings_rate), f"{g.escalated:,}", percent(g.error_rate)] for g in groups]
+             percent(g.savings_rate), *([_agreement(g)] if quality else []), f"{g.escalated:,}",
+             percent(g.error_rate)] for g in groups]
     return _table(headers, rows, 2 if detail else 1)
+
+
+def _agreement(group: Group) -> str:
+    if group.agreement is None or group.agreement_interval is None:
+        return "-"
+    low, high = group.agreement_interval
+    return f"{group.judged} {percent(group.agreement)} ({percent(low)}-{percent(high)})"
+
+
+def _quality(report: Report) -> str:
+    if not report.quality:
+        return ("<p>No shadow verdicts: give a rule <code>shadow: {model: MINIATURE, sample: 0.1}</code> to measure "
+                "a miniature against the frontier (docs/shadow.md).</p>")
+    headers = ["task", "miniature", "verdicts", "agreement", "95% interval", "unjudged", "errors", "feedback",
+               "p50 s", "p95 s", "cost per call", "saves per 30 days"]
+    rows = [[c.task, c.model, f"{c.n:,}", percent(c.agreement), f"{percent(c.interval[0])}-{percent(c.interval[1])}",
+             f"{c.unjudged:,}", f"{c.errors:,}", "-" if c.feedback_mean is None else f"{c.feedback_mean:.2f}",
+             _seconds(c.latency_p50_s), _seconds(c.latency_p95_s), money(c.cost_per_call_usd),
+             money(c.monthly_savings_usd)] for c in report.quality]
+    return _table(headers, rows, 2)
 
 
 def _counts(counts: Sequence[Count], key: str, share: str) -> str:

@@ -18,6 +18,11 @@ COUNTERFACTUAL = selector("minigate_counterfactual_cost_usd_total", by_var("task
 CALLS = selector("minigate_requests_total", 'tier!=""', by_var("task"))  # refused calls have no tier
 MINIATURE_CALLS = selector("minigate_requests_total", 'tier="miniature"', by_var("task"))
 TOKENS = selector("minigate_tokens_total")
+SHADOW = selector("minigate_shadow_comparisons_total", by_var("task"))
+JUDGED = selector("minigate_shadow_comparisons_total", 'verdict=~"agree|disagree"', by_var("task"))
+AGREED = selector("minigate_shadow_comparisons_total", 'verdict="agree"', by_var("task"))
+DROPPED = selector("minigate_shadow_dropped_total")
+CHANGES = selector("minigate_promotion_changes_total", by_var("task"))
 MINIATURE_TOKENS = selector("minigate_tokens_total", 'tier="miniature"')
 
 SPEND = in_range(COST)
@@ -86,11 +91,28 @@ def _miniatures() -> Row:
     ])
 
 
+def _quality() -> Row:
+    agreement = f"{in_range(AGREED, 'task, model')} / {in_range(JUDGED, 'task, model')}"
+    return Row("Quality (shadow calls)", [
+        bars("Agreement with the frontier by task and miniature", "Shadow verdicts that agreed, of those that "
+             "judged (agree + disagree), in the selected range; `minigate tasks scorecard` gives the 95% interval.",
+             "percentunit", Query(agreement, "{{task}} {{model}}"), width=8),
+        time_series("Shadow verdicts per second", "By verdict: agree, disagree, unjudged (free text without an "
+                    "embedding model), error (the shadow call failed).", "short",
+                    Query(per_second(SHADOW, "verdict"), "{{verdict}}"), width=8),
+        stat_panel("Shadow calls dropped", "Shadows not made because the shadow queue was full: the sample "
+                   "is too large for the shadow model's max_concurrency.", "short",
+                   Query(f"{in_range(DROPPED)} or vector(0)"), width=4, height=8),
+        stat_panel("Promotions and demotions", "Changes the conversion autopilot made in the selected range.",
+                   "short", Query(f"{in_range(CHANGES)} or vector(0)"), width=4, height=8),
+    ])
+
+
 def cost_dashboard() -> Dashboard:
     task = variable("task", "Task", "minigate_cost_usd_total", "Catalogue task ids (`unknown`: no task matched).")
     return build_dashboard(
         "minigate-cost", "minigate: Cost & savings",
-        "What minigate spends, what the same calls would have cost on the routes' frontier models, and the "
-        "share miniatures serve.",
-        time_from="now-24h", variables=[task], rows=[_summary(), _over_time(), _breakdown(), _miniatures()],
+        "What minigate spends, what the same calls would have cost on the routes' frontier models, the "
+        "share miniatures serve, and how well they agree with the frontier.",
+        time_from="now-24h", variables=[task], rows=[_summary(), _over_time(), _breakdown(), _miniatures(), _quality()],
     )

@@ -18,14 +18,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.responses import PlainTextResponse, Response
 
 from minigate.config import Config
+from minigate.gateway.autopilot import Autopilot
 from minigate.gateway.calls_api import add_calls_api
 from minigate.gateway.chat import ChatEndpoint
 from minigate.gateway.errors import install_error_handlers
+from minigate.gateway.feedback_api import add_feedback_api
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.openapi import CHAT_REQUEST_BODY, CHAT_RESPONSES, error_responses
 from minigate.gateway.readiness import Readiness
+from minigate.gateway.scorecards_api import add_scorecards_api
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.gateway.settings import TelemetrySection
+from minigate.gateway.shadow import Shadower
 from minigate.gateway.tasks_api import add_tasks_api
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
@@ -58,22 +62,26 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
             tracing.complete(record)
 
     calls = CallLog(config.logging, registry, Sealer.from_settings(config.logging, create_key=True), observe)
+    shadower = Shadower(holder, metrics, calls)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await calls.start()
         await holder.start()
+        shadower.start()
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(_watch(holder)) if config_path else None
+        autopilot = loop.create_task(Autopilot(holder, calls, metrics).run_forever()) if config_path else None
         announcer = loop.create_task(_announce(holder)) if announce else None
         lag = loop.create_task(metrics.watch_event_loop())
         with _reload_on_sighup(holder):
             try:
                 yield
             finally:
-                for task in (watcher, announcer, lag):
+                for task in (watcher, autopilot, announcer, lag):
                     if task is not None:
                         task.cancel()
+                await shadower.stop()
                 await holder.stop()
                 await calls.stop()  # closes the spans still waiting for their records
                 if tracing is not None:
@@ -84,11 +92,13 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     app = FastAPI(title="minigate", version=__version__, lifespan=lifespan, redirect_slashes=False)
     app.state.holder = holder
     install_error_handlers(app)
-    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls, tracing), methods=["POST"],
+    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls, tracing, shadower), methods=["POST"],
                       openapi_extra={"requestBody": CHAT_REQUEST_BODY}, responses=CHAT_RESPONSES)
     _add_operational_routes(app, holder, registry, Readiness(holder, calls))
     add_calls_api(app, holder, calls)
     add_tasks_api(app, holder)
+    add_feedback_api(app, holder, calls)
+    add_scorecards_api(app, holder, calls)
     return app
 
 
@@ -159,7 +169,8 @@ async def _watch(holder: RuntimeHolder) -> None:
         changed = Path(path).name
         catalogue = holder.config.tasks.catalogue  # a re-discovery writes tasks.yaml and tasks.npz
         watched = {catalogue.name, catalogue.with_suffix(".npz").name} if catalogue is not None else set()
-        return changed == name or changed.startswith("..") or changed in watched
+        # `minigate tasks promote` / `demote` and the autopilot write promotions.yaml beside the config.
+        return changed in (name, "promotions.yaml") or changed.startswith("..") or changed in watched
 
     async for _ in awatch(holder.path.absolute().parent, recursive=False, watch_filter=concerns_config):
         await holder.reload()

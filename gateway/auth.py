@@ -16,12 +16,12 @@ from minigate.gateway.settings import AuthSection, Role
 
 __all__ = ["Caller", "KeyRing", "Permission", "is_loopback"]
 
-Permission = Literal["infer", "read_metrics", "read_calls", "read_payloads"]
+Permission = Literal["infer", "give_feedback", "read_metrics", "read_calls", "read_payloads"]
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
-    "agent": frozenset({"infer"}),
+    "agent": frozenset({"infer", "give_feedback"}),  # on its own calls only (gateway/feedback_api.py)
     "analyst": frozenset({"read_metrics", "read_calls"}),
-    "admin": frozenset({"infer", "read_metrics", "read_calls", "read_payloads"}),
+    "admin": frozenset({"infer", "give_feedback", "read_metrics", "read_calls", "read_payloads"}),
 }
 
 

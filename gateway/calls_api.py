@@ -12,7 +12,7 @@ from minigate.errors import InvalidRequest, ServiceUnavailable
 from minigate.gateway.openapi import error_responses
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.logger.pipeline import CallLog
-from minigate.logger.stores import CallQuery, decode_cursor, parse_time
+from minigate.logger.stores import CallQuery, Kind, decode_cursor, parse_time
 
 __all__ = ["add_calls_api"]
 
@@ -31,6 +31,7 @@ def add_calls_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> None:
         model: str | None = None,
         tier: Literal["miniature", "frontier"] | None = None,
         status: Annotated[int | None, Query(ge=100, le=599, description="an HTTP status, e.g. 502")] = None,
+        kind: Annotated[Kind, Query(description="clients' calls, the shadow calls minigate made (S6), or all")] = "calls",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
         payloads: Annotated[bool, Query(description="include decrypted, redacted payloads (admin; audited)")] = False,
@@ -40,8 +41,8 @@ def add_calls_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> None:
         reader = calls.reader()
         if reader is None:
             raise ServiceUnavailable("The call-log store is unavailable; calls are being spooled. Retry shortly.")
-        query = CallQuery(_time(since, "since"), _time(until, "until"), route, task, model, tier, status,
-                          _cursor(cursor), limit)
+        query = CallQuery(since=_time(since, "since"), until=_time(until, "until"), route=route, task=task,
+                          model=model, tier=tier, status=status, kind=kind, after=_cursor(cursor), limit=limit)
         rows, next_cursor = await reader.page(query, payloads=payloads, actor=caller.name)
         body = {"object": "list", "data": rows, "next_cursor": next_cursor}
         return Response(orjson.dumps(body), media_type="application/json")

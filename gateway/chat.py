@@ -32,9 +32,11 @@ from minigate.gateway.errors import error_body, error_response
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.protocol import ChatRequest, parse_chat_request
 from minigate.gateway.runtime import Runtime, RuntimeHolder
+from minigate.gateway.shadow import Shadower, ShadowJob
 from minigate.gateway.usage_stream import UsageStripper
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import AttemptRecord, CallRecord
+from minigate.router.cascade import NO_CONTRACT, TaskContract
 from minigate.router.decision import Decision
 from minigate.router.matcher import UNKNOWN_TASK
 from minigate.router.prices import PriceBook
@@ -62,6 +64,7 @@ class _Call:
     outcome: Outcome | None = None  # what the dispatcher did (or had done when the client left)
     stream: bool = False
     body: bytes | None = None
+    parsed: dict[str, Any] | None = None  # the body as parsed once, for a shadow call
     user: str | None = None
     first_byte: float | None = None  # perf_counter when the reply's first byte went to the client
     prices: PriceBook | None = None  # of the config generation that served the call
@@ -76,11 +79,12 @@ class ChatEndpoint:
     tracer (None: telemetry off, and not one span object is made)."""
 
     def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, shadower: Shadower | None = None) -> None:
         self.holder = holder
         self.metrics = metrics
         self.calls = calls
         self.tracing = tracing
+        self.shadower = shadower
 
     async def __call__(self, request: Request) -> Response:
         call = _Call(uuid.uuid4().hex, time.perf_counter(), time.time())
@@ -96,7 +100,7 @@ class ChatEndpoint:
             call.key_name = caller.name
             caller.require("infer")
             chat = parse_chat_request(await _read_body(request, server.max_body_bytes, server.body_timeout_s))
-            call.stream, call.body = chat.stream, chat.raw
+            call.stream, call.body, call.parsed = chat.stream, chat.raw, chat.body
             user = chat.body.get("user")
             call.user = user if isinstance(user, str) else None
             return await _unless_client_leaves(request, self._answer(runtime, chat, call, headers, request))
@@ -114,8 +118,9 @@ class ChatEndpoint:
         decision = call.decision = runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
                                                          runtime.pool.loads)
         dispatcher = Dispatcher(runtime.pool, self.metrics, call.max_response_bytes, call.trace)
+        contract = runtime.tasks.contract(call.task) if runtime.tasks is not None else NO_CONTRACT
         try:
-            outcome = call.outcome = await dispatcher.dispatch(_normalised(chat), decision)
+            outcome = call.outcome = await dispatcher.dispatch(_normalised(chat, contract), decision)
         except Interrupted as exc:  # the client left mid-call: its record shows what was tried
             call.outcome = exc.outcome
             raise
@@ -206,6 +211,21 @@ class ChatEndpoint:
             request_body=call.body, user=call.user, reply=reply, chunks=chunks,
             rate=rate, counterfactual_rate=counterfactual,
         ))
+        if decision.shadow is not None and status == 200 and self.shadower is not None:
+            self._shadow(call, decision, outcome, reply, chunks)
+
+    def _shadow(self, call: _Call, decision: Decision, outcome: Outcome, reply: bytes | None,
+                chunks: list[bytes] | None) -> None:
+        """Offer the answered call to the shadower, unless the shadow model is the one that answered
+        (an escalation or a fallback already put the other model's reply in front of the client)."""
+        assert decision.shadow is not None and self.shadower is not None and call.body is not None
+        if outcome.escalated or outcome.fell_back or outcome.served.name == decision.shadow.target.name:
+            return
+        self.shadower.offer(ShadowJob(
+            request_id=call.request_id, route=decision.route, task=call.task, key_name=call.key_name,
+            served=outcome.served, shadow=decision.shadow, body=call.parsed or {}, raw=call.body, reply=reply,
+            chunks=tuple(chunks) if chunks is not None else None,
+        ))
 
 
 async def _unless_client_leaves(request: Request, answer: Coroutine[Any, Any, Response]) -> Response:
@@ -276,9 +296,10 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
     )
 
 
-def _normalised(chat: ChatRequest) -> NormalisedRequest:
-    """The chat request as the dispatcher takes it (chat completions are the normalised form already)."""
-    return NormalisedRequest(chat.body, chat.stream, chat.encode)
+def _normalised(chat: ChatRequest, contract: TaskContract) -> NormalisedRequest:
+    """The chat request as the dispatcher takes it (chat completions are the normalised form already),
+    with its matched task's contract for the cascade."""
+    return NormalisedRequest(chat.body, chat.stream, chat.encode, contract)
 
 
 def _outcome_headers(decision: Decision, outcome: Outcome, task_name: str) -> dict[str, str]:

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from minigate.errors import UpstreamError, UpstreamTimeout
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.logger.records import AttemptRecord
-from minigate.router.cascade import CONTENT_CHECKS, StreamCheck, check_reply, parse_chat_reply
+from minigate.router.cascade import (
+    CONTENT_CHECKS,
+    NO_CONTRACT,
+    StreamCheck,
+    TaskContract,
+    check_reply,
+    parse_chat_reply,
+)
 from minigate.router.decision import Decision, Target
 from minigate.serving.pool import UpstreamPool
 from minigate.serving.replicas import Attempt
@@ -40,12 +47,14 @@ class NormalisedRequest:
 
     `encode(upstream_model, include_usage)` gives the bytes to send to an upstream; a stream always asks
     for its usage chunk (the call record counts tokens from it), and the ingress strips it again when
-    its client did not ask.
+    its client did not ask. `contract` is what the matched task's replies must be (the matcher's
+    `contract`): the cascade checks a miniature's reply against it too, beyond what the body asks.
     """
 
     body: Mapping[str, Any]  # what the cascade checks read: tools, response_format
     stream: bool
     encode: Callable[[str, bool], bytes]
+    contract: TaskContract = NO_CONTRACT
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +240,12 @@ class Dispatcher:
         except UpstreamError as exc:  # cut, or too large, while reading what the checks need
             self._count(exc.upstream, exc.kind)
             raise
-        return check_reply(request.body, view, decision.escalate_on), reply
+        return check_reply(request.body, view, decision.escalate_on, request.contract), reply
 
     @staticmethod
     async def _settle(request: NormalisedRequest, decision: Decision, reply: Reply) -> tuple[str | None, Reply]:
         """Hold the stream's first chunks until they settle the checks; they are relayed first if it passes."""
-        check = StreamCheck(request.body, decision.escalate_on)
+        check = StreamCheck(request.body, decision.escalate_on, request.contract)
         chunks = reply.upstream.chunks(reply.limit)
         held: list[bytes] = []
         verdict = None

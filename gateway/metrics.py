@@ -82,6 +82,24 @@ class GatewayMetrics:
             ["route", "reason"],
             registry=registry,
         )
+        self.shadow_comparisons = Counter(
+            "minigate_shadow_comparisons",
+            "Shadow calls judged, by task, the miniature judged and verdict (agree, disagree, unjudged, error).",
+            ["task", "model", "verdict"],
+            registry=registry,
+        )
+        self.shadow_dropped = Counter(
+            "minigate_shadow_dropped",
+            "Shadow calls not made because the shadow queue was full, by shadow model.",
+            ["model"],
+            registry=registry,
+        )
+        self.promotion_changes = Counter(
+            "minigate_promotion_changes",
+            "Tasks the conversion autopilot promoted to a miniature or demoted to the frontier.",
+            ["task", "model", "action"],
+            registry=registry,
+        )
         self.config_reloads = Counter(
             "minigate_config_reloads",
             "Config reloads (SIGHUP or file change) by result: applied, unchanged or rejected (old config kept).",

@@ -57,7 +57,7 @@ _WHY: dict[int | str, str] = {
           "nesting over 64 levels, a repeated top-level key)"),
     401: "Missing or unknown API key",
     403: "The key's role may not do this",
-    404: "Unknown route name (the message lists those that exist), or unknown path",
+    404: "Unknown route name (the message lists those that exist), unknown id (a request id), or unknown path",
     405: "Method not allowed; the `Allow` header lists those that are",
     408: "The request body did not arrive within server.body_timeout_s",
     413: "The request body exceeds server.max_body_bytes",

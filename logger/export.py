@@ -24,12 +24,23 @@ async def export_calls(
     settings: LoggingSection, *, since: float | None, until: float | None, actor: str,
     write: Callable[[list[dict[str, Any]]], object], progress: Callable[[int], object] = lambda n: None,
 ) -> int:
-    """Hand every call (oldest first) to `write`, a page at a time; returns how many. Each page read is audited."""
+    """Hand every call (oldest first) to `write`, a page at a time; returns how many. Each page read is audited.
+
+    A call that was rated (`POST /v1/minigate/feedback`) carries its ratings as `feedback`, oldest first.
+    """
     store = await open_store(settings.store)
     try:
         reader = CallReader(store, Sealer.from_settings(settings).cipher)
+        ratings: dict[str, list[dict[str, Any]]] = {}
+        for rating in await store.read_feedback(since=since):
+            ratings.setdefault(rating.request_id, []).append(
+                {"score": rating.score, "label": rating.label, "comment": rating.comment, "actor": rating.actor,
+                 "at": rating.at})
         count = 0
         async for rows in _pages(reader, CallQuery(since=since, until=until, limit=_PAGE), actor):
+            for row in rows:
+                if row["request_id"] in ratings:
+                    row["feedback"] = ratings[row["request_id"]]
             write(rows)
             count += len(rows)
             progress(len(rows))

@@ -5,13 +5,15 @@ Every payload read leaves an audit row naming the reader, so access to conversat
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import orjson
 
 from minigate.logger.crypto import PayloadCipher, PayloadError
-from minigate.logger.stores import PAYLOAD_COLUMNS, CallQuery, CallStore, encode_cursor
+from minigate.logger.stores import PAYLOAD_COLUMNS, CallQuery, CallStore, decode_cursor, encode_cursor
 
 __all__ = ["CallReader"]
 
@@ -38,6 +40,26 @@ class CallReader:
                 await self.store.audit(actor, "read_payloads", detail)
         cursor = encode_cursor(rows[-1]) if len(rows) == query.limit else None
         return rows, cursor
+
+    async def metadata(self, query: CallQuery) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every page of metadata the query matches, oldest first (no payloads: nothing to audit)."""
+        while True:
+            rows, cursor = await self.page(query, payloads=False, actor="")
+            if rows:
+                yield rows
+            if cursor is None:
+                return
+            query = dataclasses.replace(query, after=decode_cursor(cursor))
+
+    async def outcomes(self, since: float, until: float | None = None) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+        """What quality is measured from: every call and shadow call's metadata over the window, and the
+        feedback scores given in it by request id."""
+        query = CallQuery(since=since, until=until, kind="all", limit=5000)
+        rows = [row async for page in self.metadata(query) for row in page]
+        scores: dict[str, list[float]] = {}
+        for feedback in await self.store.read_feedback(since=since):
+            scores.setdefault(feedback.request_id, []).append(feedback.score)
+        return rows, scores
 
     def _open(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:

@@ -16,7 +16,7 @@ import orjson
 if TYPE_CHECKING:
     from minigate.pricing import Rate
 
-__all__ = ["AttemptRecord", "CallRecord", "attempts_to_json", "record_from_bytes", "record_to_bytes"]
+__all__ = ["AttemptRecord", "CallRecord", "Feedback", "attempts_to_json", "record_from_bytes", "record_to_bytes"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +82,26 @@ class CallRecord:
     key_id: str | None = None  # the log key that wraps the payloads' data key; what rotation looks for
     cost_usd: float | None = None  # the tokens at the served model's price; None when unpriced
     counterfactual_cost_usd: float | None = None  # the same tokens at the route's frontier price
+    # A shadow call (S6) is a record of its own: the call it shadowed, and how its reply compared.
+    shadow_of: str | None = None
+    verdict: str | None = None  # router.agreement's Verdict
+    candidate: str | None = None  # the miniature the verdict judges: the shadow's model, or the shadowed call's
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """Someone's verdict on one call: a score in [0, 1], and optionally the right label and a comment.
+
+    >>> Feedback("9f2c", at=1.7e9, actor="agents", score=0.0, label="card_arrived").score
+    0.0
+    """
+
+    request_id: str
+    at: float  # unix seconds
+    actor: str  # the key name that gave it
+    score: float
+    label: str | None = None
+    comment: str | None = None
 
 
 def attempts_to_json(attempts: Sequence[AttemptRecord] | None) -> str | None:

@@ -20,15 +20,17 @@ from minigate.errors import ConfigError, ConfigProblem
 from minigate.gateway.settings import AuthSection, MetricsSection, ServerSection, TelemetrySection
 from minigate.logger.settings import LoggingSection
 from minigate.router.settings import (
+    ConversionSection,
     RouteEntry,
     ScoringSection,
     TasksSection,
     load_test_problems,
+    promoted_routes,
     unknown_task_problems,
 )
 from minigate.serving.settings import ModelEntry, OpenAIUpstream, Upstream, adapter_problems
 
-__all__ = ["Config", "default_config_path", "load_config", "resolve_config_path"]
+__all__ = ["Config", "default_config_path", "load_config", "promotions_path", "resolve_config_path"]
 
 _Path = tuple[str | int, ...]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -49,6 +51,7 @@ class Config(BaseModel):
     tasks: TasksSection = TasksSection()
     logging: LoggingSection = LoggingSection()
     telemetry: TelemetrySection = TelemetrySection()
+    conversion: ConversionSection = ConversionSection()
 
 
 def default_config_path() -> Path:
@@ -66,6 +69,13 @@ def resolve_config_path(explicit: Path | None, environ: Mapping[str, str]) -> Pa
     return local if local.is_file() else default_config_path()
 
 
+def promotions_path(config_path: Path) -> Path:
+    """Where a config's promotions file is: beside it, or in the working folder for the embedded default
+    (which lives inside the installed package)."""
+    name = "promotions.yaml"
+    return Path(name) if config_path == default_config_path() else config_path.parent / name
+
+
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, interpolate and validate one config file; every fault is reported with file, line and field."""
     env = os.environ if environ is None else environ
@@ -79,6 +89,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(name, [_problem(err["loc"], err["msg"], lines) for err in exc.errors()]) from exc
+    config = _with_promotions(config, promotions_path(path))
     catalogue = config.tasks.catalogue
     if catalogue is not None and not catalogue.is_absolute():  # a catalogue sits beside its config
         config = config.model_copy(update={"tasks": config.tasks.model_copy(update={"catalogue": path.parent / catalogue})})
@@ -90,6 +101,14 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     if problems:
         raise ConfigError(name, problems)
     return config
+
+
+def _with_promotions(config: Config, path: Path) -> Config:
+    """The config with the promotions file beside it applied (router/promotions.py); its faults name that file."""
+    routes, problems = promoted_routes(config.routes, config.models, path)
+    if problems:
+        raise ConfigError(str(path), [ConfigProblem(_dotted(where), message) for where, message in problems])
+    return config.model_copy(update={"routes": routes}) if routes != config.routes else config
 
 
 def _parse(name: str, text: str, env: Mapping[str, str]) -> tuple[Any, dict[_Path, int]]:
@@ -169,6 +188,9 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
                 if model not in config.models:
                     where = ("routes", name, "rules", i, "use" if rule.use is not None else "split")
                     found.append((where, f"rule {rule.name!r}: unknown model {model!r} (models: {known})"))
+            if rule.shadow is not None and rule.shadow.model not in config.models:
+                found.append((("routes", name, "rules", i, "shadow", "model"),
+                              f"rule {rule.name!r} shadows with unknown model {rule.shadow.model!r} (models: {known})"))
     return found
 
 

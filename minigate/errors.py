@@ -7,7 +7,8 @@
         │   └── MalformedJSON        400, with the position of the fault
         ├── AuthenticationFailed     401 missing or unknown key
         ├── PermissionDenied         403 the key's role may not do this
-        ├── ModelNotFound            404 lists the routes that exist
+        ├── NotFound                 404 a thing the request names does not exist
+        │   └── ModelNotFound        404 lists the routes that exist
         ├── RequestTimeout           408 the body did not arrive within server.body_timeout_s
         ├── PayloadTooLarge          413 body over server.max_body_bytes
         ├── ClientClosedRequest      499 the client left before its answer (nginx's code; nobody reads it)
@@ -37,6 +38,7 @@ __all__ = [
     "MalformedJSON",
     "MinigateError",
     "ModelNotFound",
+    "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
     "RequestTimeout",
@@ -113,8 +115,12 @@ class PermissionDenied(RequestError):
     code = "insufficient_role"
 
 
-class ModelNotFound(RequestError):
+class NotFound(RequestError):
     status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
     code = "model_not_found"
 
 

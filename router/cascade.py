@@ -6,11 +6,17 @@ never sees the miniature's failure. `check_reply` judges a whole reply, read onc
 (`parse_chat_reply`: every upstream answers the gateway in OpenAI's chat shape, whatever ingress the
 client used); `StreamCheck` judges a chat stream as it arrives and settles as early as it can, so the
 gateway holds a stream only that long.
+
+Beyond what the request itself asks for (its tools, its `response_format`), the checks know the task
+the request was matched to, as a `TaskContract`: the closed set of replies of a label task
+(`invalid_label`), and the JSON schema of a json task, applied when the request names no
+`response_format` of its own (`invalid_json`). Agents often ask for a label or a JSON document in the
+prompt alone; the catalogue knows what the step's replies must be even when the request doesn't say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,13 +24,47 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-__all__ = ["CONTENT_CHECKS", "ESCALATION_REASONS", "EscalationReason", "ReplyView", "StreamCheck", "check_reply",
-           "parse_chat_reply"]
+__all__ = ["CONTENT_CHECKS", "ESCALATION_REASONS", "NO_CONTRACT", "EscalationReason", "ReplyView", "StreamCheck",
+           "TaskContract", "check_reply", "normalise_label", "parse_chat_reply"]
 
-EscalationReason = Literal["error", "timeout", "invalid_json", "invalid_tool_call", "empty"]
-ESCALATION_REASONS: tuple[EscalationReason, ...] = ("error", "timeout", "invalid_json", "invalid_tool_call", "empty")
+EscalationReason = Literal["error", "timeout", "invalid_json", "invalid_tool_call", "invalid_label", "empty"]
+ESCALATION_REASONS: tuple[EscalationReason, ...] = ("error", "timeout", "invalid_json", "invalid_tool_call",
+                                                    "invalid_label", "empty")
 # The checks that read the reply's content; the others are about the call failing.
-CONTENT_CHECKS = frozenset({"invalid_json", "invalid_tool_call", "empty"})
+CONTENT_CHECKS = frozenset({"invalid_json", "invalid_tool_call", "invalid_label", "empty"})
+
+
+def normalise_label(text: str) -> str:
+    """A label reply as the check compares it: a model's "Billing." means the label `billing`.
+
+    >>> normalise_label("  Billing. ")
+    'billing'
+    """
+    return text.strip().removesuffix(".").rstrip().casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContract:
+    """What the catalogue knows a matched task's replies must be: one of `labels` (normalised), or a
+    JSON document matching `schema`. Empty for an unknown task, or one with neither.
+
+    >>> contract = TaskContract.of(["Billing", "shipping"], None)
+    >>> sorted(contract.labels)
+    ['billing', 'shipping']
+    >>> check_reply({}, ReplyView("billing."), frozenset({"invalid_label"}), contract) is None
+    True
+    """
+
+    labels: frozenset[str] = frozenset()
+    schema: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(cls, labels: Iterable[str], schema: Mapping[str, Any] | None) -> TaskContract:
+        """The contract of a catalogue task's `labels` (as logged) and `schema`."""
+        return cls(frozenset(normalise_label(label) for label in labels), schema)
+
+
+NO_CONTRACT = TaskContract()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +92,8 @@ def parse_chat_reply(reply: bytes) -> ReplyView | None:
     return ReplyView(content if isinstance(content, str) else None, tool_calls)
 
 
-def check_reply(request: Mapping[str, Any], reply: ReplyView | None, policy: frozenset[str]) -> EscalationReason | None:
+def check_reply(request: Mapping[str, Any], reply: ReplyView | None, policy: frozenset[str],
+                contract: TaskContract = NO_CONTRACT) -> EscalationReason | None:
     """The first failed check among those the policy names, or None when the reply may be relayed.
 
     `reply` None: the upstream's bytes were no reply at all (`parse_chat_reply`), an `error`.
@@ -64,8 +105,11 @@ def check_reply(request: Mapping[str, Any], reply: ReplyView | None, policy: fro
         return "empty"
     if "invalid_tool_call" in policy and calls and not _valid_calls(calls, request.get("tools")):
         return "invalid_tool_call"
-    if "invalid_json" in policy and not calls and not _valid_json(content, request.get("response_format")):
+    if "invalid_json" in policy and not calls and not _valid_json(content, _response_format(request, contract)):
         return "invalid_json"
+    if "invalid_label" in policy and not calls and contract.labels \
+            and normalise_label(content or "") not in contract.labels:
+        return "invalid_label"
     return None
 
 
@@ -81,6 +125,13 @@ class StreamCheck:
     - tool calls: held until the choice finishes, then every call is checked like an unstreamed one
       (name offered, arguments valid JSON matching the tool's parameters). A client can't act on a tool
       call before its arguments are complete, so holding it costs nothing it could have used;
+    - a label task (`invalid_label` with a contract that has labels): the content is held until the
+      choice finishes and then compared whole, like a tool call: a label is a word or two, so holding it
+      costs the client nothing, and its first characters can't tell `billing` from `billing-dispute`.
+      Content that grows longer than the longest label settles `invalid_label` at once (no ending can
+      make it one), so a miniature rambling on is never held to its end;
+    - a json task's schema (the contract's, when the request names no `response_format`): the same
+      first-character check as a JSON `response_format`, with the same trade-off;
     - a finish with neither content nor tool call: `empty`; an error event in the stream: `error`.
 
     >>> check = StreamCheck({"messages": []}, frozenset({"empty"}))
@@ -90,14 +141,18 @@ class StreamCheck:
     'relay'
     """
 
-    def __init__(self, request: Mapping[str, Any], policy: frozenset[str]) -> None:
+    def __init__(self, request: Mapping[str, Any], policy: frozenset[str],
+                 contract: TaskContract = NO_CONTRACT) -> None:
         self._request = request
         self._policy = policy
         self._pending = b""  # an event split across chunks
         self._calls: dict[int, dict[str, str]] = {}  # tool call index -> name and arguments so far
-        response_format = request.get("response_format")
+        self._text = ""  # the content so far, while it is held
+        response_format = _response_format(request, contract)
         kind = response_format.get("type") if isinstance(response_format, Mapping) else None
         self._json_opens = {"json_object": "{", "json_schema": "{["}.get(kind or "") if "invalid_json" in policy else None
+        self._labels = contract.labels if "invalid_label" in policy and contract.labels else None
+        self._longest = max(map(len, self._labels)) if self._labels else 0
 
     def feed(self, data: bytes) -> EscalationReason | Literal["relay"] | None:
         events = (self._pending + data).split(b"\n\n")
@@ -136,16 +191,29 @@ class StreamCheck:
         choice = _mapping(choices[0] if isinstance(choices, list) else None)
         delta = _mapping(choice.get("delta"))
         content = delta.get("content")
-        if isinstance(content, str) and content.strip() and not self._calls:
-            if self._json_opens and content.lstrip()[0] not in self._json_opens:
-                return "invalid_json"
-            return "relay"
+        if isinstance(content, str) and not self._calls:
+            verdict = self._content(content)
+            if verdict is not None:
+                return verdict
         for call in delta.get("tool_calls") or []:
             if isinstance(call, Mapping):
                 self._add_call_delta(call)
         if choice.get("finish_reason"):
             return self._finished()
         return None
+
+    def _content(self, content: str) -> EscalationReason | Literal["relay"] | None:
+        """Content starts (the JSON check), or grows while a label is held."""
+        started = bool(self._text.strip())
+        self._text += content
+        if not self._text.strip():
+            return None
+        if not started and self._json_opens and self._text.lstrip()[0] not in self._json_opens:
+            return "invalid_json"
+        if self._labels is None:
+            return "relay"
+        # What comes later only lengthens the normalised text (see normalise_label), never shortens it.
+        return "invalid_label" if len(normalise_label(self._text)) > self._longest else None
 
     def _add_call_delta(self, call: Mapping[str, Any]) -> None:
         index = call.get("index")
@@ -161,12 +229,24 @@ class StreamCheck:
             if "invalid_tool_call" in self._policy and not _valid_calls(calls, self._request.get("tools")):
                 return "invalid_tool_call"
             return "relay"
-        return "empty" if "empty" in self._policy else "relay"
+        if "empty" in self._policy and not self._text.strip():
+            return "empty"
+        if self._labels is not None and normalise_label(self._text) not in self._labels:
+            return "invalid_label"
+        return "relay"
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     """The value when it is a JSON object, else an empty one: streamed chunks are the upstream's to get wrong."""
     return value if isinstance(value, Mapping) else {}
+
+
+def _response_format(request: Mapping[str, Any], contract: TaskContract) -> Any:
+    """The format a reply must have: the request's own, else the task's schema when it has one."""
+    asked = request.get("response_format")
+    if asked is not None or contract.schema is None:
+        return asked
+    return {"type": "json_schema", "json_schema": {"schema": contract.schema}}
 
 
 def _valid_json(content: str | None, response_format: Any) -> bool:

@@ -7,6 +7,11 @@ survives too: a renamed task keeps its name, and a task merged into another keep
 `tasks.npz` under its own id, so a cluster that matches it next time lands in the task it was merged
 into. Tasks a person touched stay listed (with no calls) when a re-discovery doesn't find them.
 
+A task may also say what its replies must be, for the cascade (router.cascade.TaskContract): `labels`,
+the closed set of replies of a label task, and `schema`, the JSON schema of a json task. Discovery
+fills them from the calls; people may write or correct them in `tasks.yaml` (a catalogue without them
+loads as before).
+
 >>> catalogue = load_catalogue(Path("tasks.yaml"))  # doctest: +SKIP
 >>> save_catalogue(rename(catalogue, "t003", "refund-request"), Path("tasks.yaml"))  # doctest: +SKIP
 """
@@ -14,7 +19,7 @@ into. Tasks a person touched stay listed (with no calls) when a re-discovery doe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 __all__ = ["MATCH_SIMILARITY", "Catalogue", "CatalogueError", "Identity", "OutputKind", "Task", "catalogue_document",
            "identify", "load_catalogue", "merge", "rename", "save_catalogue"]
@@ -61,6 +68,8 @@ class Task:
     served_by: dict[str, int] = field(default_factory=dict)  # model -> logged calls it served
     named_by: Literal["discovery", "user"] = "discovery"
     merged: list[str] = field(default_factory=list)  # ids a person merged into this task
+    labels: list[str] = field(default_factory=list)  # the closed set of replies (label tasks); empty: not known
+    schema: dict[str, Any] | None = None  # the JSON schema replies match (json tasks); None: not known
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,8 @@ def merge(catalogue: Catalogue, into: str, others: Sequence[str]) -> Catalogue:
         cost_share=_sum_known(part.cost_share for part in parts),
         signatures=signatures,
         prompt_tokens=_weighted(parts, "prompt_tokens"),
+        labels=_merged_labels(parts),
+        schema=target.schema if all(part.schema == target.schema for part in parts) else None,
         output_tokens=_weighted(parts, "output_tokens"),
         tools=sorted({tool for part in parts for tool in part.tools}),
         served_by=dict(sum((Counter(part.served_by) for part in parts), Counter())),
@@ -177,10 +188,10 @@ def load_catalogue(path: Path) -> Catalogue:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CatalogueError(f"{path}: not a task catalogue of format {FORMAT}")
     try:
-        tasks = [Task(**entry) for entry in document["tasks"]]
+        tasks = [_task(entry) for entry in document["tasks"]]
         return Catalogue(tasks, centroids, int(document["calls"]), str(document["discovered_at"]),
                          str(document["method"]), str(document["model"]), int(document["next_id"]))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CatalogueError(f"{path}: a task entry is malformed ({exc})") from exc
 
 
@@ -228,6 +239,28 @@ def _identity(previous: Catalogue | None, task_id: str) -> Identity:
     if task is None:
         return Identity(task_id)
     return Identity(task_id, task.name, task.named_by, tuple(task.merged))
+
+
+def _task(entry: Mapping[str, Any]) -> Task:
+    """One task entry; `labels` and `schema` are checked, since people write them by hand."""
+    task = Task(**entry)
+    if not isinstance(task.labels, list) or not all(isinstance(label, str) and label.strip() for label in task.labels):
+        raise ValueError(f"task {task.id}: labels must be a list of non-blank strings")
+    if task.schema is not None:
+        if not isinstance(task.schema, dict):
+            raise ValueError(f"task {task.id}: schema must be a JSON schema (a mapping)")
+        try:
+            Draft202012Validator.check_schema(task.schema)
+        except SchemaError as exc:
+            raise ValueError(f"task {task.id}: schema is not a valid JSON schema: {exc.message}") from None
+    return task
+
+
+def _merged_labels(parts: Sequence[Task]) -> list[str]:
+    """The union of the parts' label sets; none when a part has none (the merged replies are not a closed set)."""
+    if not all(part.labels for part in parts):
+        return []
+    return list(dict.fromkeys(label for part in parts for label in part.labels))
 
 
 def _sum_known(values: Any) -> float | None:

@@ -21,7 +21,7 @@ from minigate.router.settings import RouteEntry, Rule, ScoringSection
 if TYPE_CHECKING:
     from minigate.config import Config
 
-__all__ = ["Decision", "Explanation", "Router", "Target"]
+__all__ = ["Decision", "Explanation", "Router", "Shadow", "Target"]
 
 Tier = Literal["miniature", "frontier"]
 
@@ -37,6 +37,15 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """A rule's shadow: the model a sample of its calls also goes to, once the client has its reply."""
+
+    target: Target
+    sample: float
+    max_concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     route: str
     target: Target
@@ -45,6 +54,7 @@ class Decision:
     escalate_to: Target | None = None
     timeout_s: float | None = None
     fallbacks: tuple[Target, ...] = ()  # the route's, tried in order when the served model's upstream fails
+    shadow: Shadow | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,8 @@ class Router:
         self.bias = scoring.bias
         self.lexicon = Lexicon(scoring.lexical) if scoring.lexical else None  # only fitted files have words
         # Read once: a rule's condition is a pydantic private attribute, ~2 us a read.
-        self._rules = {name: [(rule, self._condition(rule)) for rule in route.rules] for name, route in routes.items()}
+        self._rules = {name: [(rule, self._condition(rule), self._shadow(rule)) for rule in route.rules]
+                       for name, route in routes.items()}
         self._fallbacks = {name: tuple(targets[model] for model in route.fallbacks) for name, route in routes.items()}
 
     @classmethod
@@ -90,21 +101,25 @@ class Router:
                 task: str = "unknown") -> Explanation:
         route = self._route(requested)
         context = self._context(body, headers, task)
-        outcomes = [(rule.name, condition(context)) for rule, condition in self._rules[requested]]
+        outcomes = [(rule.name, condition(context)) for rule, condition, _ in self._rules[requested]]
         return Explanation(context.features, context.score, outcomes, self._choose(requested, route, body, context))
 
     def _choose(self, requested: str, route: RouteEntry, body: Mapping[str, Any],
                 context: RuleContext | None) -> Decision:
         fallbacks = self._fallbacks[requested]
         if context is not None:
-            for rule, condition in self._rules[requested]:
+            for rule, condition, shadow in self._rules[requested]:
                 if condition(context):
                     target = self.targets[_model_of(rule, body)]
                     if target.tier != "miniature" or not rule.escalate_on or route.escalate_to is None:
-                        return Decision(requested, target, rule.name, fallbacks=fallbacks)
+                        return Decision(requested, target, rule.name, fallbacks=fallbacks, shadow=shadow)
                     return Decision(requested, target, rule.name, frozenset(rule.escalate_on),
-                                    self.targets[route.escalate_to], rule.timeout_s, fallbacks)
+                                    self.targets[route.escalate_to], rule.timeout_s, fallbacks, shadow)
         return Decision(requested, self.targets[route.default], "default", fallbacks=fallbacks)
+
+    def _shadow(self, rule: Rule) -> Shadow | None:
+        spec = rule.shadow
+        return None if spec is None else Shadow(self.targets[spec.model], spec.sample, spec.max_concurrency)
 
     def _condition(self, rule: Rule) -> Condition:
         """A rule's condition, with its bare load tests bound to the upstream serving its model."""

@@ -8,6 +8,9 @@ request; results are cached by signature and content; and it is bounded by `task
 budget the request goes on as `unknown` at once, while the embedding finishes in the background and
 fills the cache for the next such call. A slower request is never the price of a task label.
 
+The matcher also hands out each task's contract (`contract`): the labels or JSON schema the
+catalogue knows its replies must have, which the cascade checks a miniature's reply against.
+
 Without `tasks.embedding`, nothing here imports torch or sentence-transformers.
 """
 
@@ -22,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from minigate.router.cascade import NO_CONTRACT, TaskContract
 from minigate.router.signature import signature
 
 if TYPE_CHECKING:
@@ -49,13 +53,17 @@ class TaskMatcher:
     >>> matcher = TaskMatcher({"9f2c41d07a5be113": "t001"})
     >>> matcher.known({"messages": [{"role": "user", "content": "hi"}]})
     'unknown'
+    >>> matcher.contract("unknown") is NO_CONTRACT
+    True
     """
 
     def __init__(self, by_signature: Mapping[str, str], names: Mapping[str, str] | None = None, *,
-                 centroids: _Centroids | None = None, embedder: Embedder | None = None, budget_s: float = 0.015,
-                 min_similarity: float = 0.5, cache_size: int = 4096) -> None:
+                 contracts: Mapping[str, TaskContract] | None = None, centroids: _Centroids | None = None,
+                 embedder: Embedder | None = None, budget_s: float = 0.015, min_similarity: float = 0.5,
+                 cache_size: int = 4096) -> None:
         self._by_signature = dict(by_signature)  # signature -> task id, for signatures one task holds
         self.names = dict(names or {})  # task id -> name: ids go to records and metrics, names to headers and rules
+        self._contracts = dict(contracts or {})  # task id -> its contract, for tasks that have one
         self._centroids = centroids
         self._embedder = embedder
         self._budget_s = budget_s
@@ -79,8 +87,10 @@ class TaskMatcher:
                 holders.setdefault(sig, set()).add(task.id)
         by_signature = {sig: next(iter(ids)) for sig, ids in holders.items() if len(ids) == 1}
         names = {task.id: task.name for task in catalogue.tasks}
+        contracts = {task.id: TaskContract.of(task.labels, task.schema)
+                     for task in catalogue.tasks if task.labels or task.schema is not None}
         if not settings.embedding:
-            return cls(by_signature, names)
+            return cls(by_signature, names, contracts=contracts)
         import numpy as np
         import torch
 
@@ -92,11 +102,15 @@ class TaskMatcher:
 
         live = [task.id for task in catalogue.tasks]
         centroids = _Centroids(live, np.stack([catalogue.centroids[task_id] for task_id in live]).astype(np.float32))
-        return cls(by_signature, names, centroids=centroids, embedder=Embedder(), budget_s=settings.budget_ms / 1000,
-                   min_similarity=settings.min_similarity)
+        return cls(by_signature, names, contracts=contracts, centroids=centroids, embedder=Embedder(),
+                   budget_s=settings.budget_ms / 1000, min_similarity=settings.min_similarity)
 
     def name_of(self, task_id: str) -> str:
         return self.names.get(task_id, UNKNOWN_TASK)
+
+    def contract(self, task_id: str) -> TaskContract:
+        """What the task's replies must be (labels, schema): the cascade's checks beyond the request's own."""
+        return self._contracts.get(task_id, NO_CONTRACT)
 
     def known(self, body: Mapping[str, Any]) -> str:
         """The task by signature alone (what `route explain` and replay use): a hit, or `unknown`."""

@@ -15,9 +15,25 @@ from minigate.router.features import FEATURE_NAMES
 from minigate.router.rules import Condition, compile_condition, load_references, task_references
 from minigate.router.score import DEFAULT_BIAS, DEFAULT_WEIGHTS
 
-__all__ = ["RouteEntry", "Rule", "ScoringSection", "TasksSection", "load_test_problems", "unknown_task_problems"]
+__all__ = ["ConversionSection", "Policy", "RouteEntry", "Rule", "ShadowSpec", "promoted_routes", "ScoringSection", "TasksSection", "load_test_problems", "unknown_task_problems"]
 
 Problem = tuple[tuple[str | int, ...], str]  # where in the config file (a path of keys), what is wrong
+
+
+class ShadowSpec(BaseModel):
+    """Send a sample of a rule's calls to a second model, after the client has its reply, and compare the
+    two replies (S6). Shadowing a frontier-served task with a miniature measures the miniature before it is
+    promoted; shadowing a miniature-served task with the frontier keeps measuring it after.
+
+    >>> ShadowSpec.model_validate({"model": "mini", "sample": 0.1}).max_concurrency
+    2
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, description="the model entry the shadow call goes to")
+    sample: float = Field(0.1, gt=0, le=1, description="the share of the rule's calls that are shadowed")
+    max_concurrency: int = Field(2, ge=1, le=64, description="shadow calls to this model at once, at most")
 
 
 class Rule(BaseModel):
@@ -37,6 +53,7 @@ class Rule(BaseModel):
         default_factory=list, description="miniature failures that send the request to the route's escalate_to"
     )
     timeout_s: float | None = Field(None, gt=0, description="how long the chosen model may take before escalation")
+    shadow: ShadowSpec | None = Field(None, description="compare a sample of these calls with another model's replies")
     _condition: Condition = PrivateAttr()
 
     @field_validator("when")
@@ -151,6 +168,48 @@ class TasksSection(BaseModel):
     embedding: bool = Field(False, description="match unseen signatures by embedding (loads torch and MiniLM)")
     budget_ms: float = Field(15.0, gt=0, description="longest a request waits for an embedding match")
     min_similarity: float = Field(0.5, ge=-1, le=1, description="below it, the nearest task is not close enough")
+
+
+class Policy(BaseModel):
+    """The bars promotion and demotion are judged by."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_agreement: float = Field(0.95, gt=0, le=1, description="Wilson lower bound needed to promote")
+    min_samples: int = Field(200, ge=1, description="shadow verdicts needed to promote")
+    demote_samples: int = Field(50, ge=1, description="verdicts since promotion needed before demoting on agreement")
+    max_escalation_rate: float = Field(0.2, gt=0, le=1, description="a promoted task escalating more is demoted")
+    min_feedback: float | None = Field(None, ge=0, le=1, description="a promoted task whose mean feedback falls "
+                                                                    "under this is demoted")
+    cooldown_s: float = Field(3600, ge=0, description="after a demotion, how long before the task may be promoted again")
+    shadow_sample: float = Field(0.1, gt=0, le=1, description="share of a promoted task's calls the frontier shadows")
+
+
+class ConversionSection(Policy):
+    """`conversion:` in the config: the bars, and whether the gateway promotes and demotes by itself."""
+
+    auto_promote: bool = Field(False, description="promote tasks whose shadowed miniature clears the bar")
+    auto_demote: bool = Field(True, description="demote promoted tasks whose measured quality drops")
+    interval_s: float = Field(60, gt=0, description="how often the autopilot reads the scorecards")
+    window_days: float = Field(7, gt=0, description="the scorecards' window")
+
+
+def promoted_routes(routes: Mapping[str, RouteEntry], models: Collection[str],
+                    path: Path) -> tuple[dict[str, RouteEntry], list[Problem]]:
+    """The routes with the promotions file at `path` applied (router/promotions.py), or the problems that
+    stop it: an unreadable file, a promotion naming a model the config lacks."""
+    from minigate.router.promotions import PromotionError, apply_promotions, load_promotions
+
+    try:
+        promotions = load_promotions(path)
+    except PromotionError as exc:
+        return dict(routes), [(("(file)",), str(exc))]
+    known = ", ".join(sorted(models))
+    problems: list[Problem] = [(("promotions", i, field), f"unknown model {name!r} (models: {known})")
+                               for i, promotion in enumerate(promotions.promotions)
+                               for field, name in (("model", promotion.model), ("escalate_to", promotion.escalate_to))
+                               if name not in models]
+    return (dict(routes), problems) if problems else (apply_promotions(routes, promotions), [])
 
 
 def load_test_problems(routes: Mapping[str, RouteEntry], upstream_of: Mapping[str, str],

@@ -1,7 +1,8 @@
 """The cascade: a miniature that fails its rule's checks is replaced by the escalation model, unseen by clients.
 
 The scripted upstream plays both: requests for `mini-lora` get the miniature's scripted failure,
-requests for `gpt-4.1` the frontier's good answer.
+requests for `gpt-4.1` the frontier's good answer. The task catalogue's contracts (a label task's
+closed label set, a json task's schema) are checked too, for requests that don't ask for them.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
-from minigate.router.cascade import ReplyView, StreamCheck, check_reply, parse_chat_reply
+from minigate.router.cascade import ReplyView, StreamCheck, TaskContract, check_reply, parse_chat_reply
+from minigate.router.catalogue import Catalogue, Task, save_catalogue
+from minigate.router.signature import signature
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway
 from tests.support.upstream import Script, ScriptedUpstream
 from tests.support.waiting import eventually
 
-ALL = ["error", "timeout", "invalid_json", "invalid_tool_call", "empty"]
+ALL = ["error", "timeout", "invalid_json", "invalid_tool_call", "invalid_label", "empty"]
 TOOL = {"type": "function", "function": {"name": "refund", "parameters": {
     "type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]}}}
 LABELS = {"type": "json_schema", "json_schema": {"name": "label", "schema": {
@@ -254,3 +258,157 @@ def test_stream_check_settles_on_the_right_event(events: list[bytes], policy: li
     settled = next((v for v in verdicts if v), None) or check.end()
     assert settled == expected
     assert all(v is None for v in verdicts[:-1]), "it holds no longer than the settling event"
+
+
+# -- the task's contract: a label task's label set, a json task's schema --
+
+TRIAGE = "Label the support ticket as billing, shipping or other. Reply with the label only."
+INVOICE = "Extract the invoice's vendor and total. Reply with JSON."
+INVOICE_SCHEMA = {"type": "object", "properties": {"vendor": {"type": "string"}, "total": {"type": "number"}},
+                  "required": ["vendor", "total"]}
+TRIAGE_CONTRACT = TaskContract.of(["Billing", "shipping", "other"], None)
+
+
+@pytest.mark.parametrize(
+    ("request_extra", "contract", "content", "expected"),
+    [
+        ({}, TRIAGE_CONTRACT, "billing", None),
+        ({}, TRIAGE_CONTRACT, "  Shipping.\n", None),  # normalised: stripped, casefolded, trailing period dropped
+        ({}, TRIAGE_CONTRACT, "refund", "invalid_label"),
+        ({}, TRIAGE_CONTRACT, "The ticket is about billing.", "invalid_label"),
+        ({}, TaskContract.of([], INVOICE_SCHEMA), '{"vendor": "ACME", "total": 12.5}', None),
+        ({}, TaskContract.of([], INVOICE_SCHEMA), '{"vendor": "ACME", "total": "lots"}', "invalid_json"),
+        ({}, TaskContract.of([], INVOICE_SCHEMA), "ACME, 12.50 EUR", "invalid_json"),
+        # The request's own response_format is the one checked: the client's contract comes first.
+        ({"response_format": {"type": "json_object"}}, TaskContract.of([], INVOICE_SCHEMA), '{"vendor": 1}', None),
+        ({"response_format": {"type": "text"}}, TaskContract.of([], INVOICE_SCHEMA), "ACME, 12.50 EUR", None),
+    ],
+)
+def test_check_reply_knows_the_task(request_extra: dict[str, Any], contract: TaskContract, content: str,
+                                    expected: str | None) -> None:
+    request = {"messages": [{"role": "user", "content": "x"}], **request_extra}
+    assert check_reply(request, parse_chat_reply(reply(content)), frozenset(ALL), contract) == expected
+
+
+def test_the_task_checks_run_only_when_the_policy_names_them() -> None:
+    assert check_reply({}, ReplyView("refund"), frozenset({"invalid_json", "empty"}), TRIAGE_CONTRACT) is None
+    assert check_reply({}, ReplyView("refund"), frozenset(ALL)) is None  # no contract: nothing to compare with
+    assert check_reply({}, ReplyView("ACME"), frozenset({"invalid_label"}), TaskContract.of([], INVOICE_SCHEMA)) is None
+
+
+def events_of(*contents: str, finish: bool = True) -> list[bytes]:
+    deltas = [{"role": "assistant", "content": ""}, *({"content": content} for content in contents)]
+    chunks = [{"choices": [{"delta": delta, "finish_reason": None}]} for delta in deltas]
+    if finish:
+        chunks.append({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    return [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks]
+
+
+@pytest.mark.parametrize(
+    ("contents", "expected", "settled_at"),
+    [
+        (["Bill", "ing", "."], "relay", -1),  # held to the finish: "bill" could still become anything
+        (["bill", "ed"], "invalid_label", -1),
+        (["The", " ticket", " is", " about"], "invalid_label", 2),  # longer than any label: settled at once
+        ([" "], "empty", -1),
+    ],
+)
+def test_a_label_stream_is_held_until_it_finishes(contents: list[str], expected: str, settled_at: int) -> None:
+    check = StreamCheck({"messages": []}, frozenset(ALL), TRIAGE_CONTRACT)
+    events = events_of(*contents)
+    verdicts = [check.feed(event) for event in events]
+    assert verdicts[settled_at] == expected
+    assert all(verdict is None for verdict in verdicts[:settled_at % len(events)]), "nothing settles before"
+
+
+def test_a_label_stream_that_ends_without_a_finish_is_checked_at_its_end() -> None:
+    check = StreamCheck({"messages": []}, frozenset({"invalid_label"}), TRIAGE_CONTRACT)
+    assert [check.feed(event) for event in events_of("other", finish=False)] == [None, None]
+    assert check.end() == "relay"
+
+
+def test_a_json_task_stream_must_open_a_json_value() -> None:
+    contract = TaskContract.of([], INVOICE_SCHEMA)
+    assert StreamCheck({}, frozenset(ALL), contract).feed(events_of("Sure!")[1]) == "invalid_json"
+    assert StreamCheck({}, frozenset(ALL), contract).feed(events_of('{"vendor"')[1]) == "relay"
+    assert StreamCheck({}, frozenset(ALL)).feed(events_of("Sure!")[1]) == "relay"  # no task, no format: free text
+
+
+def ask_task(system: str, user: str) -> dict[str, Any]:
+    return {"model": "gpt-4.1", "metadata": {"lenient": False},
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+@pytest.fixture
+def tasked(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path) -> RunningGateway:
+    """A gateway whose catalogue holds a label task (`ticket-triage`) and a json task with a schema
+    (`invoice`); its strict rule sends both to the miniature, escalating on every check."""
+    tasks = [Task("t001", "ticket-triage", 30, 0.5, {signature(ask_task(TRIAGE, "x")): 30}, output_kind="label",
+                  labels=["Billing", "shipping", "other"]),
+             Task("t002", "invoice", 30, 0.5, {signature(ask_task(INVOICE, "x")): 30}, output_kind="json",
+                  schema=INVOICE_SCHEMA)]
+    unit = np.eye(2, 384, dtype=np.float32)
+    save_catalogue(Catalogue(tasks, {"t001": unit[0], "t002": unit[1]}, 60, "2026-01-01T00:00:00Z", "test", "test", 3),
+                   tmp_path / "tasks.yaml")
+    config = gateway_config(upstream.base_url, tasks={"catalogue": str(tmp_path / "tasks.yaml")})
+    config["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "escalate_to": "gpt-4.1", "rules": [
+        {"name": "strict", "when": {}, "use": "mini", "escalate_on": ALL}]}
+    return make_gateway(config)
+
+
+def post(gateway: RunningGateway, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{gateway.v1}/chat/completions", json=body, headers={"authorization": f"Bearer {AGENT_KEY}"},
+                      timeout=30)
+
+
+@pytest.mark.parametrize(("answer", "escalated"), [("refund", "invalid_label"), ("Billing.", None)])
+def test_a_label_task_escalates_a_label_outside_its_set(tasked: RunningGateway, upstream: ScriptedUpstream,
+                                                         answer: str, escalated: str | None) -> None:
+    upstream.script(reply=answer, model="mini-lora")
+    upstream.script(reply="billing")
+    response = post(tasked, ask_task(TRIAGE, "I was charged twice"))
+    assert response.status_code == 200 and response.headers["x-minigate-task"] == "ticket-triage"
+    assert response.headers.get("x-minigate-escalated") == escalated
+    served = "gpt-4.1" if escalated else "mini"
+    assert response.headers["x-minigate-model"] == served
+    assert response.json()["choices"][0]["message"]["content"] == ("billing" if escalated else answer)
+    assert [r.json()["model"] for r in upstream.requests] == ["mini-lora", "gpt-4.1"][:2 if escalated else 1]
+
+
+def test_a_json_task_checks_its_schema_without_a_response_format(tasked: RunningGateway,
+                                                                 upstream: ScriptedUpstream) -> None:
+    upstream.script(reply='{"vendor": "ACME", "total": "a lot"}', model="mini-lora")
+    upstream.script(reply='{"vendor": "ACME", "total": 12.5}')
+    body = ask_task(INVOICE, "INVOICE 7 from ACME, total 12.50")
+    assert "response_format" not in body
+    response = post(tasked, body)
+    assert response.headers["x-minigate-task"] == "invoice"
+    assert response.headers["x-minigate-escalated"] == "invalid_json"
+    assert response.json()["choices"][0]["message"]["content"] == '{"vendor": "ACME", "total": 12.5}'
+
+    upstream.script(reply='{"vendor": "ACME", "total": 12.5}', model="mini-lora")
+    served = post(tasked, body)
+    assert "x-minigate-escalated" not in served.headers and served.headers["x-minigate-model"] == "mini"
+    assert tasked.metric("minigate_escalations_total", {"route": "gpt-4.1", "reason": "invalid_json"}) == 1
+
+
+@pytest.mark.parametrize(("answer", "escalated"), [("shipping dispute", "invalid_label"), ("Shipping", None)])
+def test_a_streamed_label_is_held_and_checked_whole(tasked: RunningGateway, upstream: ScriptedUpstream,
+                                                     answer: str, escalated: str | None) -> None:
+    upstream.script(reply=answer, model="mini-lora")
+    upstream.script(reply="shipping")
+    headers, events = stream(tasked, **ask_task(TRIAGE, "Where is my parcel?"))
+    assert headers.get("x-minigate-escalated") == escalated
+    assert {e["model"] for e in events} == {"gpt-4.1" if escalated else "mini-lora"}, "one model's chunks only"
+    assert streamed_text(events) == ("shipping" if escalated else answer)
+    if escalated:
+        assert tasked.metric("minigate_escalations_total", {"route": "gpt-4.1", "reason": "invalid_label"}) == 1
+        eventually(lambda: upstream.open_streams == 0, timeout=5, what="the abandoned miniature stream is closed")
+
+
+def test_a_streamed_json_task_reply_that_is_not_json_escalates(tasked: RunningGateway,
+                                                               upstream: ScriptedUpstream) -> None:
+    upstream.script(reply="The vendor is ACME.", model="mini-lora")
+    upstream.script(reply='{"vendor": "ACME", "total": 12.5}')
+    headers, events = stream(tasked, **ask_task(INVOICE, "INVOICE 7 from ACME, total 12.50"))
+    assert headers["x-minigate-escalated"] == "invalid_json" and {e["model"] for e in events} == {"gpt-4.1"}

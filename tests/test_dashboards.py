@@ -145,14 +145,16 @@ def priced_gateway(upstream: ScriptedUpstream, make_gateway: Callable[..., Runni
     config["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "escalate_to": "gpt-4.1", "rules": [
         {"name": "miniature", "when": {"metadata.tier": {"eq": "miniature"}}, "use": "mini",
          "escalate_on": ["error"]},
+        {"name": "shadowed", "when": {"metadata.tier": {"eq": "shadowed"}}, "use": "gpt-4.1",
+         "shadow": {"model": "mini", "sample": 1.0}},
     ]}
     return make_gateway(config)
 
 
-def ask(gateway: RunningGateway, text: str, *, miniature: bool, stream: bool = False) -> int:
+def ask(gateway: RunningGateway, text: str, *, miniature: bool, stream: bool = False, shadowed: bool = False) -> int:
     body: dict[str, Any] = {"model": "gpt-4.1", "messages": [{"role": "user", "content": text}], "stream": stream}
-    if miniature:
-        body["metadata"] = {"tier": "miniature"}
+    if miniature or shadowed:
+        body["metadata"] = {"tier": "miniature" if miniature else "shadowed"}
     headers = {"authorization": f"Bearer {AGENT_KEY}"}
     with httpx.stream("POST", f"{gateway.v1}/chat/completions", json=body, headers=headers, timeout=30) as reply:
         reply.read()
@@ -160,7 +162,7 @@ def ask(gateway: RunningGateway, text: str, *, miniature: bool, stream: bool = F
 
 
 def serve_wave(gateway: RunningGateway, upstream: ScriptedUpstream, wave: int) -> int:
-    """One of everything the dashboards show; returns how many calls it made."""
+    """One of everything the dashboards show; returns how many call records it makes."""
     statuses = []
     for i in range(3):
         words = " ".join(["word"] * (5 + 7 * i + wave))
@@ -170,15 +172,16 @@ def serve_wave(gateway: RunningGateway, upstream: ScriptedUpstream, wave: int) -
     statuses.append(ask(gateway, "escalate me please", miniature=True))
     upstream.enqueue(Script(status=500))  # the frontier model fails: the client sees the error
     statuses.append(ask(gateway, "fail me please", miniature=False))
-    assert statuses == [200] * 7 + [502]
-    return len(statuses)
+    statuses.append(ask(gateway, "shadow me please", miniature=False, shadowed=True))  # the miniature shadows it
+    assert statuses == [200] * 7 + [502, 200]
+    return len(statuses) + 1  # records: each call's, and the shadow call's
 
 
 def logged_calls(gateway: RunningGateway) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     cursor = None
     while True:
-        params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        params = {"limit": 1000, "kind": "all", **({"cursor": cursor} if cursor else {})}
         page = httpx.get(f"{gateway.v1}/minigate/calls", params=params,
                          headers={"authorization": f"Bearer {ANALYST_KEY}"}, timeout=10).json()
         rows += page["data"]

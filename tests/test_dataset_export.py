@@ -29,6 +29,7 @@ from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import run_gateway, write_config
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {AGENT_KEY}"}
 REFUNDS = "You handle refund requests for ACME. Today is 2026-11-23. Answer with the refund amount."
@@ -114,6 +115,12 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
             result.call(gateway.v1, "error", ask(REFUNDS, "Refund my last order"))
             upstream.enqueue(Script(reply="shipping"))
             result.call(gateway.v1, "triage", ask(TRIAGE, "My parcel is lost"))
+            # Ratings given afterwards (POST /v1/minigate/feedback) count before the request's metadata.feedback.
+            eventually(lambda: gateway.metric("minigate_log_records_written_total") >= 8)
+            for name, score in (("long", 1.0), ("tool", 0.9)):
+                given = httpx.post(f"{gateway.v1}/minigate/feedback", headers=AUTH,
+                                   json={"request_id": result.ids[name], "score": score})
+                assert given.status_code == 201, given.text
         yield result
 
 
@@ -204,9 +211,9 @@ def test_filters_all_tiers_feedback_and_token_limit(logged: Logged, tmp_path: Pa
 
     rated = minigate(*common, "--min-feedback", "0.5", "--out", str(tmp_path / "rated"), "--json")
     assert rated.returncode == 0, rated.stderr
-    assert lines(tmp_path / "rated" / "train.jsonl") == [EMAIL]
+    assert lines(tmp_path / "rated" / "train.jsonl") == [EMAIL, LONG_LINE, TOOL_LINE]
     dropped = orjson.loads(rated.stdout)["counts"]["dropped"]
-    assert (dropped["no_feedback"], dropped["low_feedback"], dropped["not_frontier"]) == (3, 1, 1)
+    assert (dropped["no_feedback"], dropped["low_feedback"], dropped["not_frontier"]) == (2, 0, 1)
 
 
 def write_shared_catalogue(path: Path, discovered_at: str) -> None:

@@ -27,7 +27,7 @@ from minigate.router.catalogue import Catalogue, OutputKind, load_catalogue
 from minigate.router.matcher import UNKNOWN_TASK, TaskMatcher
 from minigate.router.settings import TasksSection
 from tests.conftest import AGENT_KEY, gateway_config
-from tests.support.agent_workload import Call, agent_workload, missing_data, write_rows
+from tests.support.agent_workload import INTENTS, Call, agent_workload, missing_data, write_rows
 from tests.support.servers import RunningGateway
 from tests.support.upstream import Script, ScriptedUpstream
 
@@ -79,6 +79,18 @@ def test_every_specific_step_is_exactly_one_task_holding_nothing_else(discovered
     kinds = {step: discovered.catalogue.find(next(iter(discovered.tasks(step)))).output_kind for step in SPECIFIC}
     assert kinds == {"classify": "label", "urgency": "label", "tools": "tool_call", "summarise": "free_text",
                      "extract": "json"}
+
+
+@pytest.mark.slow
+@needs_workload
+def test_label_steps_get_their_label_set_and_the_extractor_its_schema(discovered: Discovered) -> None:
+    task = {step: discovered.catalogue.find(next(iter(discovered.tasks(step)))) for step in SPECIFIC}
+    assert sorted(task["classify"].labels) == sorted(INTENTS)  # as logged: `Refund_not_showing_up` keeps its case
+    assert sorted(task["urgency"].labels) == ["high", "low", "normal"]
+    extract = next(call for call in discovered.calls if call.step == "extract")
+    assert task["extract"].schema == extract.row["request"]["response_format"]["json_schema"]["schema"]
+    assert all(task[step].labels == [] and task[step].schema is None for step in ("tools", "summarise"))
+    assert task["classify"].schema is None and task["extract"].labels == []
 
 
 @pytest.mark.slow

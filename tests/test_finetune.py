@@ -16,7 +16,8 @@ import pytest
 
 from minigate.conversion.finetune.batches import batches, common_prefix
 from minigate.conversion.finetune.examples import Example, ExampleError, read_split, task_kind
-from minigate.conversion.finetune.scoring import agrees, is_valid, tool_calls_in, wilson
+from minigate.conversion.finetune.scoring import agrees, is_valid, tool_calls_in
+from minigate.router.agreement import wilson
 from minigate.serving.chat_render import render_chat, tool_calls_in_text
 
 needs_finetune = pytest.mark.skipif(

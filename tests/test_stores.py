@@ -81,6 +81,31 @@ def test_purge_deletes_only_older_calls(store_url: str) -> None:
     assert fetch(store_url, "SELECT request_id FROM calls ORDER BY request_id") == [("req-2",), ("req-3",)]
 
 
+def test_shadows_and_feedback_are_kept_and_read_back_apart(store_url: str) -> None:
+    from minigate.logger.records import Feedback
+    from minigate.logger.stores import CallQuery
+
+    shadow = record(2, model="mini", tier="miniature", rule="shadow", shadow_of="req-1", verdict="agree",
+                    candidate="mini")
+
+    async def run() -> tuple[list[str], list[tuple[str | None, str | None]], list[Feedback]]:
+        store = await open_store(store_url)
+        try:
+            await store.write([record(1), shadow])
+            await store.add_feedback(Feedback("req-1", 100.0, "agents", 0.0, "billing", "wrong"))
+            await store.add_feedback(Feedback("req-1", 200.0, "platform", 1.0))
+            calls = await store.read(CallQuery(), payloads=False)
+            shadows = await store.read(CallQuery(kind="shadows"), payloads=False)
+            return ([row["request_id"] for row in calls], [(row["shadow_of"], row["verdict"]) for row in shadows],
+                    await store.read_feedback(since=150.0))
+        finally:
+            await store.close()
+
+    calls, shadows, feedback = asyncio.run(run())
+    assert calls == ["req-1"] and shadows == [("req-1", "agree")]
+    assert feedback == [Feedback("req-1", 200.0, "platform", 1.0)]
+
+
 def test_sqlite_files_are_private(tmp_path: Path) -> None:
     write(f"sqlite:///{tmp_path / 'calls.db'}", [[record(1)]])
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.glob("calls.db*")}

@@ -16,7 +16,10 @@ import pytest
 
 from minigate.config import load_config
 from minigate.errors import ConfigError
-from minigate.router.catalogue import Catalogue, Task, save_catalogue
+from minigate.router.cascade import NO_CONTRACT, TaskContract
+from minigate.router.catalogue import Catalogue, CatalogueError, Task, load_catalogue, save_catalogue
+from minigate.router.matcher import TaskMatcher
+from minigate.router.settings import TasksSection
 from minigate.router.signature import signature
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
@@ -183,3 +186,71 @@ def test_tasks_api_lists_the_catalogue_for_analysts(tasked: RunningGateway) -> N
     assert listed["catalogue"]["calls"] == 50
     refused = httpx.get(f"{tasked.v1}/minigate/tasks", headers=AUTH)
     assert refused.status_code == 403 and refused.json()["error"]["type"]
+
+
+OLD_CATALOGUE = """\
+format: 1
+discovered_at: '2025-06-30T12:00:00+00:00'
+method: spectral-ward-silhouette
+model: all-MiniLM-L6-v2
+calls: 40
+next_id: 2
+tasks:
+- id: t001
+  name: ticket-triage
+  size: 40
+  call_share: 1.0
+  signatures: {6461ca4b68753c98: 40}
+  output_kind: label
+  tools: []
+  terms: [billing]
+  named_by: discovery
+  merged: []
+"""
+
+
+def test_a_catalogue_from_before_labels_and_schemas_loads_without_a_contract(tmp_path: Path) -> None:
+    save_catalogue(Catalogue([], {"t001": np.eye(1, 4, dtype=np.float32)[0]}, 0, "x", "x", "x", 2),
+                   tmp_path / "tasks.yaml")  # for its tasks.npz
+    (tmp_path / "tasks.yaml").write_text(OLD_CATALOGUE)
+    (task,) = load_catalogue(tmp_path / "tasks.yaml").tasks
+    assert (task.labels, task.schema) == ([], None)
+    assert TaskMatcher.load(TasksSection(catalogue=tmp_path / "tasks.yaml")).contract("t001") is NO_CONTRACT
+
+
+def test_labels_and_schemas_round_trip_and_people_may_write_them(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+    tasks = [Task("t001", "ticket-triage", 10, 0.5, {"a" * 16: 10}, output_kind="label", labels=["Billing", "other"]),
+             Task("t002", "invoice", 10, 0.5, {"b" * 16: 10}, output_kind="json", schema=schema),
+             Task("t003", "chat", 10, 0.5, {"c" * 16: 10}, output_kind="free_text")]
+    unit = np.eye(3, 4, dtype=np.float32)
+    save_catalogue(Catalogue(tasks, dict(zip(["t001", "t002", "t003"], unit)), 30, "x", "x", "x", 4),
+                   tmp_path / "tasks.yaml")
+    assert load_catalogue(tmp_path / "tasks.yaml").tasks == tasks
+
+    # A person adds a label the calls never showed: the YAML is the catalogue.
+    text = (tmp_path / "tasks.yaml").read_text()
+    (tmp_path / "tasks.yaml").write_text(text.replace("  - other\n", "  - other\n  - Shipping\n"))
+    matcher = TaskMatcher.load(TasksSection(catalogue=tmp_path / "tasks.yaml"))
+    assert matcher.contract("t001") == TaskContract(frozenset({"billing", "other", "shipping"}))
+    assert matcher.contract("t002") == TaskContract(frozenset(), schema)
+    assert matcher.contract("t003") is NO_CONTRACT and matcher.contract("unknown") is NO_CONTRACT
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("labels", "billing", "labels must be a list of non-blank strings"),
+    ("labels", ["billing", ""], "labels must be a list of non-blank strings"),
+    ("schema", ["total"], "schema must be a JSON schema"),
+    ("schema", {"type": "decimal"}, "schema is not a valid JSON schema"),
+])
+def test_a_hand_written_label_set_or_schema_that_cannot_be_used_is_refused(tmp_path: Path, field: str, value: Any,
+                                                                          problem: str) -> None:
+    import yaml
+
+    save_catalogue(Catalogue([Task("t001", "triage", 1, 1.0, {})], {"t001": np.eye(1, 4, dtype=np.float32)[0]}, 1,
+                             "x", "x", "x", 2), tmp_path / "tasks.yaml")
+    document = yaml.safe_load((tmp_path / "tasks.yaml").read_text())
+    document["tasks"][0][field] = value
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump(document))
+    with pytest.raises(CatalogueError, match=f"task entry is malformed .*{problem}"):
+        load_catalogue(tmp_path / "tasks.yaml")

@@ -289,7 +289,8 @@ def test_reading_request_and_export_lines(tmp_path: Path) -> None:
     assert isinstance(second, Observation) and second.output_kind == "json"  # asked for by response_format
     assert isinstance(broken, Skipped) and "not JSON" in broken.reason
     assert isinstance(logged, Observation) and logged == logged_observation(json.loads(lines[4]))
-    assert (logged.input_tokens, logged.cost, logged.output_kind) == (12, 0.0004, "label")
+    assert (logged.input_tokens, logged.cost, logged.output_kind, logged.label) == (12, 0.0004, "label", "billing")
+    assert isinstance(first, Observation) and first.label is None  # no reply logged
     assert isinstance(unlogged, Skipped) and "no request" in unlogged.reason
     assert output_kind({"choices": [{"message": {"content": "```json\n{\"a\": 1}\n```"}}]}) == "json"
     assert output_kind({"choices": [{"message": {"content": "Dear customer,\nthanks for writing."}}]}) == "free_text"
@@ -332,3 +333,78 @@ def test_ids_are_never_reused_after_a_task_disappears() -> None:
     second, _, next_id = identify(catalogue, axes[2:])
     assert [identity.id for identity in second] == ["t003"] and next_id == 4
     assert list(itertools.islice(iter(table), 2)) == ["t001", "t002"]
+
+
+TRIAGE = "Label the customer's message as billing, shipping or other. Reply with the label only."
+PLACE = "Name the city the customer's message is about. Reply with the city only."
+INVOICE_SCHEMA = INVOICE["json_schema"]["schema"]
+
+
+def logged(request_id: str, body: dict[str, Any], content: str) -> dict[str, Any]:
+    """A `logs export` row: the request and the teacher's text reply."""
+    return {"request_id": request_id, "route": "gpt-4.1", "model": "gpt-4.1", "tier": "frontier", "request": body,
+            "response": {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                      "finish_reason": "stop"}]}}
+
+
+def label_steps(per_step: int = 30) -> list[dict[str, Any]]:
+    """Three logged steps: a triage step answering from three labels (one spelt two ways), a step whose short
+    replies are an open vocabulary (a different city each time), and an invoice extractor with a schema."""
+    rows = []
+    for i in range(per_step):
+        label = ["Billing", "shipping", "other"][i % 3] if i != 4 else "billing."
+        rows.append(logged(f"triage-{i}", ask_with(TRIAGE, EXCHANGE[i % len(EXCHANGE)]), label))
+        rows.append(logged(f"place-{i}", ask_with(PLACE, WEATHER[i % len(WEATHER)]), f"Town {i}"))
+        invoice = {**ask_with("Extract the invoice's vendor, total and due date.", f"INVOICE INV-{i} from ACME"),
+                   "response_format": INVOICE}
+        rows.append(logged(f"invoice-{i}", invoice, json.dumps({"vendor": "ACME", "total": i, "due": "2025-08-01"})))
+    return rows
+
+
+def ask_with(system: str, user: str) -> dict[str, Any]:
+    return {"model": "gpt-4.1", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+@pytest.mark.slow
+@needs_tasks_extra
+def test_discovery_writes_closed_label_sets_and_schemas_and_keeps_them_without_replies(tmp_path: Path) -> None:
+    rows = label_steps()
+    (tmp_path / "logged.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "catalogue"
+    first = minigate("tasks", "discover", "--input", str(tmp_path / "logged.jsonl"), "--out", str(out),
+                     "--assignments", str(tmp_path / "first.jsonl"))
+    assert first.returncode == 0, first.stderr
+    found = assignments(tmp_path / "first.jsonl")
+    catalogue = load_catalogue(out / "tasks.yaml")
+    triage, place, invoice = (catalogue.find(found[f"{step}-0"]) for step in ("triage", "place", "invoice"))
+    assert triage.output_kind == "label" and triage.labels == ["Billing", "other", "shipping"]  # "billing." is Billing
+    assert place.output_kind == "label" and place.labels == []  # thirty replies, thirty cities: no closed set
+    assert invoice.schema == INVOICE_SCHEMA and invoice.labels == [] and triage.schema is None
+
+    # A person adds a label the traffic hasn't shown yet; discovery over request bodies alone (no replies,
+    # so nothing to measure a label set from) keeps it, and reads the schema from the requests again.
+    text = (out / "tasks.yaml").read_text()
+    assert text.count("  - shipping\n") == 1
+    (out / "tasks.yaml").write_text(text.replace("  - shipping\n", "  - shipping\n  - refunds\n"))
+    (tmp_path / "requests.jsonl").write_text("".join(json.dumps({"id": row["request_id"], **row["request"]}) + "\n"
+                                                     for row in rows))
+    second = minigate("tasks", "discover", "--input", str(tmp_path / "requests.jsonl"), "--out", str(out),
+                      "--assignments", str(tmp_path / "second.jsonl"))
+    assert second.returncode == 0, second.stderr
+    assert assignments(tmp_path / "second.jsonl") == found
+    again = load_catalogue(out / "tasks.yaml")
+    assert again.find(triage.id).labels == ["Billing", "other", "shipping", "refunds"]
+    assert again.find(invoice.id).schema == INVOICE_SCHEMA and again.find(place.id).labels == []
+
+
+def test_merging_tasks_keeps_a_label_set_only_when_every_part_has_one() -> None:
+    import numpy as np
+
+    unit = np.eye(3, 4, dtype=np.float32)
+    tasks = [Task("t001", "triage", 2, 0.4, {"a": 2}, labels=["billing", "other"], schema=None),
+             Task("t002", "triage-2", 2, 0.4, {"b": 2}, labels=["shipping", "other"]),
+             Task("t003", "chat", 1, 0.2, {"c": 1}, schema=INVOICE_SCHEMA)]
+    catalogue = Catalogue(tasks, dict(zip(["t001", "t002", "t003"], unit)), 5, "now", "test", "test", 4)
+    assert merge(catalogue, "t001", ["t002"]).find("t001").labels == ["billing", "other", "shipping"]
+    assert merge(catalogue, "t001", ["t003"]).find("t001").labels == []
+    assert merge(catalogue, "t003", ["t001"]).find("t003").schema is None  # the parts' replies differ

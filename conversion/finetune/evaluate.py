@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from minigate.conversion.finetune.examples import Example, prompt_text
-from minigate.conversion.finetune.scoring import agrees, is_valid, wilson
+from minigate.conversion.finetune.scoring import agrees, is_valid
+from minigate.router.agreement import wilson
 from minigate.router.catalogue import OutputKind
 
 __all__ = ["Evaluation", "Scores", "answer", "budget", "evaluate", "score"]

@@ -13,13 +13,10 @@ and "arguments".
 True
 >>> agrees("json", {"role": "assistant", "content": '{"a": 1, "b": [2]}'}, '```json\\n{"b": [2], "a": 1}\\n```')
 True
->>> wilson(98, 100)
-(0.93, 0.994)
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
@@ -27,7 +24,7 @@ import orjson
 from minigate.router.catalogue import OutputKind
 from minigate.serving.chat_render import tool_calls_in_text
 
-__all__ = ["SIMILAR", "agrees", "is_valid", "tool_calls_in", "wilson"]
+__all__ = ["SIMILAR", "agrees", "is_valid", "tool_calls_in"]
 
 SIMILAR = 0.8
 
@@ -66,17 +63,6 @@ def tool_calls_in(text: str) -> list[tuple[str, Any]] | None:
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
     return [(value["name"], value.get("arguments", {}))]
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval (95% by default) of a proportion, rounded to three places."""
-    if n == 0:
-        return (0.0, 1.0)
-    share = successes / n
-    centre = share + z * z / (2 * n)
-    spread = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    scale = 1 + z * z / n
-    return (round(max(0.0, (centre - spread) / scale), 3), round(min(1.0, (centre + spread) / scale), 3))
 
 
 def _reference_calls(reference: dict[str, Any]) -> list[tuple[str, Any]] | None:

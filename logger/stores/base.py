@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from minigate.logger.records import CallRecord
+from minigate.logger.records import CallRecord, Feedback
 from minigate.logger.stores.query import CallQuery
 
-__all__ = ["KEY_USAGE", "CallStore", "SealedPayloads", "open_store", "reseal_sql", "sealed_sql"]
+__all__ = ["FEEDBACK_INSERT", "FEEDBACK_SELECT", "KEY_USAGE", "CallStore", "SealedPayloads", "open_store", "reseal_sql", "sealed_sql"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +30,19 @@ class CallStore(Protocol):
         """Rows ordered by (started_at, request_id); payload columns only when asked for."""
         ...
 
+    async def add_feedback(self, feedback: Feedback) -> None: ...
+
+    async def read_feedback(self, since: float | None = None) -> list[Feedback]:
+        """Feedback given since `since` (unix seconds), oldest first."""
+        ...
+
     async def audit(self, actor: str, action: str, detail: str) -> None:
         """Record who read what: every read of payloads leaves a row in `audit`."""
         ...
 
     async def purge(self, before: float) -> int:
-        """Delete calls that started before `before` (unix seconds); returns how many."""
+        """Delete calls that started before `before` (unix seconds), and feedback given before then; returns
+        how many calls."""
         ...
 
     async def key_usage(self) -> dict[str, int]:
@@ -55,6 +62,10 @@ class CallStore(Protocol):
 
 # Key rotation's statements, shared by both dialects; `placeholder(n)` spells the n-th parameter.
 KEY_USAGE = "SELECT key_id, count(*) FROM calls WHERE key_id IS NOT NULL GROUP BY key_id"
+
+
+FEEDBACK_SELECT = "SELECT request_id, at, actor, score, label, comment FROM feedback WHERE at >= {} ORDER BY at, id"
+FEEDBACK_INSERT = "INSERT INTO feedback (request_id, at, actor, score, label, comment) VALUES ({}, {}, {}, {}, {}, {})"
 
 
 def sealed_sql(placeholder: Callable[[int], str]) -> str:

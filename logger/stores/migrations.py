@@ -29,6 +29,33 @@ ALTER TABLE calls ADD COLUMN cost_usd DOUBLE PRECISION;
 ALTER TABLE calls ADD COLUMN counterfactual_cost_usd DOUBLE PRECISION;
 """
 
+# Shadow calls (S6): a shadow is a call record of its own, linked to the call it shadowed, with the verdict of
+# comparing the two replies and the miniature that verdict judges. Feedback is people's (or agents') own verdict
+# on a call.
+_SHADOWS = """
+ALTER TABLE calls ADD COLUMN shadow_of TEXT;
+ALTER TABLE calls ADD COLUMN verdict TEXT;
+ALTER TABLE calls ADD COLUMN candidate TEXT;
+CREATE INDEX IF NOT EXISTS calls_shadow_of ON calls (shadow_of);
+CREATE INDEX IF NOT EXISTS calls_verdicts ON calls (task, candidate, started_at);
+"""
+
+
+def _feedback(serial: str, real: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS feedback (
+    id         {serial} PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    at         {real} NOT NULL,
+    actor      TEXT NOT NULL,
+    score      {real} NOT NULL,
+    label      TEXT,
+    comment    TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+"""
+
+
 MIGRATIONS: dict[Dialect, list[str]] = {
     "sqlite": [
         """
@@ -70,6 +97,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
         _KEY_ID_AND_COST,
+        _SHADOWS + _feedback("INTEGER", "REAL"),
     ],
     "postgresql": [
         """
@@ -111,5 +139,6 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         ALTER TABLE calls ADD COLUMN escalated TEXT;
         """,
         _KEY_ID_AND_COST,
+        _SHADOWS + _feedback("BIGSERIAL", "DOUBLE PRECISION"),
     ],
 }

@@ -13,8 +13,15 @@ from typing import Any
 
 import asyncpg
 
-from minigate.logger.records import CallRecord, attempts_to_json
-from minigate.logger.stores.base import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
+from minigate.logger.records import CallRecord, Feedback, attempts_to_json
+from minigate.logger.stores.base import (
+    FEEDBACK_INSERT,
+    FEEDBACK_SELECT,
+    KEY_USAGE,
+    SealedPayloads,
+    reseal_sql,
+    sealed_sql,
+)
 from minigate.logger.stores.migrations import MIGRATIONS
 from minigate.logger.stores.query import CallQuery
 
@@ -23,7 +30,8 @@ __all__ = ["PostgresStore"]
 _COLUMNS = (
     "request_id", "started_at", "key_name", "route", "model", "tier", "task", "rule", "upstream", "status",
     "latency_s", "stream", "input_tokens", "output_tokens", "client_id", "request_payload", "response_payload",
-    "ttft_s", "attempts", "escalated", "key_id", "cost_usd", "counterfactual_cost_usd",
+    "ttft_s", "attempts", "escalated", "key_id", "cost_usd", "counterfactual_cost_usd", "shadow_of", "verdict",
+    "candidate",
 )
 _STAGE = "calls_incoming"
 _CREATE_STAGE = f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (LIKE calls) ON COMMIT DELETE ROWS"
@@ -69,7 +77,7 @@ class PostgresStore:
              r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s,
              attempts_to_json(r.attempts), r.escalated, r.key_id,
-             r.cost_usd, r.counterfactual_cost_usd)
+             r.cost_usd, r.counterfactual_cost_usd, r.shadow_of, r.verdict, r.candidate)
             for r in records
         ]
         async with self._pool.acquire() as connection, connection.transaction():
@@ -88,8 +96,19 @@ class PostgresStore:
             await connection.execute("INSERT INTO audit (at, actor, action, detail) VALUES ($1, $2, $3, $4)",
                                      time.time(), actor, action, detail)
 
-    async def purge(self, before: float) -> int:
+    async def add_feedback(self, feedback: Feedback) -> None:
         async with self._pool.acquire() as connection:
+            await connection.execute(FEEDBACK_INSERT.format(*(f"${n}" for n in range(1, 7))), feedback.request_id,
+                                     feedback.at, feedback.actor, feedback.score, feedback.label, feedback.comment)
+
+    async def read_feedback(self, since: float | None = None) -> list[Feedback]:
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(FEEDBACK_SELECT.format("$1"), since or 0.0)
+        return [Feedback(*row) for row in rows]
+
+    async def purge(self, before: float) -> int:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("DELETE FROM feedback WHERE at < $1", before)
             status = await connection.execute("DELETE FROM calls WHERE started_at < $1", before)
         return int(status.split()[-1])
 

@@ -10,16 +10,21 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["METADATA_COLUMNS", "PAYLOAD_COLUMNS", "CallQuery", "decode_cursor", "encode_cursor", "parse_time"]
+__all__ = ["METADATA_COLUMNS", "PAYLOAD_COLUMNS", "CallQuery", "Kind", "decode_cursor", "encode_cursor", "parse_time"]
 
 METADATA_COLUMNS = (
     "request_id", "started_at", "key_name", "client_id", "route", "model", "tier", "task", "rule", "upstream",
     "status", "latency_s", "ttft_s", "stream", "input_tokens", "output_tokens", "attempts", "escalated",
-    "cost_usd", "counterfactual_cost_usd",
+    "cost_usd", "counterfactual_cost_usd", "shadow_of", "verdict", "candidate",
 )
 PAYLOAD_COLUMNS = ("request_payload", "response_payload")
+
+# Clients' calls, the shadow calls minigate made to compare models (S6), or both. Reports, datasets and
+# discovery read clients' calls: a shadow is minigate's own traffic.
+Kind = Literal["calls", "shadows", "all"]
+_KIND_CONDITIONS = {"calls": "shadow_of IS NULL", "shadows": "shadow_of IS NOT NULL"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class CallQuery:
     model: str | None = None
     tier: str | None = None
     status: int | None = None
+    request_id: str | None = None
+    kind: Kind = "calls"
     after: tuple[float, str] | None = None
     limit: int = 100
 
@@ -50,9 +57,11 @@ class CallQuery:
             add("started_at >= {}", self.since)
         if self.until is not None:
             add("started_at < {}", self.until)
-        for column in ("route", "task", "model", "tier", "status"):
+        for column in ("route", "task", "model", "tier", "status", "request_id"):
             if getattr(self, column) is not None:
                 add(f"{column} = {{}}", getattr(self, column))
+        if self.kind in _KIND_CONDITIONS:
+            conditions.append(_KIND_CONDITIONS[self.kind])
         if self.after is not None:
             add("(started_at > {} OR (started_at = {} AND request_id > {}))", self.after[0], self.after[0], self.after[1])
         columns = METADATA_COLUMNS + (PAYLOAD_COLUMNS if payloads else ())

@@ -23,8 +23,15 @@ from typing import Any
 
 import anyio
 
-from minigate.logger.records import CallRecord, attempts_to_json
-from minigate.logger.stores.base import KEY_USAGE, SealedPayloads, reseal_sql, sealed_sql
+from minigate.logger.records import CallRecord, Feedback, attempts_to_json
+from minigate.logger.stores.base import (
+    FEEDBACK_INSERT,
+    FEEDBACK_SELECT,
+    KEY_USAGE,
+    SealedPayloads,
+    reseal_sql,
+    sealed_sql,
+)
 from minigate.logger.stores.migrations import MIGRATIONS
 from minigate.logger.stores.query import CallQuery
 
@@ -35,8 +42,8 @@ log = logging.getLogger("minigate.logger")
 _INSERT = (
     "INSERT OR IGNORE INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
     " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
-    " ttft_s, attempts, escalated, key_id, cost_usd, counterfactual_cost_usd)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ttft_s, attempts, escalated, key_id, cost_usd, counterfactual_cost_usd, shadow_of, verdict, candidate)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _FileId = tuple[int, int]  # (st_dev, st_ino): which file a path names
@@ -76,6 +83,15 @@ class SQLiteStore:
     async def audit(self, actor: str, action: str, detail: str) -> None:
         await anyio.to_thread.run_sync(self._audit, actor, action, detail)
 
+    async def add_feedback(self, feedback: Feedback) -> None:
+        await anyio.to_thread.run_sync(self._insert, FEEDBACK_INSERT.format(*"??????"),
+                                       (feedback.request_id, feedback.at, feedback.actor, feedback.score,
+                                        feedback.label, feedback.comment))
+
+    async def read_feedback(self, since: float | None = None) -> list[Feedback]:
+        rows = await anyio.to_thread.run_sync(self._fetch, FEEDBACK_SELECT.format("?"), (since or 0.0,))
+        return [Feedback(*row) for row in rows]
+
     async def purge(self, before: float) -> int:
         return await anyio.to_thread.run_sync(self._purge, before)
 
@@ -114,6 +130,7 @@ class SQLiteStore:
     def _purge(self, before: float) -> int:
         with self._connection() as db, db:
             db.execute("BEGIN")
+            db.execute("DELETE FROM feedback WHERE at < ?", (before,))
             return db.execute("DELETE FROM calls WHERE started_at < ?", (before,)).rowcount
 
     def _read(self, query: CallQuery, payloads: bool) -> list[dict[str, Any]]:
@@ -127,17 +144,20 @@ class SQLiteStore:
         return rows
 
     def _audit(self, actor: str, action: str, detail: str) -> None:
+        self._insert("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                     (time.time(), actor, action, detail))
+
+    def _insert(self, sql: str, params: tuple[object, ...]) -> None:
         with self._connection() as db, db:
             db.execute("BEGIN")
-            db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                       (time.time(), actor, action, detail))
+            db.execute(sql, params)
 
     def _write(self, records: Sequence[CallRecord]) -> None:
         rows = [
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s, attempts_to_json(r.attempts), r.escalated, r.key_id,
-             r.cost_usd, r.counterfactual_cost_usd)
+             r.cost_usd, r.counterfactual_cost_usd, r.shadow_of, r.verdict, r.candidate)
             for r in records
         ]
         with self._connection() as db:

@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from minigate.cli import dataset, keys, logs, route, router, serving, tasks
+from minigate.cli import quality as _quality  # noqa: F401  (adds scorecard, promote and demote to `tasks`)
 from minigate.cli.common import err
 from minigate.cli.finetune import finetune
 from minigate.cli.redact import redact

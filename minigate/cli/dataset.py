@@ -47,7 +47,8 @@ def dataset_export(
     max_tokens: Annotated[Optional[int], typer.Option(
         min=1, help="Drop examples over N prompt + completion tokens (logged usage, else an estimate).")] = None,
     min_feedback: Annotated[Optional[float], typer.Option(
-        help="Keep only calls whose request carried metadata.feedback >= X (a number or numeric string).")] = None,
+        help="Keep only calls rated >= X: the mean of their POST /v1/minigate/feedback scores, else their "
+             "request's metadata.feedback (a number or numeric string).")] = None,
     validation: Annotated[float, typer.Option(
         min=0.0, max=0.5, help="Share held out for validation, stratified by signature (label-like tasks: "
         "by label).")] = 0.1,

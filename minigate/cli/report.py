@@ -21,13 +21,16 @@ def report(
         "minigate-report"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")] = False,
 ) -> None:
-    """Write the savings report (spend, savings, routing, escalations, latency, errors) from call-log metadata."""
+    """Write the savings report (spend, savings, routing, quality, escalations, latency, errors) from call-log
+    metadata."""
     import asyncio
+    import time
 
     import orjson
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from minigate.conversion.metadata_pages import read_metadata
+    from minigate.conversion.promotion import read_measured
     from minigate.conversion.report import ReportBuilder, headline_rows, report_document
     from minigate.conversion.report_html import write_report
     from minigate.conversion.report_plots import PlotUnavailable
@@ -40,7 +43,8 @@ def report(
         reading = bar.add_task("report", total=None)
         asyncio.run(read_metadata(cfg.logging.store, since=start, until=end, write=builder.add,
                                   progress=lambda n: bar.advance(reading, n)))
-    figures = builder.finish(since=start, until=end)
+    quality = asyncio.run(read_measured(cfg.logging.store, since=start or 0.0, until=end or time.time())).cards
+    figures = builder.finish(since=start, until=end, quality=quality)
     if figures is None:
         err.print(f"no calls in the call log ({store}){' in that window' if since or until else ''}: nothing to "
                   "report", highlight=False)
