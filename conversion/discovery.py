@@ -167,6 +167,7 @@ def _describe(groups: dict[Identity, list[int]], observations: Sequence[Observat
             examples=[members[int(index)].id for index in nearest],
             served_by=dict(Counter(member.model for member in members if member.model).most_common()),
             named_by=identity.named_by, merged=list(identity.merged), labels=labels, schema=schema,
+            shadow=before[identity.id].shadow if identity.id in before else None,  # a person's: it stays
         ))
     return tasks
 

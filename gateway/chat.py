@@ -36,8 +36,9 @@ from minigate.gateway.shadow import Shadower, ShadowJob
 from minigate.gateway.usage_stream import UsageStripper
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import AttemptRecord, CallRecord
+from minigate.router.agreement import Kind, as_kind
 from minigate.router.cascade import NO_CONTRACT, TaskContract
-from minigate.router.decision import Decision
+from minigate.router.decision import Decision, Shadow
 from minigate.router.matcher import UNKNOWN_TASK
 from minigate.router.prices import PriceBook
 from minigate.serving.upstream import UpstreamReply
@@ -70,6 +71,7 @@ class _Call:
     prices: PriceBook | None = None  # of the config generation that served the call
     task: str = UNKNOWN_TASK  # catalogue task id (records, metrics)
     task_name: str = UNKNOWN_TASK  # its name (headers, rules)
+    kind: Kind | None = None  # its output kind, when the catalogue knows it (how a shadow judges the call)
     trace: CallTrace | None = None  # its spans, when telemetry is on
     max_response_bytes: int | None = None  # server.max_response_bytes of the generation serving the call
 
@@ -115,10 +117,12 @@ class ChatEndpoint:
         if runtime.tasks is not None:
             call.task = await runtime.tasks.match(chat.body)
             call.task_name = runtime.tasks.name_of(call.task)
-        decision = call.decision = runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
-                                                         runtime.pool.loads)
+        decision = call.decision = _with_task_shadow(
+            runtime, call.task, runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
+                                                      runtime.pool.loads))
         dispatcher = Dispatcher(runtime.pool, self.metrics, call.max_response_bytes, call.trace)
         contract = runtime.tasks.contract(call.task) if runtime.tasks is not None else NO_CONTRACT
+        call.kind = as_kind(contract.kind)
         try:
             outcome = call.outcome = await dispatcher.dispatch(_normalised(chat, contract), decision)
         except Interrupted as exc:  # the client left mid-call: its record shows what was tried
@@ -224,7 +228,7 @@ class ChatEndpoint:
         self.shadower.offer(ShadowJob(
             request_id=call.request_id, route=decision.route, task=call.task, key_name=call.key_name,
             served=outcome.served, shadow=decision.shadow, body=call.parsed or {}, raw=call.body, reply=reply,
-            chunks=tuple(chunks) if chunks is not None else None,
+            chunks=tuple(chunks) if chunks is not None else None, kind=call.kind,
         ))
 
 
@@ -300,6 +304,14 @@ def _normalised(chat: ChatRequest, contract: TaskContract) -> NormalisedRequest:
     """The chat request as the dispatcher takes it (chat completions are the normalised form already),
     with its matched task's contract for the cascade."""
     return NormalisedRequest(chat.body, chat.stream, chat.encode, contract)
+
+
+def _with_task_shadow(runtime: Runtime, task: str, decision: Decision) -> Decision:
+    """The decision, shadowed as the task's catalogue entry says when its rule names no shadow of its own."""
+    spec = runtime.tasks.shadow(task) if decision.shadow is None and runtime.tasks is not None else None
+    if spec is None or spec.model not in runtime.router.targets:
+        return decision
+    return replace(decision, shadow=Shadow(runtime.router.targets[spec.model], spec.sample, spec.max_concurrency))
 
 
 def _outcome_headers(decision: Decision, outcome: Outcome, task_name: str) -> dict[str, str]:

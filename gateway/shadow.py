@@ -57,7 +57,7 @@ class ShadowJob:
     raw: bytes  # the client's request, for the shadow's own record
     reply: bytes | None = None  # non-streamed
     chunks: tuple[bytes, ...] | None = None  # streamed, as relayed
-    kind: Kind | None = None  # the task's output kind, when the catalogue knows it
+    kind: Kind | None = None  # the task's output kind, when the catalogue knows it (else inferred from the replies)
 
 
 class Shadower:
@@ -68,11 +68,10 @@ class Shadower:
     """
 
     def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog,
-                 similarity: Similarity | None = None, queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE) -> None:
         self.holder = holder
         self.metrics = metrics
         self.calls = calls
-        self.similarity = similarity
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -131,7 +130,8 @@ class Shadower:
         except UpstreamError as exc:
             error = exc.kind
         latency = time.perf_counter() - sent
-        comparison = await anyio.to_thread.run_sync(self._compare, job, content if status == 200 else None)
+        similarity = runtime.tasks.similarity() if runtime.tasks is not None else None
+        comparison = await anyio.to_thread.run_sync(_compare, job, content if status == 200 else None, similarity)
         candidate = target.name if _judges_shadow(job.served, target) else job.served.name
         self.metrics.shadow_comparisons.labels(job.task, candidate, comparison.verdict).inc()
         rate = runtime.prices.rates(job.route, target.name)[0]
@@ -145,15 +145,17 @@ class Shadower:
             shadow_of=job.request_id, verdict=comparison.verdict, candidate=candidate,
         ))
 
-    def _compare(self, job: ShadowJob, shadow_reply: bytes | None) -> Comparison:
-        """Judge the pair (in a worker thread: a free-text judgement embeds two texts)."""
-        served = _view(reply_from_body(job.reply) if job.reply is not None else reply_from_stream(list(job.chunks or ())))
-        if shadow_reply is None:
-            return Comparison("error", job.kind or "free_text")
-        shadow = _view(reply_from_body(shadow_reply))
-        reference, candidate = (served, shadow) if _judges_shadow(job.served, job.shadow.target) else (shadow, served)
-        kind = job.kind or infer_kind(job.body, reference)
-        return judge(reference, candidate, kind, request=job.body, similarity=self.similarity)
+
+
+def _compare(job: ShadowJob, shadow_reply: bytes | None, similarity: Similarity | None) -> Comparison:
+    """Judge the pair (in a worker thread: a free-text judgement embeds two texts)."""
+    served = _view(reply_from_body(job.reply) if job.reply is not None else reply_from_stream(list(job.chunks or ())))
+    if shadow_reply is None:
+        return Comparison("error", job.kind or "free_text")
+    shadow = _view(reply_from_body(shadow_reply))
+    reference, candidate = (served, shadow) if _judges_shadow(job.served, job.shadow.target) else (shadow, served)
+    kind = job.kind or infer_kind(job.body, reference)
+    return judge(reference, candidate, kind, request=job.body, similarity=similarity)
 
 
 def _judges_shadow(served: Target, shadow: Target) -> bool:

@@ -93,7 +93,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     catalogue = config.tasks.catalogue
     if catalogue is not None and not catalogue.is_absolute():  # a catalogue sits beside its config
         config = config.model_copy(update={"tasks": config.tasks.model_copy(update={"catalogue": path.parent / catalogue})})
-    found = _dangling_references(config) + unknown_task_problems(config.routes, config.tasks.catalogue)
+    found = _dangling_references(config) + unknown_task_problems(config.routes, config.tasks.catalogue, config.models)
     found += load_test_problems(config.routes, {name: entry.upstream for name, entry in config.models.items()},
                                 _vllm_upstreams(config))
     found += adapter_problems(config.upstreams, config.models)

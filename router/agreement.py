@@ -19,7 +19,6 @@ the miniature's; which was the client's depends on the direction of the shadow.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,9 +27,9 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from minigate.router.cascade import ReplyView
+from minigate.router.cascade import ReplyView, normalise_label
 
-__all__ = ["Comparison", "Kind", "Similarity", "Verdict", "infer_kind", "judge", "normalise_label", "wilson"]
+__all__ = ["Comparison", "Kind", "Similarity", "Verdict", "as_kind", "infer_kind", "judge", "wilson"]
 
 Kind = Literal["free_text", "json", "tool_call", "label"]
 Verdict = Literal["agree", "disagree", "unjudged", "error"]  # error: the shadow call itself failed
@@ -38,7 +37,6 @@ Similarity = Callable[[str, str], float]  # cosine of two texts' embeddings
 
 TEXT_THRESHOLD = 0.8  # MiniLM cosine at which two free-text replies say the same thing
 _LABEL_WORDS = 6  # a reply this short, on one line, reads as a label when nothing says otherwise
-_SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +66,11 @@ def judge(reference: ReplyView, candidate: ReplyView, kind: Kind, *, request: Ma
     return Comparison("agree" if score >= threshold else "disagree", kind, round(score, 4))
 
 
+def as_kind(value: str | None) -> Kind | None:
+    """A catalogue's output kind as a judging kind; None for anything else (then the kind is inferred)."""
+    return value if value in ("free_text", "json", "tool_call", "label") else None  # type: ignore[return-value]
+
+
 def infer_kind(request: Mapping[str, Any], reference: ReplyView) -> Kind:
     """The kind of a task nobody catalogued, from the request and the reference reply."""
     if reference.tool_calls:
@@ -81,12 +84,6 @@ def infer_kind(request: Mapping[str, Any], reference: ReplyView) -> Kind:
     if text and "\n" not in text and len(text.split()) <= _LABEL_WORDS:
         return "label"
     return "free_text"
-
-
-def normalise_label(text: str | None) -> str:
-    """How labels are compared: case, surrounding quotes and spaces, and a trailing full stop don't count."""
-    value = _SPACE.sub(" ", (text or "").strip().strip("\"'`").strip())
-    return value.removesuffix(".").strip().casefold()
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -34,13 +34,15 @@ ESCALATION_REASONS: tuple[EscalationReason, ...] = ("error", "timeout", "invalid
 CONTENT_CHECKS = frozenset({"invalid_json", "invalid_tool_call", "invalid_label", "empty"})
 
 
-def normalise_label(text: str) -> str:
-    """A label reply as the check compares it: a model's "Billing." means the label `billing`.
+def normalise_label(text: str | None) -> str:
+    """A label reply as checks and shadow verdicts compare it: case, surrounding quotes and spaces, runs
+    of spaces and a trailing full stop don't count, so a model's "Billing." means the label `billing`.
 
-    >>> normalise_label("  Billing. ")
-    'billing'
+    >>> normalise_label('  "Card  arrived." ')
+    'card arrived'
     """
-    return text.strip().removesuffix(".").rstrip().casefold()
+    value = " ".join((text or "").split()).strip("\"'`").strip()
+    return value.removesuffix(".").rstrip().casefold()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +59,12 @@ class TaskContract:
 
     labels: frozenset[str] = frozenset()
     schema: Mapping[str, Any] | None = None
+    kind: str | None = None  # the catalogue's output kind (label, json, tool_call, free_text): how shadows judge
 
     @classmethod
-    def of(cls, labels: Iterable[str], schema: Mapping[str, Any] | None) -> TaskContract:
-        """The contract of a catalogue task's `labels` (as logged) and `schema`."""
-        return cls(frozenset(normalise_label(label) for label in labels), schema)
+    def of(cls, labels: Iterable[str], schema: Mapping[str, Any] | None, kind: str | None = None) -> TaskContract:
+        """The contract of a catalogue task's `labels` (as logged), `schema` and output kind."""
+        return cls(frozenset(normalise_label(label) for label in labels), schema, kind)
 
 
 NO_CONTRACT = TaskContract()

@@ -70,6 +70,9 @@ class Task:
     merged: list[str] = field(default_factory=list)  # ids a person merged into this task
     labels: list[str] = field(default_factory=list)  # the closed set of replies (label tasks); empty: not known
     schema: dict[str, Any] | None = None  # the JSON schema replies match (json tasks); None: not known
+    # Written by people: `{model, sample, max_concurrency}` (router.settings.ShadowSpec) shadows the task's
+    # calls whatever rule serves them, unless that rule names its own shadow.
+    shadow: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,16 @@ def _task(entry: Mapping[str, Any]) -> Task:
             Draft202012Validator.check_schema(task.schema)
         except SchemaError as exc:
             raise ValueError(f"task {task.id}: schema is not a valid JSON schema: {exc.message}") from None
+    if task.shadow is not None:
+        from pydantic import ValidationError
+
+        from minigate.router.settings import ShadowSpec
+
+        try:
+            ShadowSpec.model_validate(task.shadow)
+        except ValidationError as exc:
+            raise ValueError(f"task {task.id}: shadow: {exc.errors()[0]['msg']} "
+                             f"({'.'.join(map(str, exc.errors()[0]['loc'])) or 'shadow'})") from None
     return task
 
 

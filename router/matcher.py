@@ -21,11 +21,12 @@ import concurrent.futures
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from minigate.router.cascade import NO_CONTRACT, TaskContract
+from minigate.router.settings import ShadowSpec
 from minigate.router.signature import signature
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from minigate.router.embedding import Embedder
-    from minigate.router.settings import TasksSection
 
 __all__ = ["UNKNOWN_TASK", "TaskMatcher"]
 
@@ -58,12 +58,14 @@ class TaskMatcher:
     """
 
     def __init__(self, by_signature: Mapping[str, str], names: Mapping[str, str] | None = None, *,
-                 contracts: Mapping[str, TaskContract] | None = None, centroids: _Centroids | None = None,
+                 contracts: Mapping[str, TaskContract] | None = None,
+                 shadows: Mapping[str, ShadowSpec] | None = None, centroids: _Centroids | None = None,
                  embedder: Embedder | None = None, budget_s: float = 0.015, min_similarity: float = 0.5,
                  cache_size: int = 4096) -> None:
         self._by_signature = dict(by_signature)  # signature -> task id, for signatures one task holds
         self.names = dict(names or {})  # task id -> name: ids go to records and metrics, names to headers and rules
         self._contracts = dict(contracts or {})  # task id -> its contract, for tasks that have one
+        self._shadows = dict(shadows or {})  # task id -> the shadow its catalogue entry names
         self._centroids = centroids
         self._embedder = embedder
         self._budget_s = budget_s
@@ -87,10 +89,11 @@ class TaskMatcher:
                 holders.setdefault(sig, set()).add(task.id)
         by_signature = {sig: next(iter(ids)) for sig, ids in holders.items() if len(ids) == 1}
         names = {task.id: task.name for task in catalogue.tasks}
-        contracts = {task.id: TaskContract.of(task.labels, task.schema)
-                     for task in catalogue.tasks if task.labels or task.schema is not None}
+        contracts = {task.id: TaskContract.of(task.labels, task.schema, task.output_kind)
+                     for task in catalogue.tasks if task.labels or task.schema is not None or task.output_kind}
+        shadows = {task.id: ShadowSpec.model_validate(task.shadow) for task in catalogue.tasks if task.shadow}
         if not settings.embedding:
-            return cls(by_signature, names, contracts=contracts)
+            return cls(by_signature, names, contracts=contracts, shadows=shadows)
         import numpy as np
         import torch
 
@@ -102,7 +105,7 @@ class TaskMatcher:
 
         live = [task.id for task in catalogue.tasks]
         centroids = _Centroids(live, np.stack([catalogue.centroids[task_id] for task_id in live]).astype(np.float32))
-        return cls(by_signature, names, contracts=contracts, centroids=centroids, embedder=Embedder(),
+        return cls(by_signature, names, contracts=contracts, shadows=shadows, centroids=centroids, embedder=Embedder(),
                    budget_s=settings.budget_ms / 1000, min_similarity=settings.min_similarity)
 
     def name_of(self, task_id: str) -> str:
@@ -111,6 +114,23 @@ class TaskMatcher:
     def contract(self, task_id: str) -> TaskContract:
         """What the task's replies must be (labels, schema): the cascade's checks beyond the request's own."""
         return self._contracts.get(task_id, NO_CONTRACT)
+
+    def shadow(self, task_id: str) -> ShadowSpec | None:
+        """The shadow the task's catalogue entry names (a rule's own shadow comes first)."""
+        return self._shadows.get(task_id)
+
+    def similarity(self) -> Callable[[str, str], float] | None:
+        """The cosine of two texts by the matching model, for free-text shadow verdicts (router.agreement);
+        None when embedding matching is off (no model is loaded just for that)."""
+        embedder = self._embedder
+        if embedder is None:
+            return None
+
+        def cosine(a: str, b: str) -> float:
+            vectors = embedder.embed([a, b])
+            return float(vectors[0] @ vectors[1])  # the vectors are unit length
+
+        return cosine
 
     def known(self, body: Mapping[str, Any]) -> str:
         """The task by signature alone (what `route explain` and replay use): a hit, or `unknown`."""

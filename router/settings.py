@@ -235,9 +235,11 @@ def load_test_problems(routes: Mapping[str, RouteEntry], upstream_of: Mapping[st
     return found
 
 
-def unknown_task_problems(routes: Mapping[str, RouteEntry], catalogue: Path | None) -> list[Problem]:
+def unknown_task_problems(routes: Mapping[str, RouteEntry], catalogue: Path | None,
+                          models: Collection[str] = ()) -> list[Problem]:
     """Rules testing for a task the catalogue doesn't have (or for any task, with no catalogue configured);
-    a configured catalogue that can't be read is a problem even when no rule names a task."""
+    a configured catalogue that can't be read is a problem even when no rule names a task, and so is a
+    task whose `shadow` names a model the config lacks."""
     referenced = [(("routes", name, "rules", i, "when", "task"), rule.name, task)
                   for name, route in routes.items() for i, rule in enumerate(route.rules)
                   for task in task_references(rule.when)]
@@ -252,5 +254,9 @@ def unknown_task_problems(routes: Mapping[str, RouteEntry], catalogue: Path | No
         return [(("tasks", "catalogue"), f"cannot read the task catalogue {catalogue}: {exc}")]
     known = {task.name for task in tasks}
     listing = ", ".join(sorted(known)) or "none"
-    return [(where, f"rule {rule!r}: unknown task {task!r} (tasks: {listing}; `minigate tasks list`)")
-            for where, rule, task in referenced if task not in known and task != "unknown"]
+    found: list[Problem] = [(where, f"rule {rule!r}: unknown task {task!r} (tasks: {listing}; `minigate tasks list`)")
+                            for where, rule, task in referenced if task not in known and task != "unknown"]
+    models_listing = ", ".join(sorted(models))
+    return found + [(("tasks", "catalogue"), f"{catalogue}: task {task.id} ({task.name}) shadows with unknown model "
+                                             f"{task.shadow['model']!r} (models: {models_listing})")
+                    for task in tasks if task.shadow is not None and task.shadow["model"] not in models]

@@ -229,3 +229,60 @@ def test_scorecards_count_verdicts_per_task_and_miniature(
     assert card["latency_p50_s"] is not None and card["frontier_cost_per_call_usd"] > 0
     refused = httpx.get(f"{gateway.v1}/minigate/scorecards", headers={"authorization": f"Bearer {AGENT_KEY}"})
     assert refused.status_code == 403
+
+
+@pytest.mark.slow
+def test_free_text_is_judged_by_minilm_when_the_gateway_matches_by_embedding(
+    upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from minigate.router.catalogue import Catalogue, Task, save_catalogue
+    from minigate.router.signature import signature
+
+    system = "You are a travel assistant. Answer in two sentences."
+    request = {"model": "gpt-4.1", "messages": [{"role": "system", "content": system},
+                                                {"role": "user", "content": "What should I see in Paris?"}]}
+    task = Task("t001", "travel", 10, 1.0, {signature(request): 10}, output_kind="free_text")
+    save_catalogue(Catalogue([task], {"t001": np.eye(1, 768, dtype=np.float32)[0]}, 10, "x", "test",
+                             "all-MiniLM-L6-v2", 2), tmp_path / "tasks.yaml")
+    config = shadowing(upstream, "gpt-4.1", "mini")
+    config["tasks"] = {"catalogue": str(tmp_path / "tasks.yaml"), "embedding": True}
+    gateway = make_gateway(config)
+    answer = "See the Louvre and the Eiffel Tower. Walk along the Seine at sunset."
+    upstream.script(reply=answer)
+    upstream.script(reply=answer.replace("See", "Visit"), model="mini-lora")
+    headers = {"authorization": f"Bearer {AGENT_KEY}"}
+    assert httpx.post(f"{gateway.v1}/chat/completions", json=request, headers=headers, timeout=60).status_code == 200
+    upstream.script(reply="Invoices are due within thirty days of receipt.", model="mini-lora")
+    assert httpx.post(f"{gateway.v1}/chat/completions", json=request, headers=headers, timeout=60).status_code == 200
+    rows = shadows(gateway, tmp_path, 2)
+    assert sorted(row[1] for row in rows) == ["agree", "disagree"], "the paraphrase agrees, the unrelated reply not"
+
+
+def test_a_catalogue_task_may_name_its_shadow(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway],
+                                              tmp_path: Path) -> None:
+    import numpy as np
+
+    from minigate.config import load_config
+    from minigate.router.catalogue import Catalogue, Task, save_catalogue
+    from minigate.router.signature import signature
+
+    request = {"model": "gpt-4.1", "messages": QUESTION}
+    task = Task("t001", "intents", 10, 1.0, {signature(request): 10}, output_kind="label",
+                shadow={"model": "mini", "sample": 1.0})
+    save_catalogue(Catalogue([task], {"t001": np.eye(1, 768, dtype=np.float32)[0]}, 10, "x", "test",
+                             "all-MiniLM-L6-v2", 2), tmp_path / "tasks.yaml")
+    config = gateway_config(upstream.base_url, tasks={"catalogue": str(tmp_path / "tasks.yaml")})
+    upstream.script(reply="shipping")
+    gateway = make_gateway(config)  # no rule: the route's default serves, the catalogue's shadow follows
+    assert ask(gateway).headers["x-minigate-rule"] == "default"
+    [row] = shadows(gateway, tmp_path, 1)
+    assert row[1:4] == ("agree", "mini", "mini")
+
+    unknown = Task("t001", "intents", 10, 1.0, {signature(request): 10}, shadow={"model": "mini-2"})
+    save_catalogue(Catalogue([unknown], {"t001": np.eye(1, 768, dtype=np.float32)[0]}, 10, "x", "test",
+                             "all-MiniLM-L6-v2", 2), tmp_path / "tasks.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path / "other.yaml", config))
+    assert "task t001 (intents) shadows with unknown model 'mini-2'" in str(caught.value)

@@ -215,7 +215,8 @@ def test_a_catalogue_from_before_labels_and_schemas_loads_without_a_contract(tmp
     (tmp_path / "tasks.yaml").write_text(OLD_CATALOGUE)
     (task,) = load_catalogue(tmp_path / "tasks.yaml").tasks
     assert (task.labels, task.schema) == ([], None)
-    assert TaskMatcher.load(TasksSection(catalogue=tmp_path / "tasks.yaml")).contract("t001") is NO_CONTRACT
+    contract = TaskMatcher.load(TasksSection(catalogue=tmp_path / "tasks.yaml")).contract("t001")
+    assert (contract.labels, contract.schema) == (frozenset(), None), "nothing to check beyond the request's own"
 
 
 def test_labels_and_schemas_round_trip_and_people_may_write_them(tmp_path: Path) -> None:
@@ -232,9 +233,10 @@ def test_labels_and_schemas_round_trip_and_people_may_write_them(tmp_path: Path)
     text = (tmp_path / "tasks.yaml").read_text()
     (tmp_path / "tasks.yaml").write_text(text.replace("  - other\n", "  - other\n  - Shipping\n"))
     matcher = TaskMatcher.load(TasksSection(catalogue=tmp_path / "tasks.yaml"))
-    assert matcher.contract("t001") == TaskContract(frozenset({"billing", "other", "shipping"}))
-    assert matcher.contract("t002") == TaskContract(frozenset(), schema)
-    assert matcher.contract("t003") is NO_CONTRACT and matcher.contract("unknown") is NO_CONTRACT
+    assert matcher.contract("t001") == TaskContract(frozenset({"billing", "other", "shipping"}), kind="label")
+    assert matcher.contract("t002") == TaskContract(frozenset(), schema, "json")
+    assert matcher.contract("t003") == TaskContract(kind="free_text")  # no check; shadows judge it as free text
+    assert matcher.contract("unknown") is NO_CONTRACT
 
 
 @pytest.mark.parametrize(("field", "value", "problem"), [
