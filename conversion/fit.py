@@ -12,39 +12,34 @@ Two input formats, told apart by `detect_format` or named with `--format`:
   every model (on RouteLLM's MMLU data, 5-fold APGR 0.58 against 0.64; docs/routing.md). RouteLLM's
   routers are likewise trained on whether the strong model *wins*.
 
-A logistic regression (scikit-learn, imported only here) over the request features and, unless
-`lexical=False`, the words of the last user turn (router/lexical.py) predicts the label; its
-coefficients are written as a scoring file (`{"bias", "weights", "lexical"}`) that the config's
-`scoring.model` points to. The gateway reads that file as plain JSON: serving the fitted score needs
-neither scikit-learn nor torch.
+A logistic regression (conversion/fit_design.py; scikit-learn, imported only there) over the request
+features and, unless `lexical=False`, the words of the last user turn (router/lexical.py) predicts the
+label; its coefficients are written as a scoring file (`{"bias", "weights", "lexical"}`) that the
+config's `scoring.model` points to. The gateway reads that file as plain JSON: serving the fitted score
+needs neither scikit-learn nor torch. How well such a score generalises is measured by
+conversion/fit_cv.py.
 """
 
 from __future__ import annotations
 
 import csv
-import statistics
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from minigate.router.features import FEATURE_NAMES, extract_features
-from minigate.router.lexical import last_user_text, terms
-from minigate.router.score import numeric_inputs
+from minigate.conversion.fit_design import Inputs, fit_logistic
 
-__all__ = ["DEFAULT_L2", "Format", "detect_format", "fit_scoring", "load_labelled", "read_labelled", "read_routellm"]
+__all__ = ["DEFAULT_L2", "Format", "Labelled", "detect_format", "fit_scoring", "load_labelled", "read_labelled",
+           "read_routellm"]
 
 Format = Literal["auto", "requests", "routellm"]
 # The L2 penalty (scikit-learn's 1/C). 20 generalised best on RouteLLM's MMLU data under 5-fold
 # cross-validation (C = 0.03-0.1 within 0.005 APGR; the scikit-learn default, C = 1, lost 0.03): with
 # thousands of word weights, strong shrinkage keeps only words that recur with the label.
 DEFAULT_L2 = 20.0
-# A word enters the scoring file only if at least this many training prompts contain it: rarer words
-# carry no reliable signal, would bloat the file, and may be one user's name or id.
-_MIN_PROMPTS = 5
-_TERM = "term:"  # feature-name prefix of words; feature names and words contain no ':'
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 
 
@@ -65,17 +60,37 @@ def detect_format(path: Path) -> Literal["requests", "routellm"]:
     raise ValueError(f"{path}: cannot tell the format (no 'miniature_ok' nor 'prompt' in line 1); use --format")
 
 
-def load_labelled(path: Path, fmt: Format = "auto", strong: str = "strong",
-                  weak: str = "weak") -> tuple[list[dict[str, Any]], list[bool]]:
+@dataclass(frozen=True)
+class Labelled:
+    """Requests and their `needs_frontier` labels, with the subject each came from and, for RouteLLM
+    data, whether each model answered it correctly (what APGR needs; None for request JSONL).
+
+    A request's subject is the stem of its file (RouteLLM ships one CSV per MMLU subject): what
+    leave-subjects-out cross-validation holds out together.
+    """
+
+    requests: list[dict[str, Any]]
+    needs_frontier: list[bool]
+    subjects: list[str]
+    outcomes: list[tuple[bool, bool]] | None = None  # (strong right, weak right) per request
+
+    def __add__(self, other: Labelled) -> Labelled:
+        both = None if self.outcomes is None or other.outcomes is None else self.outcomes + other.outcomes
+        return Labelled(self.requests + other.requests, self.needs_frontier + other.needs_frontier,
+                        self.subjects + other.subjects, both)
+
+
+def load_labelled(path: Path, fmt: Format = "auto", strong: str = "strong", weak: str = "weak") -> Labelled:
     """Requests and `needs_frontier` labels from one file; ValueError names the file and the problem."""
     kind = detect_format(path) if fmt == "auto" else fmt
-    if kind == "requests":
-        with path.open("rb") as lines:
-            try:
-                return read_labelled(lines)
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from exc
-    return read_routellm(path, strong, weak)
+    if kind == "routellm":
+        return read_routellm(path, strong, weak)
+    with path.open("rb") as lines:
+        try:
+            requests, labels = read_labelled(lines)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    return Labelled(requests, labels, [path.stem] * len(requests))
 
 
 def read_labelled(lines: Iterable[str | bytes]) -> tuple[list[dict[str, Any]], list[bool]]:
@@ -90,54 +105,36 @@ def read_labelled(lines: Iterable[str | bytes]) -> tuple[list[dict[str, Any]], l
     return requests, labels
 
 
-def read_routellm(path: Path, strong: str, weak: str) -> tuple[list[dict[str, Any]], list[bool]]:
+def read_routellm(path: Path, strong: str, weak: str) -> Labelled:
     """Prompts as one-turn requests, labelled `weak wrong and strong right`, from RouteLLM CSV or JSONL."""
     requests: list[dict[str, Any]] = []
-    labels: list[bool] = []
+    outcomes: list[tuple[bool, bool]] = []
     for number, row in _routellm_rows(path):
         missing = [key for key in ("prompt", strong, weak) if key not in row]
         if missing:
             raise ValueError(f"{path}: row {number} has no {missing} (it has {sorted(row)}); "
                              "name the models' columns with --strong and --weak")
         try:
-            strong_ok, weak_ok = _correct(row[strong]), _correct(row[weak])
+            outcomes.append((_correct(row[strong]), _correct(row[weak])))
         except ValueError as exc:
             raise ValueError(f"{path}: row {number}: {exc}") from exc
         requests.append({"messages": [{"role": "user", "content": str(row["prompt"])}]})
-        labels.append(strong_ok and not weak_ok)
-    return requests, labels
+    labels = [strong_ok and not weak_ok for strong_ok, weak_ok in outcomes]
+    return Labelled(requests, labels, [path.stem] * len(requests), outcomes)
 
 
 def fit_scoring(requests: Sequence[Mapping[str, Any]], needs_frontier: Sequence[bool], *, lexical: bool = True,
                 l2: float = DEFAULT_L2) -> dict[str, Any]:
     """Fit on all the data; returns the scoring file's content: bias, weights per feature, word weights, stats."""
-    from sklearn.feature_extraction import DictVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    if len(set(needs_frontier)) < 2:
-        raise ValueError("the labels must include both outcomes (some requests needing the frontier, some not)")
-    numeric = [numeric_inputs(extract_features(body)) for body in requests]
-    means = {name: statistics.fmean(row[name] for row in numeric) for name in FEATURE_NAMES}
-    scales = {name: statistics.pstdev((row[name] for row in numeric), means[name]) or 1.0 for name in FEATURE_NAMES}
-    words = [terms(last_user_text(body)) if lexical else set() for body in requests]
-    vocabulary = {word for word, count in Counter(w for ws in words for w in ws).items() if count >= _MIN_PROMPTS}
-    # Standardised features (comparable penalties) and a 1 per known word present; sparse for scikit-learn.
-    rows = [{**{name: (row[name] - means[name]) / scales[name] for name in FEATURE_NAMES},
-             **dict.fromkeys((_TERM + word for word in ws & vocabulary), 1.0)}
-            for row, ws in zip(numeric, words, strict=True)]
-    vectorizer = DictVectorizer()
-    model = LogisticRegression(C=1 / l2, max_iter=2000).fit(vectorizer.fit_transform(rows), list(needs_frontier))
-    coefficients = {name: float(c) for name, c in zip(vectorizer.feature_names_, model.coef_[0], strict=True)}
-    # Fold the standardisation into the coefficients so the score reads raw feature values.
-    weights = {name: coefficients.get(name, 0.0) / scales[name] for name in FEATURE_NAMES}
-    bias = float(model.intercept_[0]) - sum(weights[name] * means[name] for name in FEATURE_NAMES)
-    return {"bias": bias, "weights": weights, "lexical": _word_weights(coefficients), "examples": len(rows),
-            "needs_frontier_share": sum(needs_frontier) / len(needs_frontier), "l2": l2}
+    fitted = fit_logistic(Inputs.of(requests, lexical=lexical), needs_frontier, l2)
+    bias, weights = fitted.feature_weights()
+    return {"bias": bias, "weights": weights, "lexical": _word_weights(fitted.word_weights()),
+            "examples": len(requests), "needs_frontier_share": sum(needs_frontier) / len(needs_frontier), "l2": l2}
 
 
 def _word_weights(coefficients: Mapping[str, float]) -> dict[str, float]:
     """Words by weight, strongest escalation first; 4 decimals and no zeros keep the file small."""
-    rounded = {name.removeprefix(_TERM): round(c, 4) for name, c in coefficients.items() if name.startswith(_TERM)}
+    rounded = {word: round(c, 4) for word, c in coefficients.items()}
     return dict(sorted(((word, c) for word, c in rounded.items() if c), key=lambda item: -item[1]))
 
 

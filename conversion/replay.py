@@ -6,6 +6,12 @@ is routed by the candidate's `Router` exactly as the gateway would, then priced 
 and at its route's frontier and miniature models. Nothing here calls an upstream: the router is
 pure, and prices are the gateway's (`router.prices.PriceBook`: the config's, else the bundled table's).
 
+Tasks: when the candidate has a task catalogue (`tasks.catalogue`), each call's task is named as the
+gateway names it for its rules, so `when: {task: ...}` rules fire offline too: a logged call's task id
+(or a JSONL line's "task", an id or a name) through the catalogue, else the catalogue task its
+signature belongs to (router/matcher.py; never by embedding: replay loads no model). A stated task the
+catalogue doesn't know is kept as stated.
+
 Token counts: logged usage when there is some, else the router's prompt estimate and, for the reply,
 an assumed length capped by the request's own max_tokens. A model without a price makes every total
 that needs it unpriced (None), with a note saying why, rather than a made-up figure.
@@ -22,6 +28,7 @@ from minigate.conversion.jsonl import Skipped, json_objects
 from minigate.errors import RequestError
 from minigate.pricing import Rate
 from minigate.router.decision import Router
+from minigate.router.matcher import UNKNOWN_TASK, TaskMatcher
 from minigate.router.prices import PriceBook
 from minigate.router.settings import RouteEntry
 
@@ -168,8 +175,9 @@ def _count(value: Any) -> int | None:
 
 def replay(config: Config, calls: Iterable[Call | Skipped], *, assumed_output_tokens: int) -> ReplayReport:
     """Route and price every call under `config`; `assumed_output_tokens` stands in for unknown reply lengths."""
+    matcher = TaskMatcher.load(config.tasks.model_copy(update={"embedding": False}))
     replayer = _Replayer(Router.from_config(config), _Pricer(config.models, PriceBook.from_config(config).models),
-                         assumed_output_tokens)
+                         matcher, assumed_output_tokens)
     replayed: list[_Replayed] = []
     skipped: list[Skipped] = []
     for call in calls:
@@ -202,17 +210,19 @@ class _Replayed:
 class _Replayer:
     """Routes one call at a time with the candidate's router and prices it under every scenario."""
 
-    def __init__(self, router: Router, pricer: _Pricer, assumed_output_tokens: int) -> None:
+    def __init__(self, router: Router, pricer: _Pricer, matcher: TaskMatcher, assumed_output_tokens: int) -> None:
         self.router = router
         self.pricer = pricer
+        self.matcher = matcher
         self.assumed_output_tokens = assumed_output_tokens
         # The models "all frontier" and "all miniature" mean, per route, worked out once.
         self.ends = {name: (_route_model(route, router, "frontier"), _route_model(route, router, "miniature"))
                      for name, route in router.routes.items()}
 
     def route(self, call: Call) -> _Replayed | Skipped:
+        task = self.task_name(call)
         try:
-            explanation = self.router.explain(str(call.body.get("model", "")), call.body, {})
+            explanation = self.router.explain(str(call.body.get("model", "")), call.body, {}, task)
         except RequestError as exc:
             return Skipped(call.id, exc.message)
         decision, features = explanation.decision, explanation.features
@@ -222,13 +232,19 @@ class _Replayer:
         frontier, miniature = self.ends[decision.route]
         cost = self.pricer.cost
         return _Replayed(
-            explanation.score, decision.route, decision.rule, decision.target.tier, call.task, call.served,
+            explanation.score, decision.route, decision.rule, decision.target.tier, task, call.served,
             estimated_input=call.input_tokens is None, assumed_output=call.output_tokens is None,
             candidate=cost(decision.target.name, tokens),
             actual=None if call.served is None else cost(call.served.model, tokens),
             frontier=cost(frontier, tokens, f"route {decision.route!r} has no frontier model"),
             miniature=cost(miniature, tokens, f"route {decision.route!r} has no miniature model"),
         )  # fmt: skip
+
+    def task_name(self, call: Call) -> str:
+        """The name the candidate's rules see: a known id's name, a stated name, else the signature's task."""
+        if call.task == UNKNOWN_TASK:
+            return self.matcher.name_of(self.matcher.known(call.body))
+        return self.matcher.names.get(call.task, call.task)
 
 
 def _route_model(route: RouteEntry, router: Router, tier: str) -> str | None:

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
 from minigate.logger.crypto import generate_key
+from minigate.router.catalogue import Catalogue, Task, save_catalogue
 from minigate.router.features import extract_features
+from minigate.router.signature import signature
 from tests.conftest import AGENT_KEY, gateway_config
 from tests.stores import fetch
 from tests.support.servers import run_gateway, write_config
@@ -179,3 +182,30 @@ def test_replay_reads_logged_calls_from_the_store(upstream: ScriptedUpstream, tm
     assert minigate("logs", "export", "--config", str(config), "--output", str(exported)).returncode == 0
     again = minigate("replay", "--config", str(config), "--input", str(exported), "--json")
     assert orjson.loads(again.stdout) == report
+
+
+INVOICE_STEP = "Extract the invoice's total and due date as JSON."
+
+
+def test_task_rules_fire_in_replay(tmp_path: Path) -> None:
+    """A task is known by signature, by a logged task id or by a stated name; its rule fires offline."""
+    invoice = {"model": "agent", "messages": [{"role": "system", "content": INVOICE_STEP},
+                                              {"role": "user", "content": "ACME, 120 EUR, due 1 March"}]}
+    task = Task("t001", "invoices", 10, 0.5, {signature(invoice): 10})
+    save_catalogue(Catalogue([task], {"t001": np.eye(1, 384, dtype=np.float32)[0]}, 10, "2026-01-01T00:00:00Z",
+                             "test", "test", 2), tmp_path / "tasks.yaml")
+    route = {"default": "gpt-4.1", "rules": [{"name": "invoices", "when": {"task": "invoices"}, "use": "mini"}]}
+    config = write_config(tmp_path / "candidate.yaml", candidate(
+        "http://127.0.0.1:9", routes={"agent": route}, tasks={"catalogue": str(tmp_path / "tasks.yaml")}))
+    logged = {"request_id": "logged", "route": "agent", "task": "t001", "model": "gpt-4.1", "tier": "frontier",
+              "input_tokens": 20, "output_tokens": 5, "request": request("Total of the attached invoice?")}
+    lines = [{**invoice, "id": "by-signature"}, request("Total of this invoice?", id="stated", task="invoices"),
+             logged, request("Opening hours?", id="other")]
+    path = tmp_path / "calls.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    result = minigate("replay", "--config", str(config), "--input", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert {row["name"]: row["calls"] for row in report["rules"]} == {"invoices": 3, "default": 1}
+    assert {row["name"]: (row["calls"], row["frontier"]) for row in report["tasks"]} == {
+        "invoices": (3, 0), "unknown": (1, 1)}

@@ -9,10 +9,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 from minigate.config import load_config
+from minigate.conversion.fit_cv import routing_quality
 from minigate.errors import ConfigError
 from minigate.router.decision import Router
 from minigate.router.lexical import terms
@@ -20,6 +22,11 @@ from minigate.router.lexical import terms
 ROUTELLM = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "mmlu" / "responses"
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 needs_routellm = pytest.mark.skipif(not ROUTELLM.is_dir(), reason="../shared/data/routellm is absent")
+# Four subjects whose prompts differ in wording only; the strong model wins mostly on the first two.
+SUBJECTS = {"a_law": ("Assess the tort claim the plaintiff filed in case {}.", True),
+            "b_physics": ("Derive the eigenvalue of the operator in problem {}.", True),
+            "c_geography": ("Name the capital city of the country in list {}.", False),
+            "d_weather": ("Say which colour the sky had on the day in log {}.", False)}
 
 CONFIG = """\
 upstreams: {{up: {{kind: openai, base_url: "http://127.0.0.1:1/v1"}}}}
@@ -190,3 +197,87 @@ def test_routellm_data_without_the_named_columns_is_a_clear_error(tmp_path: Path
 def test_words_split_the_same_way_at_fit_and_serve_time() -> None:
     assert terms("The Plaintiff's claim (tort), p-value=0.05?") == {
         "the", "plaintiff", "s", "claim", "tort", "p", "value", "0", "05"}
+
+
+def subject_files(tmp_path: Path, rows: int = 40) -> list[str]:
+    """RouteLLM JSONL, one file per subject: `-i` arguments."""
+    rng = random.Random(0)
+    args = []
+    for name, (template, hard) in SUBJECTS.items():
+        lines = [orjson.dumps({"prompt": template.format(rng.randrange(1000)), "strong": True,
+                               "weak": (rng.random() < 0.9) != hard}) for _ in range(rows)]
+        (tmp_path / f"{name}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+        args += ["-i", str(tmp_path / f"{name}.jsonl")]
+    return args
+
+
+def cv_rows(result: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], dict[str, float]]:
+    assert result.returncode == 0, result.stderr
+    return {(row["variant"], row["cv"]): row for row in orjson.loads(result.stdout)["rows"]}
+
+
+@pytest.mark.slow
+def test_leaving_subjects_out_measures_generalisation_not_memory(tmp_path: Path) -> None:
+    """Subjects told apart by their wording: random folds learn them, held-out subjects can't be recognised."""
+    result = fit(*subject_files(tmp_path), "--cv", "random", "--cv", "subjects", "--folds", "2", "--json")
+    rows = cv_rows(result)
+    assert set(rows) == {(variant, cv) for variant in ("features", "features + words") for cv in ("random", "subjects")}
+    for variant in ("features", "features + words"):
+        assert rows[variant, "random"]["auc"] > 0.8 and rows[variant, "random"]["apgr"] > 0.6
+        assert rows[variant, "subjects"]["auc"] < 0.6 and rows[variant, "subjects"]["apgr"] < 0.55
+    report = orjson.loads(result.stdout)
+    assert (report["examples"], report["subjects"], report["folds"]) == (160, 4, 2)
+    assert report["strong_accuracy"] == 1.0
+    assert report["weak_accuracy"] == pytest.approx(1 - report["needs_frontier_share"])
+
+
+def test_cv_and_embeddings_options_say_what_they_need(tmp_path: Path) -> None:
+    args, scoring = subject_files(tmp_path, rows=10), tmp_path / "scoring.json"
+    nothing = fit(*args)
+    assert nothing.returncode == 2 and "--output" in nothing.stderr and "--cv" in nothing.stderr
+    refused = fit(*args, "--cv", "subjects", "--embeddings", "-o", str(scoring))
+    assert refused.returncode == 2 and "evaluation option" in refused.stderr and not scoring.exists()
+    too_few = fit(*args, "--cv", "subjects", "--folds", "5")
+    assert too_few.returncode == 2 and "at least 5 subjects" in too_few.stderr
+
+
+@pytest.mark.slow
+def test_embeddings_are_cross_validated_beside_words(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers", reason="--embeddings needs the `tasks` extra")
+    result = fit(*subject_files(tmp_path, rows=20), "--cv", "subjects", "--folds", "2", "--embeddings",
+                 "--embedding-cache", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    for variant in ("features", "features + words", "features + embeddings", "features + words + embeddings"):
+        assert f"{variant} " in result.stdout
+    assert "leave subjects out" in result.stdout and "random" not in result.stdout.split("APGR", 1)[1]
+    assert (tmp_path / "cache" / "vectors.npy").is_file()  # a second run embeds nothing
+
+
+@pytest.mark.slow
+@needs_routellm
+def test_cross_validation_on_mmlu_subjects_reports_routellm_figures(tmp_path: Path) -> None:
+    names = ("moral_scenarios", "high_school_mathematics", "marketing", "virology", "anatomy", "world_religions")
+    rows = {name: mmlu(name)[:60] for name in names}
+    args = [arg for name in names for arg in ("-i", str(write_csv(tmp_path / f"mmlu_{name}.csv", rows[name])))]
+    result = fit(*args, "--strong", STRONG, "--weak", WEAK, "--cv", "subjects", "--cv", "random", "--folds", "3",
+                 "--json")
+    figures = cv_rows(result)
+    report = orjson.loads(result.stdout)
+    every = [row for subject in rows.values() for row in subject]
+    assert (report["examples"], report["subjects"]) == (360, 6)
+    assert report["strong_accuracy"] == pytest.approx(sum(row[STRONG] == "True" for row in every) / 360)
+    assert [row["cv"] for row in report["rows"]] == ["subjects", "subjects", "random", "random"]
+    for row in figures.values():
+        # APGR is unbounded where the two models' accuracies are close (high-school maths: Mixtral leads).
+        assert 0 < row["auc"] < 1 and 0 <= row["cpt50"] <= row["cpt80"] <= 100 and np.isfinite(row["apgr"])
+
+
+def test_apgr_rewards_sending_the_strong_models_wins_first() -> None:
+    """RouteLLM's APGR: 1 when routing reaches strong-model accuracy at once, about 0.5 for a random order."""
+    rng = np.random.default_rng(0)
+    strong, weak = rng.random(2000) < 0.8, rng.random(2000) < 0.5
+    gain = (strong & ~weak).astype(float)
+    oracle, _, _ = routing_quality(gain + rng.random(2000) * 0.1, strong, weak)
+    blind, _, _ = routing_quality(rng.random(2000), strong, weak)
+    backwards, _, _ = routing_quality(-gain + rng.random(2000) * 0.1, strong, weak)
+    assert oracle > 0.9 and 0.4 < blind < 0.6 and backwards < 0.2
