@@ -20,22 +20,24 @@ that needs it unpriced (None), with a note saying why, rather than a made-up fig
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from minigate.conversion.jsonl import Skipped, json_objects
+from minigate.conversion.replay_promotions import Projection, project_promotions
 from minigate.errors import RequestError
 from minigate.pricing import Rate
 from minigate.router.decision import Router
 from minigate.router.matcher import UNKNOWN_TASK, TaskMatcher
 from minigate.router.prices import PriceBook
+from minigate.router.scorecard import Scorecard
 from minigate.router.settings import RouteEntry
 
 if TYPE_CHECKING:
     from minigate.config import Config
 
-__all__ = ["Call", "Served", "Skipped", "Split", "ReplayReport", "SweepPoint", "logged_call", "read_calls", "replay"]
+__all__ = ["Call", "Projection", "Served", "Skipped", "Split", "ReplayReport", "SweepPoint", "logged_call", "read_calls", "replay"]
 
 _SWEEP_POINTS = 100  # the cost curve is drawn through this many steps of escalated share, plus one
 
@@ -106,6 +108,7 @@ class ReplayReport:
     estimated_input: int  # calls whose prompt tokens are the router's estimate
     assumed_output: int  # calls whose reply tokens are assumed
     assumed_output_tokens: int
+    promotions: list[Projection] = field(default_factory=list)  # each measured task promoted, at its agreement
 
     @property
     def frontier_share(self) -> float:
@@ -173,8 +176,13 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def replay(config: Config, calls: Iterable[Call | Skipped], *, assumed_output_tokens: int) -> ReplayReport:
-    """Route and price every call under `config`; `assumed_output_tokens` stands in for unknown reply lengths."""
+def replay(config: Config, calls: Iterable[Call | Skipped], *, assumed_output_tokens: int,
+           cards: Sequence[Scorecard] = ()) -> ReplayReport:
+    """Route and price every call under `config`; `assumed_output_tokens` stands in for unknown reply lengths.
+
+    `cards` (router/scorecard.py) add a projection per measured task: its calls promoted to the miniature,
+    the share it gets wrong still paid at the frontier.
+    """
     matcher = TaskMatcher.load(config.tasks.model_copy(update={"embedding": False}))
     replayer = _Replayer(Router.from_config(config), _Pricer(config.models, PriceBook.from_config(config).models),
                          matcher, assumed_output_tokens)
@@ -186,7 +194,10 @@ def replay(config: Config, calls: Iterable[Call | Skipped], *, assumed_output_to
             skipped.append(outcome)
         else:
             replayed.append(outcome)
-    return _report(replayed, skipped, replayer)
+    report = _report(replayed, skipped, replayer)
+    projections = project_promotions([(call.task, call.candidate, call.frontier, call.tokens) for call in replayed],
+                                     cards, matcher.names, replayer.pricer.cost)
+    return replace(report, promotions=projections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +216,7 @@ class _Replayed:
     actual: float | None
     frontier: float | None
     miniature: float | None
+    tokens: tuple[int, int] = (0, 0)
 
 
 class _Replayer:
@@ -237,7 +249,7 @@ class _Replayer:
             candidate=cost(decision.target.name, tokens),
             actual=None if call.served is None else cost(call.served.model, tokens),
             frontier=cost(frontier, tokens, f"route {decision.route!r} has no frontier model"),
-            miniature=cost(miniature, tokens, f"route {decision.route!r} has no miniature model"),
+            miniature=cost(miniature, tokens, f"route {decision.route!r} has no miniature model"), tokens=tokens,
         )  # fmt: skip
 
     def task_name(self, call: Call) -> str:

@@ -25,7 +25,7 @@ def report_tables(report: ReplayReport) -> list[Table]:
     tiers = _split_table("calls by tier", report, report.tiers, ("tier",), logged=report.actual_tiers)
     rules = _split_table("calls by rule", report, report.rules, ("route", "rule"), escalated=True)
     tasks = _split_table("calls by task", report, report.tasks, ("task",), escalated=True)
-    return [tiers, rules, tasks, _cost_table(report)]
+    return [tiers, rules, tasks, _cost_table(report), *([_promotion_table(report)] if report.promotions else [])]
 
 
 def report_notes(report: ReplayReport) -> list[str]:
@@ -73,6 +73,19 @@ def _cost_table(report: ReplayReport) -> Table:
     table.add_row("all frontier", "100.0%", _money(report.all_frontier_cost),
                   _share(report.savings(report.all_frontier_cost)))
     table.add_row("all miniature", "0.0%", _money(report.all_miniature_cost), "")  # the floor, not a baseline
+    return table
+
+
+def _promotion_table(report: ReplayReport) -> Table:
+    """Each measured task promoted to its miniature, at its agreement and at the interval's lower bound."""
+    table = Table(title="if promoted (shadow-measured agreement; the miniature's misses paid at the frontier)")
+    table.add_column("task")
+    table.add_column("miniature")
+    for column in ("agreement (95%)", "calls", "as routed", "promoted", "promoted, low bound"):
+        table.add_column(column, justify="right")
+    for p in report.promotions:
+        table.add_row(p.task, p.model, f"{p.agreement:.1%} ({p.interval[0]:.1%}-{p.interval[1]:.1%})", str(p.calls),
+                      _money(p.candidate_cost), _money(p.promoted_cost), _money(p.promoted_cost_low))
     return table
 
 

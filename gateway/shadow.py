@@ -28,13 +28,14 @@ import orjson
 
 from minigate.errors import UpstreamError
 from minigate.gateway.metrics import GatewayMetrics
-from minigate.gateway.runtime import RuntimeHolder
+from minigate.gateway.runtime import Runtime, RuntimeHolder
 from minigate.logger.payloads import reply_from_body, reply_from_stream
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import AttemptRecord, CallRecord
-from minigate.router.agreement import Comparison, Kind, Similarity, infer_kind, judge
-from minigate.router.cascade import ReplyView
+from minigate.router.agreement import Comparison, Kind, Similarity, infer_kind, judge, judge_messages, judge_verdict
+from minigate.router.cascade import ReplyView, parse_chat_reply
 from minigate.router.decision import Shadow, Target
+from minigate.router.signature import message_text
 
 __all__ = ["QUEUE_SIZE", "ShadowJob", "Shadower"]
 
@@ -116,46 +117,95 @@ class Shadower:
     async def _shadow(self, job: ShadowJob) -> None:
         runtime = self.holder.current
         target = job.shadow.target
-        started_at, sent = time.time(), time.perf_counter()
-        status: int | None = None
-        content: bytes | None = None
-        error: str | None = None
-        try:
-            client = runtime.pool[target.upstream]
-            reply = await client.chat(_unstreamed(job.body, target.upstream_model))
-            status = reply.status
-            content = await reply.read(runtime.config.server.max_response_bytes)
-        except KeyError:  # a reload removed the model's upstream since the call
-            error = "unknown_upstream"
-        except UpstreamError as exc:
-            error = exc.kind
-        latency = time.perf_counter() - sent
-        similarity = runtime.tasks.similarity() if runtime.tasks is not None else None
-        comparison = await anyio.to_thread.run_sync(_compare, job, content if status == 200 else None, similarity)
+        called = await _call(runtime, target, _unstreamed(job.body, target.upstream_model))
+        # A sampled free-text pair goes to the judge model; the others to MiniLM, when the matcher holds it.
+        judged = job.shadow.judge is not None and random.random() < job.shadow.judge_sample
+        similarity = runtime.tasks.similarity() if runtime.tasks is not None and not judged else None
+        pair = await anyio.to_thread.run_sync(_compare, job, called.content if called.status == 200 else None,
+                                              similarity)
+        comparison = await self._judge(runtime, job, pair) if judged and pair.needs_judge else pair.comparison
         candidate = target.name if _judges_shadow(job.served, target) else job.served.name
         self.metrics.shadow_comparisons.labels(job.task, candidate, comparison.verdict).inc()
-        rate = runtime.prices.rates(job.route, target.name)[0]
+        self._record(runtime, job, target, called, "shadow", comparison.verdict, candidate)
+
+    async def _judge(self, runtime: Runtime, job: ShadowJob, pair: _Pair) -> Comparison:
+        """Ask the shadow's judge model whether a free-text pair agrees; its call is logged beside the shadow's."""
+        judge = job.shadow.judge
+        assert judge is not None and pair.reference.content and pair.candidate.content
+        body = {"model": judge.upstream_model, "temperature": 0, "max_tokens": 4,
+                "messages": judge_messages(_question(job.body), pair.reference.content, pair.candidate.content)}
+        called = await _call(runtime, judge, orjson.dumps(body))
+        self._record(runtime, job, judge, called, "judge", None, None, request=orjson.dumps(body))
+        word = parse_chat_reply(called.content) if called.status == 200 and called.content else None
+        return Comparison(judge_verdict(word.content if word is not None else None), "free_text")
+
+    def _record(self, runtime: Runtime, job: ShadowJob, target: Target, called: _Called, rule: str,
+                verdict: str | None, candidate: str | None, request: bytes | None = None) -> None:
+        """A call minigate made of its own, logged and priced like any, linked to the call it shadowed."""
         self.calls.submit(CallRecord(
-            request_id=uuid.uuid4().hex, started_at=started_at, key_name=job.key_name, route=job.route,
-            model=target.name, tier=target.tier, task=job.task, rule="shadow", upstream=target.upstream,
-            status=status or 502, latency_s=latency, stream=False,
-            attempts=[AttemptRecord(upstream=target.upstream, model=target.upstream_model, status=status,
-                                    latency_s=round(latency, 6), error=error)],
-            request_body=job.raw, reply=content, rate=rate,
-            shadow_of=job.request_id, verdict=comparison.verdict, candidate=candidate,
+            request_id=uuid.uuid4().hex, started_at=called.started_at, key_name=job.key_name, route=job.route,
+            model=target.name, tier=target.tier, task=job.task, rule=rule, upstream=target.upstream,
+            status=called.status or 502, latency_s=called.latency_s, stream=False,
+            attempts=[AttemptRecord(upstream=target.upstream, model=target.upstream_model, status=called.status,
+                                    latency_s=round(called.latency_s, 6), error=called.error)],
+            request_body=request or job.raw, reply=called.content, rate=runtime.prices.rates(job.route, target.name)[0],
+            shadow_of=job.request_id, verdict=verdict, candidate=candidate,
         ))
 
 
+@dataclass(frozen=True, slots=True)
+class _Called:
+    """One call minigate made of its own: when, how long, and what came back (or why nothing did)."""
 
-def _compare(job: ShadowJob, shadow_reply: bytes | None, similarity: Similarity | None) -> Comparison:
+    started_at: float
+    latency_s: float
+    status: int | None = None
+    content: bytes | None = None
+    error: str | None = None
+
+
+async def _call(runtime: Runtime, target: Target, body: bytes) -> _Called:
+    started_at, sent = time.time(), time.perf_counter()
+    try:
+        reply = await runtime.pool[target.upstream].chat(body)
+        content = await reply.read(runtime.config.server.max_response_bytes)
+    except KeyError:  # a reload removed the model's upstream since the call
+        return _Called(started_at, time.perf_counter() - sent, error="unknown_upstream")
+    except UpstreamError as exc:
+        return _Called(started_at, time.perf_counter() - sent, error=exc.kind)
+    return _Called(started_at, time.perf_counter() - sent, reply.status, content)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    comparison: Comparison
+    reference: ReplyView
+    candidate: ReplyView
+
+    @property
+    def needs_judge(self) -> bool:
+        """A free-text pair no embedding judged, with both texts to show a judge."""
+        return (self.comparison.kind == "free_text" and self.comparison.verdict == "unjudged"
+                and bool(self.reference.content) and bool(self.candidate.content))
+
+
+def _compare(job: ShadowJob, shadow_reply: bytes | None, similarity: Similarity | None) -> _Pair:
     """Judge the pair (in a worker thread: a free-text judgement embeds two texts)."""
     served = _view(reply_from_body(job.reply) if job.reply is not None else reply_from_stream(list(job.chunks or ())))
     if shadow_reply is None:
-        return Comparison("error", job.kind or "free_text")
+        return _Pair(Comparison("error", job.kind or "free_text"), served, ReplyView(None))
     shadow = _view(reply_from_body(shadow_reply))
     reference, candidate = (served, shadow) if _judges_shadow(job.served, job.shadow.target) else (shadow, served)
     kind = job.kind or infer_kind(job.body, reference)
-    return judge(reference, candidate, kind, request=job.body, similarity=similarity)
+    return _Pair(judge(reference, candidate, kind, request=job.body, similarity=similarity), reference, candidate)
+
+
+def _question(body: Mapping[str, Any]) -> str:
+    """The request as a judge reads it: the last user turn's text."""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return message_text(message.get("content"))
+    return ""
 
 
 def _judges_shadow(served: Target, shadow: Target) -> bool:

@@ -188,9 +188,11 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
                 if model not in config.models:
                     where = ("routes", name, "rules", i, "use" if rule.use is not None else "split")
                     found.append((where, f"rule {rule.name!r}: unknown model {model!r} (models: {known})"))
-            if rule.shadow is not None and rule.shadow.model not in config.models:
-                found.append((("routes", name, "rules", i, "shadow", "model"),
-                              f"rule {rule.name!r} shadows with unknown model {rule.shadow.model!r} (models: {known})"))
+            for field in ("model", "judge"):
+                chosen = getattr(rule.shadow, field) if rule.shadow is not None else None
+                if chosen is not None and chosen not in config.models:
+                    found.append((("routes", name, "rules", i, "shadow", field),
+                                  f"rule {rule.name!r}: shadow {field} {chosen!r} is not a model (models: {known})"))
     return found
 
 

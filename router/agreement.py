@@ -29,7 +29,8 @@ from jsonschema.exceptions import SchemaError
 
 from minigate.router.cascade import ReplyView, normalise_label
 
-__all__ = ["Comparison", "Kind", "Similarity", "Verdict", "as_kind", "infer_kind", "judge", "wilson"]
+__all__ = ["JUDGE_PROMPT", "Comparison", "Kind", "Similarity", "Verdict", "as_kind", "infer_kind", "judge_messages",
+           "judge_verdict", "judge", "wilson"]
 
 Kind = Literal["free_text", "json", "tool_call", "label"]
 Verdict = Literal["agree", "disagree", "unjudged", "error"]  # error: the shadow call itself failed
@@ -64,6 +65,30 @@ def judge(reference: ReplyView, candidate: ReplyView, kind: Kind, *, request: Ma
         return Comparison("unjudged" if similarity is None else "disagree", kind)
     score = similarity(reference.content, candidate.content)
     return Comparison("agree" if score >= threshold else "disagree", kind, round(score, 4))
+
+
+JUDGE_PROMPT = """You compare two answers to the same request. The reference answer is known to be good.
+Decide whether the candidate answer would serve the person who asked just as well: the same facts, the same
+decision, the same instructions, whatever the wording. Extra politeness or length does not matter; a wrong
+fact, a missing step or a different conclusion does.
+Reply with exactly one word: AGREE or DISAGREE."""
+
+
+def judge_messages(question: str, reference: str, candidate: str) -> list[dict[str, str]]:
+    """The chat an LLM judge gets for one free-text pair (its answer is read by `judge_verdict`)."""
+    return [{"role": "system", "content": JUDGE_PROMPT},
+            {"role": "user", "content": f"Request:\n{question}\n\nReference answer:\n{reference}\n\n"
+                                        f"Candidate answer:\n{candidate}"}]
+
+
+def judge_verdict(reply: str | None) -> Verdict:
+    """The judge's word as a verdict; anything but AGREE or DISAGREE leaves the pair unjudged.
+
+    >>> judge_verdict(" Agree."), judge_verdict("DISAGREE"), judge_verdict("maybe")
+    ('agree', 'disagree', 'unjudged')
+    """
+    word = normalise_label(reply)
+    return "agree" if word == "agree" else "disagree" if word == "disagree" else "unjudged"
 
 
 def as_kind(value: str | None) -> Kind | None:

@@ -16,7 +16,7 @@ from minigate.router.features import Features, extract_features
 from minigate.router.lexical import Lexicon
 from minigate.router.rules import Condition, RuleContext, UpstreamLoad, compile_condition, load_references
 from minigate.router.score import escalation_score
-from minigate.router.settings import RouteEntry, Rule, ScoringSection
+from minigate.router.settings import RouteEntry, Rule, ScoringSection, ShadowSpec
 
 if TYPE_CHECKING:
     from minigate.config import Config
@@ -43,6 +43,8 @@ class Shadow:
     target: Target
     sample: float
     max_concurrency: int
+    judge: Target | None = None  # judges free-text pairs on `judge_sample` of them
+    judge_sample: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +120,12 @@ class Router:
         return Decision(requested, self.targets[route.default], "default", fallbacks=fallbacks)
 
     def _shadow(self, rule: Rule) -> Shadow | None:
-        spec = rule.shadow
-        return None if spec is None else Shadow(self.targets[spec.model], spec.sample, spec.max_concurrency)
+        return None if rule.shadow is None else self.shadow_of(rule.shadow)
+
+    def shadow_of(self, spec: ShadowSpec) -> Shadow:
+        """A rule's or a catalogue task's shadow, its models resolved (the config checked they exist)."""
+        judge = self.targets[spec.judge] if spec.judge is not None else None
+        return Shadow(self.targets[spec.model], spec.sample, spec.max_concurrency, judge, spec.judge_sample)
 
     def _condition(self, rule: Rule) -> Condition:
         """A rule's condition, with its bare load tests bound to the upstream serving its model."""

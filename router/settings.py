@@ -34,6 +34,9 @@ class ShadowSpec(BaseModel):
     model: str = Field(min_length=1, description="the model entry the shadow call goes to")
     sample: float = Field(0.1, gt=0, le=1, description="the share of the rule's calls that are shadowed")
     max_concurrency: int = Field(2, ge=1, le=64, description="shadow calls to this model at once, at most")
+    judge: str | None = Field(None, description="a model entry that judges free-text pairs (docs/shadow.md has "
+                                                "its prompt); without one, free text is judged by MiniLM")
+    judge_sample: float = Field(1.0, gt=0, le=1, description="the share of free-text pairs the judge sees")
 
 
 class Rule(BaseModel):
@@ -258,5 +261,6 @@ def unknown_task_problems(routes: Mapping[str, RouteEntry], catalogue: Path | No
                             for where, rule, task in referenced if task not in known and task != "unknown"]
     models_listing = ", ".join(sorted(models))
     return found + [(("tasks", "catalogue"), f"{catalogue}: task {task.id} ({task.name}) shadows with unknown model "
-                                             f"{task.shadow['model']!r} (models: {models_listing})")
-                    for task in tasks if task.shadow is not None and task.shadow["model"] not in models]
+                                             f"{name!r} (models: {models_listing})")
+                    for task in tasks if task.shadow is not None
+                    for name in (task.shadow["model"], task.shadow.get("judge")) if name is not None and name not in models]

@@ -52,6 +52,7 @@ def measured(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGate
     save_catalogue(Catalogue([task], {"t001": np.eye(1, 384, dtype=np.float32)[0]}, 10, "2026-12-01T00:00:00Z",
                              "test", "all-MiniLM-L6-v2", 2), catalogue)
     config = gateway_config(upstream.base_url, tasks={"catalogue": str(catalogue)})
+    config["models"]["mini"]["price"] = {"input_per_mtok": 0.02, "output_per_mtok": 0.04}
     config["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "rules": [
         {"name": "measure", "when": {"task": "intents"}, "use": "gpt-4.1", "shadow": {"model": "mini", "sample": 1.0}}]}
     return make_gateway(config, watch=True)
@@ -84,6 +85,12 @@ def test_a_task_is_promoted_when_its_shadow_verdicts_clear_the_bar_and_demoted_b
     scorecard = minigate("tasks", "scorecard", "--config", config, "--json")
     [card] = orjson.loads(scorecard.stdout)
     assert (card["task"], card["task_name"], card["model"], card["agree"], card["n"]) == ("t001", "intents", "mini", 12, 12)
+
+    replayed = minigate("replay", "--config", config, "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    [projection] = orjson.loads(replayed.stdout)["promotions"]
+    assert (projection["task"], projection["model"], projection["agreement"], projection["calls"]) == ("intents", "mini", 1.0, 12)
+    assert projection["promoted_cost"] < projection["candidate_cost"] and projection["promoted_cost_low"] > projection["promoted_cost"]
 
     promoted = minigate("tasks", "promote", "intents", "--model", "mini", "--config", config, "--min-samples", "10",
                         "--min-agreement", "0.7")

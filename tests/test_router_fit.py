@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -281,3 +282,38 @@ def test_apgr_rewards_sending_the_strong_models_wins_first() -> None:
     blind, _, _ = routing_quality(rng.random(2000), strong, weak)
     backwards, _, _ = routing_quality(-gain + rng.random(2000) * 0.1, strong, weak)
     assert oracle > 0.9 and 0.4 < blind < 0.6 and backwards < 0.2
+
+
+def test_fit_from_log_labels_calls_by_shadow_verdicts_feedback_and_escalations(
+    upstream: Any, make_gateway: Any, tmp_path: Path
+) -> None:
+    import httpx
+
+    from minigate.conversion.fit_log import label_calls
+    from tests.conftest import AGENT_KEY, gateway_config
+    from tests.support.waiting import eventually
+
+    config = gateway_config(upstream.base_url)
+    config["routes"]["gpt-4.1"] = {"default": "gpt-4.1", "rules": [
+        {"name": "measured", "when": {}, "use": "gpt-4.1", "shadow": {"model": "mini", "sample": 1.0}}]}
+    gateway = make_gateway(config)
+    upstream.script(reply="shipping")  # the frontier; the miniature echoes the message: right only on "shipping"
+    upstream.script(reply=None, model="mini-lora")
+    texts = ["shipping", "where is my parcel", "shipping", "refund my card please"]
+    for text in texts:
+        response = httpx.post(f"{gateway.v1}/chat/completions", headers={"authorization": f"Bearer {AGENT_KEY}"},
+                              json={"model": "gpt-4.1", "messages": [{"role": "user", "content": text}]})
+        assert response.status_code == 200
+    eventually(lambda: gateway.metric("minigate_log_records_written_total") >= 2 * len(texts))
+
+    result = fit("--from-log", "--config", str(tmp_path / "minigate-0.yaml"), "--output", str(tmp_path / "s.json"),
+                 "--no-lexical")
+    assert result.returncode == 0, result.stderr
+    assert "from the call log: 4 labelled calls, 50% needed the frontier" in result.stderr
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["examples"] == 4
+
+    call = {"request_id": "x", "task": "t001", "request": {"messages": [{"role": "user", "content": "hi"}]}}
+    labelled = label_calls([{**call, "tier": "miniature", "escalated": None, "feedback": [{"score": 0.2}]},
+                            {**call, "tier": "miniature", "escalated": "invalid_label"},
+                            {**call, "tier": "frontier", "escalated": None}], {})
+    assert labelled.needs_frontier == [True, True] and labelled.subjects == ["t001", "t001"]

@@ -42,7 +42,7 @@ def ask(gateway: RunningGateway, *, stream: bool = False) -> httpx.Response:
 
 def shadows(gateway: RunningGateway, tmp_path: Path, expected: int) -> list[tuple[Any, ...]]:
     """The shadow records, once `expected` of them are in the call log."""
-    query = "SELECT shadow_of, verdict, candidate, model, rule, status FROM calls WHERE shadow_of IS NOT NULL"
+    query = "SELECT shadow_of, verdict, candidate, model, rule, status FROM calls WHERE rule = 'shadow'"
     eventually(lambda: len(fetch(f"sqlite:///{tmp_path}/calls-0.db", query)) >= expected, timeout=20)
     return fetch(f"sqlite:///{tmp_path}/calls-0.db", query)
 
@@ -139,7 +139,7 @@ def test_a_shadow_of_an_unknown_model_is_a_config_error(upstream: ScriptedUpstre
     path = write_config(tmp_path / "minigate.yaml", shadowing(upstream, "gpt-4.1", "mini-2"))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert "routes.gpt-4.1.rules.0.shadow.model: rule 'intents' shadows with unknown model 'mini-2'" in str(caught.value)
+    assert "routes.gpt-4.1.rules.0.shadow.model: rule 'intents': shadow model 'mini-2' is not a model" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -254,6 +254,7 @@ def test_free_text_is_judged_by_minilm_when_the_gateway_matches_by_embedding(
     upstream.script(reply=answer.replace("See", "Visit"), model="mini-lora")
     headers = {"authorization": f"Bearer {AGENT_KEY}"}
     assert httpx.post(f"{gateway.v1}/chat/completions", json=request, headers=headers, timeout=60).status_code == 200
+    shadows(gateway, tmp_path, 1)  # judged before the miniature's reply changes
     upstream.script(reply="Invoices are due within thirty days of receipt.", model="mini-lora")
     assert httpx.post(f"{gateway.v1}/chat/completions", json=request, headers=headers, timeout=60).status_code == 200
     rows = shadows(gateway, tmp_path, 2)
@@ -286,3 +287,23 @@ def test_a_catalogue_task_may_name_its_shadow(upstream: ScriptedUpstream, make_g
     with pytest.raises(ConfigError) as caught:
         load_config(write_config(tmp_path / "other.yaml", config))
     assert "task t001 (intents) shadows with unknown model 'mini-2'" in str(caught.value)
+
+
+def test_a_judge_model_decides_free_text_pairs_and_its_call_is_logged(
+    upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path
+) -> None:
+    from minigate.router.agreement import JUDGE_PROMPT
+
+    config = shadowing(upstream, "gpt-4.1", "mini", judge="judge")
+    config["models"]["judge"] = {"upstream": "scripted", "model": "judge-model", "tier": "frontier"}
+    gateway = make_gateway(config)
+    upstream.script(reply="Parcels ship within two days. Tracking comes by email the same evening.")
+    upstream.script(reply="We ship in two days and email tracking that evening.", model="mini-lora")
+    upstream.script(reply="AGREE", model="judge-model")
+    assert ask(gateway).status_code == 200
+    [row] = shadows(gateway, tmp_path, 1)
+    assert row[1:3] == ("agree", "mini")
+    [asked] = [r.json() for r in upstream.requests if r.json()["model"] == "judge-model"]
+    assert asked["messages"][0]["content"] == JUDGE_PROMPT and "Where is my parcel?" in asked["messages"][1]["content"]
+    judged = "SELECT rule, model, verdict FROM calls WHERE rule = 'judge'"
+    eventually(lambda: fetch(f"sqlite:///{tmp_path}/calls-0.db", judged) == [("judge", "judge", None)])

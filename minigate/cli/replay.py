@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -33,6 +33,9 @@ def replay(
         min=0, help="Reply tokens where none are known (capped at the request's max_tokens).",
     )] = 256,
     png: Annotated[Optional[Path], typer.Option(help="Write a plot of projected cost vs share escalated.")] = None,
+    measured_days: Annotated[float, typer.Option(
+        "--measured-days", min=0.01, help="Window of the call log whose shadow verdicts project each task's "
+        "promotion.")] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Route requests or logged calls through a candidate config: split per tier, rule, task; cost; savings.
@@ -68,7 +71,8 @@ def replay(
                 bar.advance(task)
                 yield call
 
-        report = replay_calls(cfg, counted(), assumed_output_tokens=assume_output_tokens)
+        report = replay_calls(cfg, counted(), assumed_output_tokens=assume_output_tokens,
+                              cards=_scorecards(cfg.logging.store, days=measured_days))
     if as_json:
         typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -83,3 +87,14 @@ def replay(
             err.print(f"[red]no plot:[/] {exc}")
             raise typer.Exit(1) from exc
         err.print(f"wrote {png}")
+
+
+def _scorecards(store_url: str, *, days: float) -> list[Any]:
+    """The log's scorecards (router/scorecard.py) over the last `days`: what each promotion is projected at."""
+    import asyncio
+    import time
+
+    from minigate.conversion.promotion import read_measured
+
+    now = time.time()
+    return asyncio.run(read_measured(store_url, since=now - days * 86400, until=now)).cards

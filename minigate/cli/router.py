@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, cast
 
 import typer
 
-from minigate.cli.common import bad_parameter_on, err, exit_on, out
+from minigate.cli.common import (
+    ConfigOption,
+    SinceOption,
+    UntilOption,
+    actor,
+    bad_parameter_on,
+    config_or_exit,
+    err,
+    exit_on,
+    fail,
+    out,
+    when,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -34,9 +46,15 @@ _EVALUATION_ONLY = ("--embeddings is an evaluation option: the gateway scores a 
 
 @app.command("fit")
 def router_fit(
-    input: Annotated[list[Path], typer.Option(
+    input: Annotated[Optional[list[Path]], typer.Option(
         "--input", "-i", help="Labelled data (repeatable): request JSONL with 'miniature_ok', or RouteLLM CSV/JSONL "
-        "(prompt plus each model's True/False correctness). A file's name is its subject for --cv subjects.")],
+        "(prompt plus each model's True/False correctness). A file's name is its subject for --cv subjects.")] = None,
+    from_log: Annotated[bool, typer.Option(
+        "--from-log", help="Also label the call log's calls by their shadow verdicts, feedback and escalations "
+        "(needs the log key; audited). A call's task is its subject for --cv subjects.")] = False,
+    config: ConfigOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Scoring file for config's scoring.model (optional with --cv).")] = None,
     format: Annotated[Literal["auto", "requests", "routellm"], typer.Option(
@@ -64,6 +82,8 @@ def router_fit(
     With --cv, first print how well such a fit ranks requests it was not fitted on.
     """
     schemes = cast('list[Literal["random", "subjects"]]', list(dict.fromkeys(c.value for c in cv or [])))
+    if not input and not from_log:
+        raise typer.BadParameter("give labelled data with --input, or --from-log", param_hint="--input/--from-log")
     if output is None and not schemes:
         raise typer.BadParameter("give --output to write a scoring file, --cv to cross-validate, or both",
                                  param_hint="--output/--cv")
@@ -80,8 +100,10 @@ def router_fit(
 
     data = Labelled([], [], [], [])  # both models' outcomes known until a file without them (requests JSONL)
     with bad_parameter_on(OSError, ValueError, hint="--input"):
-        for path in input:
+        for path in input or []:
             data += load_labelled(path, format, strong, weak)
+    if from_log:
+        data += _from_log(config, when(since, "--since"), when(until, "--until"))
     if schemes:
         with Progress(console=err, disable=not err.is_terminal) as bar:
             vectors = _embeddings(data.requests, embedding_cache, bar) if embeddings else None
@@ -101,6 +123,22 @@ def router_fit(
     err.print(f"fitted on {fitted['examples']} requests ({fitted['needs_frontier_share']:.0%} needed the frontier), "
               f"{len(fitted['lexical'])} words; wrote {output} ({output.stat().st_size / 1024:.0f} KiB): "
               "set scoring.model to it")
+
+
+def _from_log(config: Path | None, since: float | None, until: float | None) -> Any:
+    """The call log's labelled outcomes (conversion/fit_log.py); stops, saying why, when there are none."""
+    import asyncio
+
+    from minigate.conversion.fit_log import read_log_outcomes
+
+    cfg = config_or_exit(config)
+    found = asyncio.run(read_log_outcomes(cfg.logging, since=since, until=until, actor=actor()))
+    if not found.requests:
+        fail("no call in the log has an outcome yet: shadow a task (`shadow:` on a rule), rate calls "
+             "(POST /v1/minigate/feedback), or route some to a miniature with escalate_on checks")
+    err.print(f"from the call log: {len(found.requests)} labelled calls, "
+              f"{sum(found.needs_frontier) / len(found.requests):.0%} needed the frontier")
+    return found
 
 
 def _embeddings(requests: list[dict[str, Any]], cache: Path | None, bar: Progress) -> Any:
