@@ -168,6 +168,7 @@ def _describe(groups: dict[Identity, list[int]], observations: Sequence[Observat
             served_by=dict(Counter(member.model for member in members if member.model).most_common()),
             named_by=identity.named_by, merged=list(identity.merged), labels=labels, schema=schema,
             shadow=before[identity.id].shadow if identity.id in before else None,  # a person's: it stays
+            frontier_output_tokens=_median(member.output_tokens for member in members if member.tier == "frontier"),
         ))
     return tasks
 
@@ -177,7 +178,7 @@ def _kept(previous: Catalogue | None, found: set[str]) -> list[Task]:
     if previous is None:
         return []
     return [replace(task, size=0, call_share=0.0, signatures={}, cost_share=None, prompt_tokens=None,
-                    output_tokens=None, examples=[], served_by={})
+                    output_tokens=None, frontier_output_tokens=None, examples=[], served_by={})
             for task in previous.tasks if task.id not in found and (task.named_by == "user" or task.merged)]
 
 

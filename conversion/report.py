@@ -5,7 +5,9 @@ running tallies, so a report over millions of calls holds per-group sums, one ti
 `_MAX_BUCKETS` buckets and the latency samples, never the rows themselves.
 
 Money follows the call record: `cost_usd` is what a call cost at the served model's price, and
-`counterfactual_cost_usd` what the same tokens would have cost at the route's frontier default. Savings
+`counterfactual_cost_usd` what it would have cost without minigate (the route's frontier model, or the
+model name asked for on a miniature-only route; a miniature's reply at the task's median frontier length;
+docs/observability.md). An escalated call's cost includes the miniature's discarded reply. Savings
 are Σ counterfactual − Σ cost; calls missing either price count as zero in that sum and are named in
 the notes.
 """

@@ -96,8 +96,8 @@ def _notes(report: Report) -> str:
         notes.append(f"{_calls(h.unpriced_calls)} no cost (an unpriced model, or no usage, as failed calls): "
                      "counted as $0 spent.")
     if h.no_counterfactual_calls:
-        notes.append(f"{_calls(h.no_counterfactual_calls)} no counterfactual cost (the route's frontier default is "
-                     "unpriced, or no usage): counted as $0 would-have-spent.")
+        notes.append(f"{_calls(h.no_counterfactual_calls)} no counterfactual cost (neither the route's frontier "
+                     "model nor the model name asked for has a price, or no usage): counted as $0 would-have-spent.")
     if h.projected_monthly_cost_usd is None:
         notes.append("No 30-day projection: the window is under an hour (give --since and --until for a longer one).")
     items = "".join(f"<div>{escape(note)}</div>" for note in notes)

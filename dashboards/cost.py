@@ -41,7 +41,9 @@ def _summary() -> Row:
     return Row("Selected range", [
         stat_panel("Spend", "What the calls cost at the prices of the models that served them.", "currencyUSD",
                    Query(SPEND)),
-        stat_panel("Without minigate", "The same tokens at each route's frontier model price.", "currencyUSD",
+        stat_panel("Without minigate", "What the calls would have cost without minigate: at each route's frontier model price (a "
+                   "miniature-only route: the price of the model name asked for), a miniature's reply at the task's "
+                   "median frontier length.", "currencyUSD",
                    Query(WITHOUT)),
         stat_panel("Savings", "Without minigate minus spend.", "currencyUSD", Query(SAVINGS)),
         stat_panel("Savings rate", "Savings as a share of what the calls would have cost.", "percentunit",

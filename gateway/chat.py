@@ -38,7 +38,7 @@ from minigate.logger.pipeline import CallLog
 from minigate.logger.records import AttemptRecord, CallRecord
 from minigate.router.agreement import Kind, as_kind
 from minigate.router.cascade import NO_CONTRACT, TaskContract
-from minigate.router.decision import Decision, Shadow
+from minigate.router.decision import Decision
 from minigate.router.matcher import UNKNOWN_TASK
 from minigate.router.prices import PriceBook
 from minigate.serving.upstream import UpstreamReply
@@ -72,6 +72,7 @@ class _Call:
     task: str = UNKNOWN_TASK  # catalogue task id (records, metrics)
     task_name: str = UNKNOWN_TASK  # its name (headers, rules)
     kind: Kind | None = None  # its output kind, when the catalogue knows it (how a shadow judges the call)
+    frontier_output_tokens: int | None = None  # its median frontier reply, when known (a miniature's counterfactual)
     trace: CallTrace | None = None  # its spans, when telemetry is on
     max_response_bytes: int | None = None  # server.max_response_bytes of the generation serving the call
 
@@ -117,6 +118,7 @@ class ChatEndpoint:
         if runtime.tasks is not None:
             call.task = await runtime.tasks.match(chat.body)
             call.task_name = runtime.tasks.name_of(call.task)
+            call.frontier_output_tokens = runtime.tasks.frontier_output_tokens(call.task)
         decision = call.decision = _with_task_shadow(
             runtime, call.task, runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
                                                       runtime.pool.loads))
@@ -207,6 +209,7 @@ class ChatEndpoint:
         self.metrics.observe(decision.route, target.name, target.tier, call.task, status, elapsed,
                              ttft=ttft if call.stream and status == 200 else None)
         rate, counterfactual = call.prices.rates(decision.route, target.name) if call.prices else (None, None)
+        wasted = outcome.wasted
         self.calls.submit(CallRecord(
             request_id=call.request_id, started_at=call.started_at, key_name=call.key_name, route=decision.route,
             model=target.name, tier=target.tier, task=call.task, rule=decision.rule, upstream=target.upstream,
@@ -214,6 +217,11 @@ class ChatEndpoint:
             attempts=_recorded_attempts(outcome, cut), escalated=outcome.escalated,
             request_body=call.body, user=call.user, reply=reply, chunks=chunks,
             rate=rate, counterfactual_rate=counterfactual,
+            # Without minigate the frontier would have written the reply: as long as it usually does.
+            counterfactual_output_tokens=call.frontier_output_tokens if target.tier == "miniature" else None,
+            wasted_rate=call.prices.rate(wasted.model) if wasted and call.prices else None,
+            wasted_input_tokens=wasted.input_tokens if wasted else None,
+            wasted_output_tokens=wasted.output_tokens if wasted else None,
         ))
         if decision.shadow is not None and status == 200 and self.shadower is not None:
             self._shadow(call, decision, outcome, reply, chunks)
@@ -223,7 +231,8 @@ class ChatEndpoint:
         """Offer the answered call to the shadower, unless the shadow model is the one that answered
         (an escalation or a fallback already put the other model's reply in front of the client)."""
         assert decision.shadow is not None and self.shadower is not None and call.body is not None
-        if outcome.escalated or outcome.fell_back or outcome.served.name == decision.shadow.target.name:
+        if (outcome.escalated or outcome.fell_back or outcome.served.name == decision.shadow.target.name
+                or not self.shadower.draws(decision.shadow)):
             return
         self.shadower.offer(ShadowJob(
             request_id=call.request_id, route=decision.route, task=call.task, key_name=call.key_name,
@@ -309,9 +318,9 @@ def _normalised(chat: ChatRequest, contract: TaskContract) -> NormalisedRequest:
 def _with_task_shadow(runtime: Runtime, task: str, decision: Decision) -> Decision:
     """The decision, shadowed as the task's catalogue entry says when its rule names no shadow of its own."""
     spec = runtime.tasks.shadow(task) if decision.shadow is None and runtime.tasks is not None else None
-    if spec is None or spec.model not in runtime.router.targets:
+    if spec is None or spec.model not in runtime.router.targets or (spec.judge or spec.model) not in runtime.router.targets:
         return decision
-    return replace(decision, shadow=Shadow(runtime.router.targets[spec.model], spec.sample, spec.max_concurrency))
+    return replace(decision, shadow=runtime.router.shadow_of(spec))
 
 
 def _outcome_headers(decision: Decision, outcome: Outcome, task_name: str) -> dict[str, str]:

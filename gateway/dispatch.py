@@ -3,8 +3,9 @@
 An ingress (chat completions today; Responses and Anthropic Messages translate into the same form)
 parses its request, asks the router for a decision, and hands both to a `Dispatcher`. It gets back an
 `Outcome`, a value that says everything the call did: the model that served, why the chosen miniature
-was escalated, which fallbacks replaced failing models, every upstream attempt, and the reply to relay
-or the error that ends the call. The ingress keeps its protocol: headers, relay, the call record.
+was escalated (and the tokens of the reply it discarded), which fallbacks replaced failing models, every
+upstream attempt, and the reply to relay or the error that ends the call. The ingress keeps its
+protocol: headers, relay, the call record.
 
 Each upstream failure is counted (`minigate_upstream_errors_total`) here, where it happens; a failure
 while relaying, after the outcome, is the ingress's to count.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from minigate.errors import UpstreamError, UpstreamTimeout
 from minigate.gateway.metrics import GatewayMetrics
+from minigate.gateway.waste import Wasted, wasted_reply, wasted_stream
 from minigate.logger.records import AttemptRecord
 from minigate.router.cascade import (
     CONTENT_CHECKS,
@@ -88,6 +90,7 @@ class Outcome:
     attempts: tuple[AttemptRecord, ...] = ()
     reply: Reply | None = None
     error: UpstreamError | None = None
+    wasted: Wasted | None = None  # the escalated miniature's reply, when it wrote one: the call paid for it
 
 
 class Interrupted(asyncio.CancelledError):
@@ -111,9 +114,11 @@ class _Trail:
     escalated: str | None = None
     fell_back: list[str] = field(default_factory=list)
     attempts: list[AttemptRecord] = field(default_factory=list)
+    wasted: Wasted | None = None
 
     def outcome(self, reply: Reply | None, error: UpstreamError | None) -> Outcome:
-        return Outcome(self.target, self.escalated, tuple(self.fell_back), tuple(self.attempts), reply, error)
+        return Outcome(self.target, self.escalated, tuple(self.fell_back), tuple(self.attempts), reply, error,
+                       self.wasted)
 
 
 class Dispatcher:
@@ -176,7 +181,7 @@ class Dispatcher:
         try:
             async with asyncio.timeout(decision.timeout_s):
                 reply = await self._reply(request, decision.target, trail)
-                reason, reply = await self._check(request, decision, reply)
+                reason, reply, trail.wasted = await self._check(request, decision, reply)
         except UpstreamError as exc:
             reason = "timeout" if exc.kind == "timeout" else "error"
             if reason not in decision.escalate_on:
@@ -220,30 +225,33 @@ class Dispatcher:
         return reply
 
     async def _check(self, request: NormalisedRequest, decision: Decision,
-                     reply: Reply) -> tuple[str | None, Reply]:
+                     reply: Reply) -> tuple[str | None, Reply, Wasted | None]:
         """Why this reply must not reach the client, by the decision's escalate_on (None when it may),
-        and the reply to relay if it may: a checked stream's held chunks come first."""
+        the reply to relay if it may (a checked stream's held chunks come first), and what the reply
+        cost if it may not (an error reply wrote nothing)."""
         upstream = reply.upstream
         if not decision.escalate_on:
-            return None, reply
+            return None, reply, None
         if upstream.status >= 500 and "error" in decision.escalate_on:
             await upstream.close()
-            return "error", reply
+            return "error", reply, None
         if upstream.status != 200:
-            return None, reply
+            return None, reply, None
         if request.stream and not decision.escalate_on & CONTENT_CHECKS:
-            return None, reply
+            return None, reply, None
         try:
             if request.stream:
                 return await self._settle(request, decision, reply)
-            view = parse_chat_reply(await upstream.read(reply.limit))
+            content = await upstream.read(reply.limit)
         except UpstreamError as exc:  # cut, or too large, while reading what the checks need
             self._count(exc.upstream, exc.kind)
             raise
-        return check_reply(request.body, view, decision.escalate_on, request.contract), reply
+        reason = check_reply(request.body, parse_chat_reply(content), decision.escalate_on, request.contract)
+        return reason, reply, wasted_reply(decision.target.name, content) if reason else None
 
     @staticmethod
-    async def _settle(request: NormalisedRequest, decision: Decision, reply: Reply) -> tuple[str | None, Reply]:
+    async def _settle(request: NormalisedRequest, decision: Decision,
+                      reply: Reply) -> tuple[str | None, Reply, Wasted | None]:
         """Hold the stream's first chunks until they settle the checks; they are relayed first if it passes."""
         check = StreamCheck(request.body, decision.escalate_on, request.contract)
         chunks = reply.upstream.chunks(reply.limit)
@@ -260,9 +268,9 @@ class Dispatcher:
             await chunks.aclose()
             raise
         if verdict == "relay":
-            return None, Reply(reply.upstream, reply.limit, tuple(held), chunks)
+            return None, Reply(reply.upstream, reply.limit, tuple(held), chunks), None
         await chunks.aclose()
-        return verdict, reply
+        return verdict, reply, wasted_stream(decision.target.name, held)
 
     def _count(self, upstream: str, kind: str) -> None:
         self.metrics.upstream_errors.labels(upstream, kind).inc()

@@ -60,13 +60,15 @@ class GatewayMetrics:
         )
         self.cost = Counter(
             "minigate_cost_usd",
-            "What logged calls cost: their tokens at the serving model's price (unpriced models add nothing).",
+            "What logged calls cost: their tokens at the serving model's price, plus an escalated call's discarded "
+            "miniature reply at the miniature's price (unpriced models add nothing).",
             ["model", "tier", "task"],
             registry=registry,
         )
         self.counterfactual = Counter(
             "minigate_counterfactual_cost_usd",
-            "What logged calls would have cost on the route's frontier model; savings = this - cost_usd.",
+            "What logged calls would have cost without minigate (the route's frontier model, else the model "
+            "asked for); savings = this - cost_usd.",
             ["route", "task"],
             registry=registry,
         )
@@ -135,7 +137,8 @@ class GatewayMetrics:
 
         Called by the call log's writer once per record, after it parsed the reply off the request
         path: the request path never parses a reply for metrics, and the savings these counters give
-        (counterfactual - cost) are the call log's to the cent.
+        (counterfactual - cost) are the call log's to the cent. An escalated call's cost includes the
+        miniature reply it discarded (`wasted_cost_usd`, part of `cost_usd`): an escalation costs both models.
         """
         if record.input_tokens is not None:
             self._tokens(record.model, record.tier, "input").inc(record.input_tokens)

@@ -65,23 +65,25 @@ class Shadower:
     """The queue of shadow jobs and the background loop that runs them; started and stopped by the lifespan.
 
     >>> shadower = Shadower(holder, metrics, calls)  # doctest: +SKIP
-    >>> shadower.offer(job)  # after the client has its reply; never waits  # doctest: +SKIP
+    >>> if shadower.draws(decision.shadow): shadower.offer(job)  # after the client's reply; never waits  # doctest: +SKIP
     """
 
-    def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog,
-                 queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog) -> None:
         self.holder = holder
         self.metrics = metrics
         self.calls = calls
-        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(QUEUE_SIZE)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
 
+    @staticmethod
+    def draws(shadow: Shadow) -> bool:
+        """Whether this call is in the shadow's sample (asked first, so unsampled calls cost no job)."""
+        return random.random() < shadow.sample
+
     def offer(self, job: ShadowJob) -> None:
-        """Queue the job if the sample draws it; drop and count it when the queue is full."""
-        if random.random() >= job.shadow.sample:
-            return
+        """Queue the job; drop and count it when the queue is full."""
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:

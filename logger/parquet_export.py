@@ -14,7 +14,7 @@ import orjson
 
 __all__ = ["ParquetSink"]
 
-_JSON_COLUMNS = ("attempts", "request", "response")
+_JSON_COLUMNS = ("attempts", "feedback", "request", "response")
 
 
 class ParquetSink:
@@ -33,8 +33,9 @@ class ParquetSink:
             ("model", text), ("tier", text), ("task", text), ("rule", text), ("upstream", text), ("status", integer),
             ("latency_s", number), ("ttft_s", number), ("stream", pa.bool_()), ("input_tokens", integer),
             ("output_tokens", integer), ("attempts", text), ("escalated", text), ("cost_usd", number),
-            ("counterfactual_cost_usd", number), ("request", text),
-            ("response", text),
+            ("counterfactual_cost_usd", number), ("shadow_of", text), ("verdict", text), ("candidate", text),
+            ("wasted_input_tokens", integer), ("wasted_output_tokens", integer), ("wasted_cost_usd", number),
+            ("feedback", text), ("request", text), ("response", text),
         ])
         self._writer = pq.ParquetWriter(str(path), self._schema, compression="zstd")
 

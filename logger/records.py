@@ -86,6 +86,15 @@ class CallRecord:
     shadow_of: str | None = None
     verdict: str | None = None  # router.agreement's Verdict
     candidate: str | None = None  # the miniature the verdict judges: the shadow's model, or the shadowed call's
+    # Savings you can trust. Raw material, as above: a miniature-served call's counterfactual is priced on
+    # the output the frontier would have written (its task's median frontier output; None: the call's own).
+    counterfactual_output_tokens: int | None = None
+    # An escalated call also paid for the miniature's reply it threw away: its tokens (from its usage, or
+    # estimated from what was held; input None: the same prompt as the served call's) at `wasted_rate`.
+    wasted_rate: Rate | None = None
+    wasted_input_tokens: int | None = None
+    wasted_output_tokens: int | None = None
+    wasted_cost_usd: float | None = None  # filled by the writer; included in cost_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,9 @@ def attempts_to_json(attempts: Sequence[AttemptRecord] | None) -> str | None:
 
 
 _BYTES_FIELDS = ("request_payload", "response_payload")
+# What the writer turns into stored fields and drops: never in a spool entry.
+_RAW_FIELDS = ("request_body", "reply", "chunks", "user", "rate", "counterfactual_rate",
+               "counterfactual_output_tokens", "wasted_rate")
 
 
 def record_to_bytes(record: CallRecord) -> bytes:
@@ -120,7 +132,7 @@ def record_to_bytes(record: CallRecord) -> bytes:
             values[name] = base64.b64encode(values[name]).decode()
     if record.attempts is not None:  # as the stores keep them, so an old gateway's spool still replays
         values["attempts"] = [attempt.to_json() for attempt in record.attempts]
-    for name in ("request_body", "reply", "chunks", "user", "rate", "counterfactual_rate"):
+    for name in _RAW_FIELDS:
         values.pop(name)
     return orjson.dumps(values)
 

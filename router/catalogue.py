@@ -60,7 +60,7 @@ class Task:
     signatures: dict[str, int]  # signature -> calls of this task with it
     cost_share: float | None = None  # None: no call had a known cost
     prompt_tokens: int | None = None  # median
-    output_tokens: int | None = None  # median, of calls with a logged reply
+    output_tokens: int | None = None  # median, of calls with a logged reply (any model's)
     output_kind: OutputKind | None = None  # the most common kind of reply; None: no reply seen
     tools: list[str] = field(default_factory=list)
     terms: list[str] = field(default_factory=list)
@@ -73,6 +73,10 @@ class Task:
     # Written by people: `{model, sample, max_concurrency}` (router.settings.ShadowSpec) shadows the task's
     # calls whatever rule serves them, unless that rule names its own shadow.
     shadow: dict[str, Any] | None = None
+    # Median output of the calls a frontier model answered: what a miniature-served call's counterfactual
+    # (what it would have cost without minigate) is priced on. None: no frontier reply logged, or an
+    # older catalogue.
+    frontier_output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ def merge(catalogue: Catalogue, into: str, others: Sequence[str]) -> Catalogue:
         labels=_merged_labels(parts),
         schema=target.schema if all(part.schema == target.schema for part in parts) else None,
         output_tokens=_weighted(parts, "output_tokens"),
+        frontier_output_tokens=_weighted(parts, "frontier_output_tokens"),
         tools=sorted({tool for part in parts for tool in part.tools}),
         served_by=dict(sum((Counter(part.served_by) for part in parts), Counter())),
         examples=[example for part in parts for example in part.examples][:len(target.examples) or 5],

@@ -9,7 +9,8 @@ budget the request goes on as `unknown` at once, while the embedding finishes in
 fills the cache for the next such call. A slower request is never the price of a task label.
 
 The matcher also hands out each task's contract (`contract`): the labels or JSON schema the
-catalogue knows its replies must have, which the cascade checks a miniature's reply against.
+catalogue knows its replies must have, which the cascade checks a miniature's reply against; and its
+median frontier reply length (`frontier_output_tokens`), which prices a miniature's counterfactual.
 
 Without `tasks.embedding`, nothing here imports torch or sentence-transformers.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from minigate.router.cascade import NO_CONTRACT, TaskContract
-from minigate.router.settings import ShadowSpec
+from minigate.router.settings import ShadowSpec, TasksSection
 from minigate.router.signature import signature
 
 if TYPE_CHECKING:
@@ -59,13 +60,15 @@ class TaskMatcher:
 
     def __init__(self, by_signature: Mapping[str, str], names: Mapping[str, str] | None = None, *,
                  contracts: Mapping[str, TaskContract] | None = None,
-                 shadows: Mapping[str, ShadowSpec] | None = None, centroids: _Centroids | None = None,
+                 shadows: Mapping[str, ShadowSpec] | None = None,
+                 frontier_output_tokens: Mapping[str, int] | None = None, centroids: _Centroids | None = None,
                  embedder: Embedder | None = None, budget_s: float = 0.015, min_similarity: float = 0.5,
                  cache_size: int = 4096) -> None:
         self._by_signature = dict(by_signature)  # signature -> task id, for signatures one task holds
         self.names = dict(names or {})  # task id -> name: ids go to records and metrics, names to headers and rules
         self._contracts = dict(contracts or {})  # task id -> its contract, for tasks that have one
         self._shadows = dict(shadows or {})  # task id -> the shadow its catalogue entry names
+        self._frontier_output = dict(frontier_output_tokens or {})  # task id -> median frontier output tokens
         self._centroids = centroids
         self._embedder = embedder
         self._budget_s = budget_s
@@ -92,8 +95,11 @@ class TaskMatcher:
         contracts = {task.id: TaskContract.of(task.labels, task.schema, task.output_kind)
                      for task in catalogue.tasks if task.labels or task.schema is not None or task.output_kind}
         shadows = {task.id: ShadowSpec.model_validate(task.shadow) for task in catalogue.tasks if task.shadow}
+        frontier_output = {task.id: task.frontier_output_tokens for task in catalogue.tasks
+                           if task.frontier_output_tokens is not None}
         if not settings.embedding:
-            return cls(by_signature, names, contracts=contracts, shadows=shadows)
+            return cls(by_signature, names, contracts=contracts, shadows=shadows,
+                       frontier_output_tokens=frontier_output)
         import numpy as np
         import torch
 
@@ -105,8 +111,9 @@ class TaskMatcher:
 
         live = [task.id for task in catalogue.tasks]
         centroids = _Centroids(live, np.stack([catalogue.centroids[task_id] for task_id in live]).astype(np.float32))
-        return cls(by_signature, names, contracts=contracts, shadows=shadows, centroids=centroids, embedder=Embedder(),
-                   budget_s=settings.budget_ms / 1000, min_similarity=settings.min_similarity)
+        return cls(by_signature, names, contracts=contracts, shadows=shadows, frontier_output_tokens=frontier_output,
+                   centroids=centroids, embedder=Embedder(), budget_s=settings.budget_ms / 1000,
+                   min_similarity=settings.min_similarity)
 
     def name_of(self, task_id: str) -> str:
         return self.names.get(task_id, UNKNOWN_TASK)
@@ -114,6 +121,14 @@ class TaskMatcher:
     def contract(self, task_id: str) -> TaskContract:
         """What the task's replies must be (labels, schema): the cascade's checks beyond the request's own."""
         return self._contracts.get(task_id, NO_CONTRACT)
+
+    def frontier_output_tokens(self, task_id: str) -> int | None:
+        """The median output of the task's frontier replies, as discovery logged them; None when unknown.
+
+        What a call a miniature served would have cost without minigate is priced on it: a miniature's
+        replies may be shorter (or longer) than the frontier's.
+        """
+        return self._frontier_output.get(task_id)
 
     def shadow(self, task_id: str) -> ShadowSpec | None:
         """The shadow the task's catalogue entry names (a rule's own shadow comes first)."""

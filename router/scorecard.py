@@ -90,8 +90,8 @@ def scorecards(rows: Iterable[Mapping[str, Any]], feedback: Mapping[str, Sequenc
             volume[task] += 1
         if row.get("verdict") is not None and row.get("candidate") is not None:
             tallies[(task, row["candidate"])].verdicts[row["verdict"]] += 1
-        if row["tier"] == "frontier" and row.get("cost_usd") is not None:
-            frontier_costs[task].append(row["cost_usd"])
+        if row["tier"] == "frontier" and row.get("cost_usd") is not None:  # an escalation's discarded reply aside
+            frontier_costs[task].append(row["cost_usd"] - (row.get("wasted_cost_usd") or 0.0))
         elif row["tier"] == "miniature":
             miniature_rows.append(row)
     for row in miniature_rows:

@@ -160,7 +160,7 @@ def test_time_to_first_token_is_observed_for_streams(
         output_tokens + reply.usage.completion_tokens)
 
 
-def test_escalations_count_and_bill_the_model_that_answered(
+def test_escalations_count_and_bill_the_answer_and_the_discarded_reply(
     upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway], tmp_path: Path
 ) -> None:
     config = priced_config(upstream, tmp_path)
@@ -177,11 +177,15 @@ def test_escalations_count_and_bill_the_model_that_answered(
     assert scrape.total("minigate_escalations_total", route="gpt-4.1", reason="invalid_json") == 1
     assert scrape.total("minigate_requests_total", route="gpt-4.1", model="gpt-4.1", tier="frontier") == 1
     assert scrape.total("minigate_tokens_total", model="gpt-4.1", direction="output") == reply.usage.completion_tokens
-    assert scrape.total("minigate_tokens_total", model="mini") == 0, "the discarded reply is not billed"
-    assert scrape.total("minigate_cost_usd_total") == pytest.approx(
-        cost("gpt-4.1", reply.usage.prompt_tokens, reply.usage.completion_tokens))
-    assert scrape.total("minigate_counterfactual_cost_usd_total") == pytest.approx(
-        scrape.total("minigate_cost_usd_total"))
+    assert scrape.total("minigate_tokens_total", model="mini") == 0, "tokens count the reply the client got"
+    # The miniature's discarded reply was paid for all the same: the escalated call's cost includes it.
+    [(wasted_in, wasted_out)] = fetch(f"sqlite:///{tmp_path}/calls.db",
+                                      "SELECT wasted_input_tokens, wasted_output_tokens FROM calls")
+    assert wasted_in > 0 and wasted_out > 0
+    answered = cost("gpt-4.1", reply.usage.prompt_tokens, reply.usage.completion_tokens)
+    assert scrape.total("minigate_cost_usd_total", model="gpt-4.1") == pytest.approx(
+        answered + cost("mini", wasted_in, wasted_out))
+    assert scrape.total("minigate_counterfactual_cost_usd_total") == pytest.approx(answered)
 
 
 def test_labels_never_carry_client_strings(

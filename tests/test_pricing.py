@@ -91,6 +91,23 @@ def test_price_book_prices_unconfigured_frontier_models_from_the_table() -> None
     assert book.rates("cheap", "mini") == (None, None)  # mini-lora is in no table
 
 
+def test_a_route_without_a_priced_frontier_is_priced_at_the_model_name_asked_for() -> None:
+    config = gateway_config("http://127.0.0.1:9")
+    config["models"]["own-frontier"] = {"upstream": "scripted", "model": "my-own-frontier", "tier": "frontier"}
+    config["routes"].update({
+        "claude-3-5-sonnet-20241022": {"default": "mini"},  # miniature-only: the name asked for, as the table spells it
+        "gemini/gemini-2.5-pro": {"default": "own-frontier"},  # its frontier is unpriced: the name asked for again
+        "gpt-4.1-mini": {"default": "mini"},  # a name no table prices: nothing rather than a guess
+        "claude-3-5-sonnet": {"default": "mini", "escalate_to": "gpt-4.1"},  # a priced frontier comes first
+    })
+    book = PriceBook.from_config(Config.model_validate(config), TABLE)
+    assert book.rates("claude-3-5-sonnet-20241022", "mini") == (None, Rate(3.0, 15.0))
+    assert book.rates("gemini/gemini-2.5-pro", "own-frontier") == (None, Rate(1.25, 10.0))
+    assert book.rates("gpt-4.1-mini", "mini") == (None, None)
+    assert book.rates("claude-3-5-sonnet", "mini") == (None, Rate(2.0, 8.0))
+    assert book.rate("gpt-4.1") == Rate(2.0, 8.0) and book.rate("mini") is None
+
+
 def test_a_frontier_model_without_a_configured_price_is_costed_from_the_table(
         upstream: ScriptedUpstream, tmp_path: Path) -> None:
     config = gateway_config(upstream.base_url, logging={"store": f"sqlite:///{tmp_path}/c.db"})

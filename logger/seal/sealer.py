@@ -96,8 +96,10 @@ class Sealer:
             if record.rate is not None:
                 record.cost_usd = record.rate.cost(record.input_tokens, record.output_tokens)
             if record.counterfactual_rate is not None:
-                record.counterfactual_cost_usd = record.counterfactual_rate.cost(record.input_tokens,
-                                                                                 record.output_tokens)
+                output = record.counterfactual_output_tokens
+                record.counterfactual_cost_usd = record.counterfactual_rate.cost(
+                    record.input_tokens, record.output_tokens if output is None else output)
+        _price_waste(record)
         return reply
 
     def seal(self, record: CallRecord) -> None:
@@ -113,7 +115,7 @@ class Sealer:
                       "unsealable-payload marker", record.request_id, type(exc).__name__)
             self._seal_unsealable(record, exc)
         record.request_body = record.reply = record.chunks = record.rate = record.counterfactual_rate = None
-        record.user = None
+        record.user = record.counterfactual_output_tokens = record.wasted_rate = None
 
     def _seal_payloads(self, record: CallRecord, cipher: PayloadCipher, reply: Reply | None) -> None:
         state, budget = Placeholders(), RedactionBudget(self.redaction_budget_s)
@@ -140,3 +142,16 @@ class Sealer:
         marker = {"minigate_unsealable": f"{type(exc).__name__}: {reason}"}
         record.request_payload = self.cipher.encrypt(orjson.dumps(marker), record.request_id.encode())
         record.key_id = self.cipher.key_id
+
+
+def _price_waste(record: CallRecord) -> None:
+    """An escalated call's cost includes the miniature reply it discarded: its tokens at the miniature's
+    price. Its prompt, when the miniature's usage didn't say, is the served call's: the same messages."""
+    if record.wasted_output_tokens is None:
+        return
+    if record.wasted_input_tokens is None:
+        record.wasted_input_tokens = record.input_tokens
+    if record.wasted_rate is None:
+        return
+    record.wasted_cost_usd = record.wasted_rate.cost(record.wasted_input_tokens or 0, record.wasted_output_tokens)
+    record.cost_usd = (record.cost_usd or 0.0) + record.wasted_cost_usd

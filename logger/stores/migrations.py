@@ -40,6 +40,14 @@ CREATE INDEX IF NOT EXISTS calls_shadow_of ON calls (shadow_of);
 CREATE INDEX IF NOT EXISTS calls_verdicts ON calls (task, candidate, started_at);
 """
 
+# An escalated call's cost includes the miniature's reply it discarded: its tokens and what they cost
+# (part of cost_usd), so savings are not flattered by the escalations a miniature causes.
+_WASTE = """
+ALTER TABLE calls ADD COLUMN wasted_input_tokens INTEGER;
+ALTER TABLE calls ADD COLUMN wasted_output_tokens INTEGER;
+ALTER TABLE calls ADD COLUMN wasted_cost_usd DOUBLE PRECISION;
+"""
+
 
 def _feedback(serial: str, real: str) -> str:
     return f"""
@@ -98,6 +106,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         """,
         _KEY_ID_AND_COST,
         _SHADOWS + _feedback("INTEGER", "REAL"),
+        _WASTE,
     ],
     "postgresql": [
         """
@@ -140,5 +149,6 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         """,
         _KEY_ID_AND_COST,
         _SHADOWS + _feedback("BIGSERIAL", "DOUBLE PRECISION"),
+        _WASTE,
     ],
 }

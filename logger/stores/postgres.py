@@ -31,7 +31,7 @@ _COLUMNS = (
     "request_id", "started_at", "key_name", "route", "model", "tier", "task", "rule", "upstream", "status",
     "latency_s", "stream", "input_tokens", "output_tokens", "client_id", "request_payload", "response_payload",
     "ttft_s", "attempts", "escalated", "key_id", "cost_usd", "counterfactual_cost_usd", "shadow_of", "verdict",
-    "candidate",
+    "candidate", "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd",
 )
 _STAGE = "calls_incoming"
 _CREATE_STAGE = f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (LIKE calls) ON COMMIT DELETE ROWS"
@@ -77,7 +77,8 @@ class PostgresStore:
              r.status, r.latency_s, r.stream, r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s,
              attempts_to_json(r.attempts), r.escalated, r.key_id,
-             r.cost_usd, r.counterfactual_cost_usd, r.shadow_of, r.verdict, r.candidate)
+             r.cost_usd, r.counterfactual_cost_usd, r.shadow_of, r.verdict, r.candidate,
+             r.wasted_input_tokens, r.wasted_output_tokens, r.wasted_cost_usd)
             for r in records
         ]
         async with self._pool.acquire() as connection, connection.transaction():

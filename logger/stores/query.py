@@ -18,6 +18,7 @@ METADATA_COLUMNS = (
     "request_id", "started_at", "key_name", "client_id", "route", "model", "tier", "task", "rule", "upstream",
     "status", "latency_s", "ttft_s", "stream", "input_tokens", "output_tokens", "attempts", "escalated",
     "cost_usd", "counterfactual_cost_usd", "shadow_of", "verdict", "candidate",
+    "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd",
 )
 PAYLOAD_COLUMNS = ("request_payload", "response_payload")
 

@@ -42,8 +42,9 @@ log = logging.getLogger("minigate.logger")
 _INSERT = (
     "INSERT OR IGNORE INTO calls (request_id, started_at, key_name, route, model, tier, task, rule, upstream,"
     " status, latency_s, stream, input_tokens, output_tokens, client_id, request_payload, response_payload,"
-    " ttft_s, attempts, escalated, key_id, cost_usd, counterfactual_cost_usd, shadow_of, verdict, candidate)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ttft_s, attempts, escalated, key_id, cost_usd, counterfactual_cost_usd, shadow_of, verdict, candidate,"
+    " wasted_input_tokens, wasted_output_tokens, wasted_cost_usd)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _FileId = tuple[int, int]  # (st_dev, st_ino): which file a path names
@@ -157,7 +158,8 @@ class SQLiteStore:
             (r.request_id, r.started_at, r.key_name, r.route, r.model, r.tier, r.task, r.rule, r.upstream,
              r.status, r.latency_s, int(r.stream), r.input_tokens, r.output_tokens, r.client_id,
              r.request_payload, r.response_payload, r.ttft_s, attempts_to_json(r.attempts), r.escalated, r.key_id,
-             r.cost_usd, r.counterfactual_cost_usd, r.shadow_of, r.verdict, r.candidate)
+             r.cost_usd, r.counterfactual_cost_usd, r.shadow_of, r.verdict, r.candidate,
+             r.wasted_input_tokens, r.wasted_output_tokens, r.wasted_cost_usd)
             for r in records
         ]
         with self._connection() as db:
