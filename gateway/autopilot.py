@@ -1,9 +1,9 @@
 """The conversion autopilot: promotes and demotes tasks by itself (`conversion.auto_promote` / `auto_demote`).
 
 Every `conversion.interval_s` it reads the call log's recent outcomes (router/scorecard.py) and:
-- demotes a promoted task whose reverse-shadow agreement since its promotion has an upper bound under
-  the bar, whose live escalation rate passes the limit, or whose feedback drops (router/promotions.py
-  `review`);
+- demotes a promoted task whose rolling reverse-shadow agreement (the last `demote_window` verdicts
+  since its promotion) has an upper bound under the bar, whose live escalation rate passes the limit,
+  or whose feedback drops (router/promotions.py `review`);
 - with `auto_promote`, promotes a shadowed miniature whose agreement's lower bound clears the bar on
   enough verdicts, unless the task was demoted less than `cooldown_s` ago.
 Each change is written to the promotions file (the gateway then reloads, like for an edit by hand),
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import anyio
 
@@ -75,7 +76,7 @@ class Autopilot:
         rows, feedback = await reader.outcomes(since)
         if section.auto_demote:
             for promotion in before.promotions:
-                recent = [row for row in rows if row["started_at"] >= promotion.promoted_at]
+                recent = _since_promotion(rows, promotion.promoted_at, section.demote_window)
                 measured = measure(recent, feedback, window_s=max(now - promotion.promoted_at, 1.0))
                 calls, escalated = measured.rules.get(f"promoted:{promotion.task}", (0, 0))
                 rate = escalated / calls if calls >= section.demote_samples else None
@@ -116,3 +117,13 @@ class Autopilot:
         reader = self.calls.reader()
         if reader is not None:
             await reader.store.audit(_ACTOR, action, f"{task} -> {model}: {reason}")
+
+
+def _since_promotion(rows: list[dict[str, Any]], promoted_at: float, window: int) -> list[dict[str, Any]]:
+    """What a promoted task is reviewed on: its calls since the promotion, and the verdicts of its reverse
+    shadows only (the frontier checking the miniature that served), the last `window` of them: a rolling
+    agreement, so a long good record can't hide a drift. Forward shadows still finishing from before the
+    promotion judged a miniature that served nobody, and are left out."""
+    recent = [row for row in rows if row["started_at"] >= promoted_at]
+    reverse = [row for row in recent if row["shadow_of"] is not None and row["tier"] == "frontier"]
+    return [row for row in recent if row["shadow_of"] is None] + reverse[-window:]

@@ -236,7 +236,7 @@ class ChatEndpoint:
             return
         self.shadower.offer(ShadowJob(
             request_id=call.request_id, route=decision.route, task=call.task, key_name=call.key_name,
-            served=outcome.served, shadow=decision.shadow, body=call.parsed or {}, raw=call.body, reply=reply,
+            served=outcome.served, shadow=decision.shadow, body=call.parsed or {}, reply=reply,
             chunks=tuple(chunks) if chunks is not None else None, kind=call.kind,
         ))
 

@@ -55,7 +55,6 @@ class ShadowJob:
     served: Target
     shadow: Shadow
     body: Mapping[str, Any]
-    raw: bytes  # the client's request, for the shadow's own record
     reply: bytes | None = None  # non-streamed
     chunks: tuple[bytes, ...] | None = None  # streamed, as relayed
     kind: Kind | None = None  # the task's output kind, when the catalogue knows it (else inferred from the replies)
@@ -123,8 +122,10 @@ class Shadower:
         # A sampled free-text pair goes to the judge model; the others to MiniLM, when the matcher holds it.
         judged = job.shadow.judge is not None and random.random() < job.shadow.judge_sample
         similarity = runtime.tasks.similarity() if runtime.tasks is not None and not judged else None
-        pair = await anyio.to_thread.run_sync(_compare, job, called.content if called.status == 200 else None,
-                                              similarity)
+        content = called.content if called.status == 200 else None
+        # Only an embedding is slow enough for a worker thread; parsing and exact comparisons are microseconds.
+        pair = (_compare(job, content, None) if similarity is None
+                else await anyio.to_thread.run_sync(_compare, job, content, similarity))
         comparison = await self._judge(runtime, job, pair) if judged and pair.needs_judge else pair.comparison
         candidate = target.name if _judges_shadow(job.served, target) else job.served.name
         self.metrics.shadow_comparisons.labels(job.task, candidate, comparison.verdict).inc()
@@ -143,14 +144,17 @@ class Shadower:
 
     def _record(self, runtime: Runtime, job: ShadowJob, target: Target, called: _Called, rule: str,
                 verdict: str | None, candidate: str | None, request: bytes | None = None) -> None:
-        """A call minigate made of its own, logged and priced like any, linked to the call it shadowed."""
+        """A call minigate made of its own, logged and priced like any, linked to the call it shadowed.
+
+        A shadow's request is the shadowed call's, already logged with it: it is not redacted, encrypted and
+        stored a second time (that was most of a shadow's CPU). A judge's request is its own."""
         self.calls.submit(CallRecord(
             request_id=uuid.uuid4().hex, started_at=called.started_at, key_name=job.key_name, route=job.route,
             model=target.name, tier=target.tier, task=job.task, rule=rule, upstream=target.upstream,
             status=called.status or 502, latency_s=called.latency_s, stream=False,
             attempts=[AttemptRecord(upstream=target.upstream, model=target.upstream_model, status=called.status,
                                     latency_s=round(called.latency_s, 6), error=called.error)],
-            request_body=request or job.raw, reply=called.content, rate=runtime.prices.rates(job.route, target.name)[0],
+            request_body=request, reply=called.content, rate=runtime.prices.rates(job.route, target.name)[0],
             shadow_of=job.request_id, verdict=verdict, candidate=candidate,
         ))
 
@@ -192,7 +196,7 @@ class _Pair:
 
 
 def _compare(job: ShadowJob, shadow_reply: bytes | None, similarity: Similarity | None) -> _Pair:
-    """Judge the pair (in a worker thread: a free-text judgement embeds two texts)."""
+    """Judge the pair (in a worker thread when a free-text judgement embeds two texts)."""
     served = _view(reply_from_body(job.reply) if job.reply is not None else reply_from_stream(list(job.chunks or ())))
     if shadow_reply is None:
         return _Pair(Comparison("error", job.kind or "free_text"), served, ReplyView(None))

@@ -181,6 +181,8 @@ class Policy(BaseModel):
     min_agreement: float = Field(0.95, gt=0, le=1, description="Wilson lower bound needed to promote")
     min_samples: int = Field(200, ge=1, description="shadow verdicts needed to promote")
     demote_samples: int = Field(50, ge=1, description="verdicts since promotion needed before demoting on agreement")
+    demote_window: int = Field(200, ge=1, description="demotion judges the last this many verdicts: a rolling "
+                                                      "agreement")
     max_escalation_rate: float = Field(0.2, gt=0, le=1, description="a promoted task escalating more is demoted")
     min_feedback: float | None = Field(None, ge=0, le=1, description="a promoted task whose mean feedback falls "
                                                                     "under this is demoted")
