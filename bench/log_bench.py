@@ -26,11 +26,11 @@ import time
 import uuid
 from pathlib import Path
 
-from overhead import free_port, log, start_upstream
+from overhead import start_upstream
 from overhead_fixtures import JSON_PATH, wrk_varying_script
 from overhead_load import measure
 from overhead_proc import descendants, start_server, stop_server
-from overhead_setup import ensure_tools, machine_info, minigate_command
+from overhead_setup import ensure_tools, free_port, log, machine_info, minigate_command
 
 BENCH = Path(__file__).resolve().parent
 KEY = "bench-key"

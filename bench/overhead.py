@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from overhead_fixtures import JSON_PATH, MODES, Mode, request_body, wrk_script
 from overhead_load import Measurement, TargetRun, WrkFailed, measure, run_wrk
 from overhead_proc import Server, StartFailed, post_ok, rss_bytes, start_server, stop_server
 from overhead_report import AGGREGATION, checks, print_report, ratios, summarise_rows, summarise_targets
-from overhead_setup import (ROOT, SetupFailed, ensure_litellm, ensure_tools, machine_info, minigate_command,
-                            minimal_python, package_versions, tool_versions)
+from overhead_setup import (ROOT, SetupFailed, ensure_litellm, ensure_tools, free_port, log, machine_info,
+                            minigate_command, minimal_python, package_versions, tool_versions)
 from overhead_targets import (DIRECT, PROXY_CPU, UPSTREAM_CPU, Target, litellm_target, minigate_target,
                               minimal_target, upstream_launch)
 
@@ -73,17 +72,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _resolve(name: str) -> tuple[Target, dict[str, str]] | None:

@@ -12,11 +12,12 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["ROOT", "SetupFailed", "ensure_tools", "ensure_litellm", "minimal_python",
+__all__ = ["ROOT", "SetupFailed", "ensure_tools", "ensure_litellm", "free_port", "log", "minimal_python",
            "minigate_command", "machine_info", "tool_versions", "package_versions"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,3 +139,15 @@ def package_versions(python: Path, names: list[str]) -> dict[str, str]:
         return {}
     versions: dict[str, str] = json.loads(result.stdout)
     return versions
+
+
+def free_port() -> int:
+    """A free loopback port for a server the benchmark starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -46,8 +45,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from minigate.router.agreement import wilson  # noqa: E402
-from overhead_setup import (ROOT, SetupFailed, ensure_tools, machine_info, minigate_command,  # noqa: E402
-                            package_versions, tool_versions)
+from overhead_setup import (ROOT, SetupFailed, ensure_tools, free_port, log, machine_info,  # noqa: E402
+                            minigate_command, package_versions, tool_versions)
 from shadow_promotion import PromotionSettings, Trial, run_trial, summarise_trials, trials_document  # noqa: E402
 from shadow_throughput import (ThroughputRun, ThroughputSettings, run_throughput, runs_document,  # noqa: E402
                                summarise_throughput)
@@ -92,17 +91,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.rounds, args.duration, args.warmup, args.seeds = 1, 3, 1, [1]
         args.min_samples = 100
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _policy_bounds(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from minigate.conversion.jsonl import Skipped, json_objects
 from minigate.conversion.replay_promotions import Projection, project_promotions
 from minigate.errors import RequestError
-from minigate.pricing import Rate
+from minigate.pricing import Rate, priced_total
 from minigate.router.decision import Router
 from minigate.router.matcher import UNKNOWN_TASK, TaskMatcher
 from minigate.router.prices import PriceBook
@@ -296,10 +296,10 @@ def _report(calls: list[_Replayed], skipped: list[Skipped], replayer: _Replayer)
         tiers=_splits(calls, lambda call: (call.tier, None)),
         rules=_splits(calls, lambda call: (call.rule, call.route)),
         tasks=_splits(calls, lambda call: (call.task, None)),
-        candidate_cost=_total(call.candidate for call in calls),
-        actual_cost=_total(call.actual for call in calls) if calls and len(logged) == len(calls) else None,
-        all_frontier_cost=_total(call.frontier for call in calls),
-        all_miniature_cost=_total(call.miniature for call in calls),
+        candidate_cost=priced_total(call.candidate for call in calls),
+        actual_cost=priced_total(call.actual for call in calls) if calls and len(logged) == len(calls) else None,
+        all_frontier_cost=priced_total(call.frontier for call in calls),
+        all_miniature_cost=priced_total(call.miniature for call in calls),
         sweep=_sweep(calls),
         notes=sorted(replayer.pricer.notes),
         skipped=skipped,
@@ -311,16 +311,6 @@ def _report(calls: list[_Replayed], skipped: list[Skipped], replayer: _Replayer)
     )  # fmt: skip
 
 
-def _total(costs: Iterable[float | None]) -> float | None:
-    """The sum, or None when any part is unpriced: a partial total would read as a real one."""
-    total = 0.0
-    for cost in costs:
-        if cost is None:
-            return None
-        total += cost
-    return total
-
-
 def _splits(calls: list[_Replayed], key: Callable[[_Replayed], tuple[str, str | None]]) -> list[Split]:
     """Calls grouped by `key(call) -> (name, route)`, the largest group first."""
     groups: dict[tuple[str, str | None], list[_Replayed]] = {}
@@ -328,7 +318,7 @@ def _splits(calls: list[_Replayed], key: Callable[[_Replayed], tuple[str, str | 
         groups.setdefault(key(call), []).append(call)
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0][1] or "", item[0][0]))
     return [Split(name, len(group), sum(call.tier == "frontier" for call in group),
-                  _total(call.candidate for call in group), route)
+                  priced_total(call.candidate for call in group), route)
             for (name, route), group in ordered]  # fmt: skip
 
 

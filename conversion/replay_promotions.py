@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from minigate.pricing import priced_total
 from minigate.router.scorecard import Scorecard
 
 __all__ = ["Projection", "project_promotions"]
@@ -49,24 +50,20 @@ def project_promotions(calls: Sequence[Priced], cards: Sequence[Scorecard], name
             continue
         agreement = card.agree / card.n
         found.append(Projection(name, card.model, round(agreement, 4), card.interval, len(mine),
-                                _sum(call[1] for call in mine), _promoted(mine, card.model, agreement, cost),
+                                _rounded(call[1] for call in mine), _promoted(mine, card.model, agreement, cost),
                                 _promoted(mine, card.model, card.interval[0], cost)))
     return found
 
 
 def _promoted(calls: Sequence[Priced], model: str, agreement: float,
               cost: Callable[[str, tuple[int, int]], float | None]) -> float | None:
-    return _sum(_one(cost(model, tokens), frontier, agreement) for _, _, frontier, tokens in calls)
+    return _rounded(_one(cost(model, tokens), frontier, agreement) for _, _, frontier, tokens in calls)
 
 
 def _one(miniature: float | None, frontier: float | None, agreement: float) -> float | None:
     return None if miniature is None or frontier is None else miniature + (1 - agreement) * frontier
 
 
-def _sum(values: Iterable[float | None]) -> float | None:
-    total = 0.0
-    for value in values:
-        if value is None:
-            return None
-        total += value
-    return round(total, 8)
+def _rounded(values: Iterable[float | None]) -> float | None:
+    total = priced_total(values)
+    return None if total is None else round(total, 8)

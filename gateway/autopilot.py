@@ -67,23 +67,26 @@ class Autopilot:
         config, path = self.holder.config, self.holder.path
         section = config.conversion
         reader = self.calls.reader()
-        if path is None or reader is None or not (section.auto_promote or section.auto_demote):
+        if path is None or reader is None:
             return False
         file = promotions_path(path)
         before = after = await anyio.to_thread.run_sync(load_promotions, file)
+        reviewed = before.promotions if section.auto_demote else []
+        if not reviewed and not section.auto_promote:
+            return False  # nothing to review: the call log is not read
         now = time.time()
-        since = min([now - section.window_days * 86400, *(p.promoted_at for p in before.promotions)])
+        earliest = [now - section.window_days * 86400] if section.auto_promote else []
+        since = min([*earliest, *(p.promoted_at for p in reviewed)])
         rows, feedback = await reader.outcomes(since)
-        if section.auto_demote:
-            for promotion in before.promotions:
-                recent = _since_promotion(rows, promotion.promoted_at, section.demote_window)
-                measured = measure(recent, feedback, window_s=max(now - promotion.promoted_at, 1.0))
-                calls, escalated = measured.rules.get(f"promoted:{promotion.task}", (0, 0))
-                rate = escalated / calls if calls >= section.demote_samples else None
-                verdict = review(measured.card(promotion.task_id, promotion.model), rate, section)
-                if verdict.allowed:
-                    after = after.demote(promotion.task, _ACTOR, verdict.reason, at=now)
-                    await self._announce("demote", promotion.task, promotion.model, verdict.reason)
+        for promotion in reviewed:
+            recent = _since_promotion(rows, promotion.promoted_at, section.demote_window)
+            measured = measure(recent, feedback, window_s=max(now - promotion.promoted_at, 1.0))
+            calls, escalated = measured.rules.get(f"promoted:{promotion.task}", (0, 0))
+            rate = escalated / calls if calls >= section.demote_samples else None
+            verdict = review(measured.card(promotion.task_id, promotion.model), rate, section)
+            if verdict.allowed:
+                after = after.demote(promotion.task, _ACTOR, verdict.reason, at=now)
+                await self._announce("demote", promotion.task, promotion.model, verdict.reason)
         if section.auto_promote:
             window = [row for row in rows if row["started_at"] >= now - section.window_days * 86400]
             after = await self._promote(after, measure(window, feedback, window_s=section.window_days * 86400), now)

@@ -230,7 +230,7 @@ class ChatEndpoint:
                 chunks: list[bytes] | None) -> None:
         """Offer the answered call to the shadower, unless the shadow model is the one that answered
         (an escalation or a fallback already put the other model's reply in front of the client)."""
-        assert decision.shadow is not None and self.shadower is not None and call.body is not None
+        assert decision.shadow is not None and self.shadower is not None
         if (outcome.escalated or outcome.fell_back or outcome.served.name == decision.shadow.target.name
                 or not self.shadower.draws(decision.shadow)):
             return

@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, Protocol
 
-__all__ = ["ConfiguredPrice", "PriceSource", "PriceTable", "PricedModel", "Rate", "model_rate"]
+__all__ = ["ConfiguredPrice", "PriceSource", "PriceTable", "PricedModel", "Rate", "model_rate", "priced_total"]
 
 PriceSource = Literal["config", "gpu-hour", "table", "none"]
 
@@ -98,6 +99,20 @@ class PriceTable:
             if candidate in self.models:
                 return self.models[candidate]
         return None
+
+
+def priced_total(costs: Iterable[float | None]) -> float | None:
+    """The sum, or None when any part is unpriced: a partial total would read as a real one.
+
+    >>> priced_total([0.5, 0.25]), priced_total([0.5, None])
+    (0.75, None)
+    """
+    total = 0.0
+    for cost in costs:
+        if cost is None:
+            return None
+        total += cost
+    return total
 
 
 def model_rate(entry: PricedModel, table: PriceTable) -> tuple[Rate | None, PriceSource]:
