@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import orjson
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, UnknownType
 
 from minigate.router.cascade import ReplyView, normalise_label
 
@@ -181,7 +181,7 @@ def _schema(request: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _matches(schema: Mapping[str, Any], value: Any) -> bool:
     try:
         return Draft202012Validator(schema).is_valid(value)
-    except SchemaError:  # the client's schema is broken: it can't count against the candidate
+    except (SchemaError, UnknownType):  # the client's schema is broken: it can't count against the candidate
         return True
 
 

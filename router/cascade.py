@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, UnknownType
 
 __all__ = ["CONTENT_CHECKS", "ESCALATION_REASONS", "NO_CONTRACT", "EscalationReason", "ReplyView", "StreamCheck",
            "TaskContract", "check_reply", "normalise_label", "parse_chat_reply"]
@@ -290,5 +290,5 @@ def _conforms(value: Any, schema: Any) -> bool:
         return True  # nothing to check against
     try:
         return Draft202012Validator(dict(schema)).is_valid(value)
-    except SchemaError:
+    except (SchemaError, UnknownType):  # e.g. BFCL's Python-typed "dict" schemas
         return True  # a schema the client got wrong is not the miniature's failure

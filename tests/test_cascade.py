@@ -89,6 +89,16 @@ def test_a_malformed_tool_calls_member_is_an_invalid_call() -> None:
     assert check_reply({"tools": [TOOL]}, parse_chat_reply(body), frozenset(ALL)) == "invalid_tool_call"
 
 
+def test_a_tool_schema_with_python_type_names_is_not_checked_rather_than_failing_the_call() -> None:
+    # BFCL's tools (and agents written from them) say "dict" for object: jsonschema knows no such type.
+    bfcl = {"type": "function", "function": {"name": "Weather_1_GetWeather", "parameters": {
+        "type": "dict", "required": ["city"], "properties": {"city": {"type": "string"}}}}}
+    call = {"id": "c", "type": "function", "function": {"name": "Weather_1_GetWeather", "arguments": '{"city": "Oslo"}'}}
+    assert check_reply({"tools": [bfcl]}, ReplyView(None, (call,)), frozenset(ALL)) is None
+    undeclared = {**call, "function": {"name": "Weather_2", "arguments": "{}"}}
+    assert check_reply({"tools": [bfcl]}, ReplyView(None, (undeclared,)), frozenset(ALL)) == "invalid_tool_call"
+
+
 @pytest.fixture
 def cascading(upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     config = gateway_config(upstream.base_url)

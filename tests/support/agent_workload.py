@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DATA", "INTENTS", "MAX_PER_STEP", "OPEN_INTENTS", "STEPS", "TOOLS", "Call", "agent_workload",
-           "missing_data", "write_rows"]
+__all__ = ["CLASSIFY", "CONCIERGE", "DATA", "EXTRACT", "EXTRACT_FORMAT", "GENERIC", "INTENTS", "MAX_PER_STEP",
+           "OPEN_INTENTS", "RATE", "STEPS", "SUMMARISE", "TOOLS", "URGENCY", "Call", "agent_workload", "banking_messages",
+           "case_notes", "missing_data", "note_entities", "note_summary", "open_reply", "tool_questions", "write_rows"]
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MAX_PER_STEP = 300
@@ -55,7 +56,7 @@ EXTRACT = "Extract the people, places, organisations and contact details mention
 GENERIC = "You are a helpful assistant."
 _ENTITIES = {"PERSON": "people", "GPE": "places", "STREET_ADDRESS": "places", "ORGANIZATION": "organisations",
              "PHONE_NUMBER": "contacts", "EMAIL_ADDRESS": "contacts"}
-_SCHEMA = {"type": "json_schema", "json_schema": {"name": "note_entities", "schema": {
+EXTRACT_FORMAT = {"type": "json_schema", "json_schema": {"name": "note_entities", "schema": {
     "type": "object", "properties": {kind: {"type": "array", "items": {"type": "string"}}
                                      for kind in sorted(set(_ENTITIES.values()))}}}}
 
@@ -82,8 +83,8 @@ def agent_workload(per_step: int, *, seed: int = 0, data: Path = DATA) -> list[C
     if not 0 < per_step <= MAX_PER_STEP:
         raise ValueError(f"per_step must be 1..{MAX_PER_STEP}: the rarest intent has too few messages for more")
     rng = random.Random(seed)
-    banking = _banking(data)
-    notes = _notes(data)
+    banking = banking_messages(data)
+    notes = case_notes(data)
     rng.shuffle(notes)
     calls = [*_classify(banking, per_step, rng), *_tools(data, per_step, rng),
              *_summarise(notes[:per_step]), *_extract(notes[per_step:2 * per_step]), *_open(banking, per_step, rng)]
@@ -112,15 +113,20 @@ def _classify(banking: dict[str, list[str]], per_step: int, rng: random.Random) 
 def _open(banking: dict[str, list[str]], per_step: int, rng: random.Random) -> list[Call]:
     calls = []
     for number, intent in enumerate(rng.choices(OPEN_INTENTS, k=per_step)):
-        words = intent.replace("_", " ")
-        reply = (f"Thanks for asking about {words}. You will find the details in the app under Help, and our "
-                 "team can walk you through it if anything is unclear.")
-        calls.append(Call("open", _row(f"open-{number}", GENERIC, banking[intent].pop(), _text(reply)), intent))
+        calls.append(Call("open", _row(f"open-{number}", GENERIC, banking[intent].pop(), _text(open_reply(intent))),
+                          intent))
     return calls
 
 
+def open_reply(intent: str) -> str:
+    """The teacher's answer to a generic question about one of OPEN_INTENTS."""
+    words = intent.replace("_", " ")
+    return (f"Thanks for asking about {words}. You will find the details in the app under Help, and our "
+            "team can walk you through it if anything is unclear.")
+
+
 def _tools(data: Path, per_step: int, rng: random.Random) -> list[Call]:
-    questions, definitions = _bfcl(data)
+    questions, definitions = tool_questions(data)
     offered = [{"type": "function", "function": definitions[name]} for name in TOOLS]
     calls = []
     for number, (text, name, arguments) in enumerate(rng.sample(questions, min(per_step, len(questions)))):
@@ -136,22 +142,28 @@ def _summarise(notes: list[dict[str, Any]]) -> list[Call]:
     calls = []
     for number, note in enumerate(notes):
         text = " ".join(note["full_text"].split())
-        first = text.split(". ")[0].rstrip(".")
-        summary = f"The customer's note says that {first[:1].lower()}{first[1:]}."
-        calls.append(Call("summarise", _row(f"summarise-{number}", SUMMARISE, text, _text(summary))))
+        calls.append(Call("summarise", _row(f"summarise-{number}", SUMMARISE, text, _text(note_summary(text)))))
     return calls
+
+
+def note_summary(text: str) -> str:
+    """The teacher's one-sentence summary of a note: its first sentence, reported."""
+    first = text.split(". ")[0].rstrip(".")
+    return f"The customer's note says that {first[:1].lower()}{first[1:]}."
+
+
+def note_entities(note: dict[str, Any]) -> dict[str, list[str]]:
+    """The teacher's extraction of a note: its gold Presidio spans, grouped as the schema asks."""
+    found: dict[str, list[str]] = {kind: [] for kind in sorted(set(_ENTITIES.values()))}
+    for span in note["spans"]:
+        if span["entity_type"] in _ENTITIES:
+            found[_ENTITIES[span["entity_type"]]].append(" ".join(span["entity_value"].split()))
+    return found
 
 
 def _extract(notes: list[dict[str, Any]]) -> list[Call]:
-    calls = []
-    for number, note in enumerate(notes):
-        found: dict[str, list[str]] = {kind: [] for kind in sorted(set(_ENTITIES.values()))}
-        for span in note["spans"]:
-            if span["entity_type"] in _ENTITIES:
-                found[_ENTITIES[span["entity_type"]]].append(" ".join(span["entity_value"].split()))
-        calls.append(Call("extract", _row(f"extract-{number}", EXTRACT, note["full_text"], _text(json.dumps(found)),
-                                          response_format=_SCHEMA)))
-    return calls
+    return [Call("extract", _row(f"extract-{number}", EXTRACT, note["full_text"], _text(json.dumps(note_entities(note))),
+                                 response_format=EXTRACT_FORMAT)) for number, note in enumerate(notes)]
 
 
 def _row(request_id: str, system: str, user: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -169,7 +181,7 @@ def _text(content: str) -> dict[str, Any]:
     return {"role": "assistant", "content": content}
 
 
-def _banking(data: Path) -> dict[str, list[str]]:
+def banking_messages(data: Path) -> dict[str, list[str]]:
     """Messages by intent, in a fixed shuffled order: steps pop from them, so no message is used twice."""
     with (data / "banking77" / "train.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -181,12 +193,12 @@ def _banking(data: Path) -> dict[str, list[str]]:
     return by_intent
 
 
-def _notes(data: Path) -> list[dict[str, Any]]:
+def case_notes(data: Path) -> list[dict[str, Any]]:
     notes = json.loads((data / "presidio_synth" / "synth_dataset_v2.json").read_text(encoding="utf-8"))
     return [note for note in notes if len(note["full_text"].split()) >= 4]
 
 
-def _bfcl(data: Path) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+def tool_questions(data: Path) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, dict[str, Any]]]:
     """(user text, tool, arguments) of every single-call BFCL question using one of TOOLS; each tool's definition."""
     gold: dict[str, list[dict[str, Any]]] = {}
     for path in sorted((data / "bfcl" / "possible_answer").glob("*.json")):

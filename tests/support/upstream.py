@@ -131,8 +131,12 @@ class ScriptedUpstream:
             assert up.requests[-1].json()["model"] == "gpt-4.1"
     """
 
-    def __init__(self, models: Sequence[str] = ("scripted-base",), *, port: int = 0) -> None:
+    def __init__(self, models: Sequence[str] = ("scripted-base",), *, port: int = 0,
+                 responder: Callable[[dict[str, Any]], Script | None] | None = None) -> None:
         self.models = list(models)  # base models listed by /v1/models (parents of LoRA adapters)
+        # Answers a chat request from its body (a teacher that knows every call's reply); None: the queue, then
+        # the defaults. Called on the server thread: it must only read what the test built before starting.
+        self.responder = responder
         self.requests: list[RecordedRequest] = []
         self.sent: list[bytes] = []
         self.adapters: set[str] = set()
@@ -167,7 +171,9 @@ class ScriptedUpstream:
         with self._lock:
             self._queue.extend(scripts)
 
-    def _next_script(self, model: object) -> Script:
+    def _next_script(self, model: object, payload: dict[str, Any] | None = None) -> Script:
+        if self.responder is not None and payload is not None and (answer := self.responder(payload)) is not None:
+            return answer
         with self._lock:
             if self._queue:
                 return self._queue.popleft()
@@ -261,7 +267,7 @@ class ScriptedUpstream:
 
     async def _chat(self, body: bytes) -> Response:
         payload = _parse(body)
-        script = self._next_script(payload.get("model"))
+        script = self._next_script(payload.get("model"), payload)
         completion = _Completion(payload, script)
         if not payload.get("stream") or script.body is not None or script.status != 200:
             return await self._scripted(script, completion.body)
