@@ -10,6 +10,7 @@ evidence DESIGN.md names: summary.json, its plot and the report.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,16 +29,10 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("peft", reason="the conversion loop fine-tunes: it needs the finetune extra")
     out = tmp_path_factory.mktemp("conversion") / "run"
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "conversion" / "loop.py"), "--fast", "--out",
-                           str(out)], cwd=ROOT, env={**_env(), "PYTHONPATH": str(ROOT)}, capture_output=True,
+                           str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     return out
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def test_the_fast_run_writes_the_summary_design_md_names(fast_run: Path) -> None:
