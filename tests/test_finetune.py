@@ -159,6 +159,15 @@ def test_batches_keep_a_step_together_sorted_by_length_and_reshuffle_each_epoch(
     assert all(len(batch) == 1 for batch in batches(ids, steps=steps, seed=1, epoch=0, max_tokens=7))
 
 
+def test_a_long_shared_prefix_still_batches_the_short_requests_after_it() -> None:
+    """A tool-using step: 1,300 tokens of tool definitions, then short requests. The prefix runs once a
+    batch, so it must not count against the batch's budget once per row (each row gets 1 example)."""
+    prefix = list(range(1300))
+    ids = [prefix + [5000 + n] * (20 + n) for n in range(8)]
+    plan = batches(ids, steps=["tools"] * 8, seed=0, epoch=0, max_tokens=512)
+    assert sorted(len(batch) for batch in plan) == [3, 5]  # each row: its own 20-27 tokens + 65 for its keys
+
+
 def test_common_prefix() -> None:
     assert common_prefix([[1, 2, 3, 4], [1, 2, 9], [1, 2, 3]], limit=10) == 2
     assert common_prefix([[1, 2, 3], [1, 2, 3]], limit=2) == 2

@@ -63,7 +63,7 @@ class Mix:
 # Phases: the traffic logged before anything is converted, the traffic shadowed while tuned miniatures are
 # measured, the fresh traffic after promotion. The tools step has 326 gold questions in all.
 FULL = {"logged": Mix(tickets=600, tools=200, summarise=200, extract=200, open=200),
-        "shadow": Mix(tickets=110, tools=63, summarise=60, extract=60, open=60),
+        "shadow": Mix(tickets=150, tools=63, summarise=60, extract=60, open=60),
         "fresh": Mix(tickets=180, tools=63, summarise=60, extract=60, open=60)}
 FAST = {"logged": Mix(tickets=48, tools=24, summarise=16, extract=16, open=16),
         "shadow": Mix(tickets=12, tools=8, summarise=6, extract=6, open=6),

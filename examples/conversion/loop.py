@@ -52,7 +52,7 @@ class Settings:
     min_samples: int  # shadow verdicts needed (conversion.min_samples)
 
 
-FULL_RUN = Settings(FULL, convert=4, train_minutes=22, epochs=3, min_agreement=0.9, min_samples=50)
+FULL_RUN = Settings(FULL, convert=4, train_minutes=30, epochs=3, min_agreement=0.9, min_samples=50)
 FAST_RUN = Settings(FAST, convert=1, train_minutes=1, epochs=0.3, min_agreement=0.0, min_samples=3)
 
 
