@@ -137,7 +137,8 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
               [100 * (t["agreement_high"] - t["agreement"]) for t in rows]]
     colours = ["#2e7d32" if t["promoted"] else "#9e9e9e" for t in rows]
     quality.bar(range(len(rows)), values, yerr=errors, color=colours, capsize=4)
-    quality.axhline(100 * summary["bar"], color="#c62828", linestyle="--", linewidth=1, label="promotion bar")
+    quality.axhline(100 * summary["bar"], color="#c62828", linestyle="--", linewidth=1,
+                    label="promotion bar (on the shadow interval's low end)")
     quality.set_xticks(range(len(rows)), names, fontsize=8)
     quality.set_ylim(0, 105)
     quality.set_ylabel("% agreeing with the teacher (95% CI)")
