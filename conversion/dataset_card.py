@@ -259,8 +259,9 @@ def _redaction_section(document: dict[str, Any]) -> list[str]:
         lines += ["", "| placeholder | occurrences | examples |", "|---|---:|---:|"]
         lines += [f"| `<{kind}_n>` | {found['occurrences']} | {found['examples']} |"
                   for kind, found in redaction["placeholders"].items()]
-    lines += ["", ("A model trained on these examples sees `<EMAIL_1>` where live traffic has an address: "
-                   "where the reply must repeat such a value, check that it copies the real one at serving time.")]
+    lines += ["", ("`minigate finetune` trains on made-up values of each placeholder's kind, the same one wherever "
+                   "a placeholder recurs in an example: the model reads text as live traffic has it and learns to "
+                   "copy a value its reply repeats (`--no-surrogates` trains on the placeholders).")]
     return lines
 
 

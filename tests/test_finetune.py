@@ -33,7 +33,7 @@ QUERIES = {
                      "I'm still waiting for my card", "Has my card been posted?", "Card delivery status please"],
     "lost_card": ["I lost my card", "My card was stolen yesterday", "I can't find my card anywhere",
                   "Someone took my wallet with the card", "Block my lost card", "I misplaced my debit card",
-                  "My card is missing", "Report a stolen card", "Card gone, what do I do?"],
+                  "My card is missing, call <PHONE_1>", "Report a stolen card", "Card gone, what do I do?"],
     "refund": ["I want my money back", "How do I get a refund?", "Refund for a cancelled order",
                "The merchant promised a refund", "Where is my refund?", "Return money for a purchase",
                "Refund has not arrived", "Can I get refunded for this?", "Request a refund please"],
@@ -144,6 +144,30 @@ def test_only_the_replies_that_take_loss_are_labelled() -> None:
     assert tokenizer.decode(encoded.ids) == render_chat(example.messages)
 
 
+@needs_finetune
+def test_placeholders_become_surrogates_the_redactor_would_catch_again_the_same_in_reply_and_prompt() -> None:
+    from minigate.conversion.finetune.surrogates import Surrogates
+    from minigate.logger.redact import Redactor
+
+    kinds = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP"]
+    ask = "Book it for " + ", ".join(f"<{kind}_1>" for kind in kinds) + ", <EMAIL_3f9a0c21b7de> and <TICKET_1>"
+    call = {"id": "c1", "type": "function", "function": {"name": "book", "arguments": '{"contact": "<EMAIL_1>"}'}}
+    example = Example([{"role": "user", "content": [{"type": "text", "text": ask}]},
+                       {"role": "assistant", "content": None, "tool_calls": [call]}], None, "x:1")
+    surrogates = Surrogates(seed=0)
+    filled = surrogates.fill(example, 3)
+    text = filled.messages[0]["content"][0]["text"]
+    assert "<" not in text.replace("<TICKET_1>", "")  # every kind it knows is filled; an unknown one stays
+    email = orjson.loads(filled.messages[1]["tool_calls"][0]["function"]["arguments"])["contact"]
+    assert email in text  # the reply's placeholder got the prompt's value: the model learns to copy it
+    # Realistic: the redactor finds each made-up value again, as the kind it stood for.
+    redacted, _ = Redactor().redact(text)
+    assert [kind for kind in kinds if f"<{kind}_" in redacted] == kinds, (text, redacted)
+    assert surrogates.fill(example, 3) == filled and surrogates.fill(example, 4) != filled  # seeded per example
+    untouched = Example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], None, "x:2")
+    assert surrogates.fill(untouched) is untouched and surrogates.filled == 3
+
+
 # --- batching -----------------------------------------------------------------------------------------------
 
 def test_batches_keep_a_step_together_sorted_by_length_and_reshuffle_each_epoch() -> None:
@@ -243,6 +267,7 @@ def test_finetune_trains_evaluates_converts_and_resumes(tiny: Path, tmp_path: Pa
     assert training["steps"] == training["steps_planned"] == 6 and training["stopped_by"] == "epochs"
     assert training["best_loss"] < training["first_loss"]  # the loss on held-out replies falls
     assert card["data"] == {**card["data"], "train": 21, "validation": 6, "kind": "label"}
+    assert card["data"]["surrogates"] == {"on": True, "examples": 1}  # the <PHONE_1> trained as a number
     for who in ("base", "tuned"):
         assert card["validation"][who]["n"] == 6
     for name in ("adapter_config.json", "adapter_model.safetensors", "adapter.gguf", "card.json", "README.md"):

@@ -61,7 +61,8 @@ def _readme(facts: dict[str, Any], out: Path, plotted: bool) -> str:
         f"{facts['threads']} threads |",
         f"| peak memory | {facts['peak_rss_mb']} MB resident |",
         f"| llama.cpp vs torch | {_parity(parity)} |",
-        f"| data | {data['digest']} ({', '.join(data['sources'])}) |", "",
+        f"| data | {data['digest']} ({', '.join(data['sources'])}) |",
+        f"| PII placeholders | {_surrogates(data.get('surrogates'))} |", "",
     ]
     if plotted:
         lines += ["![loss](loss.png)", ""]
@@ -76,6 +77,12 @@ def _parity(parity: dict[str, Any]) -> str:
     if not parity.get("checked"):
         return f"not checked: {parity.get('skipped', 'no validation examples')}"
     return f"the same greedy answer on {parity['same']}/{parity['checked']} validation prompts ({parity['share']:.1%})"
+
+
+def _surrogates(surrogates: dict[str, Any] | None) -> str:
+    if not surrogates or not surrogates["on"]:
+        return "kept as logged (`<EMAIL_1>`)"
+    return f"filled with made-up values of their kind in {surrogates['examples']} examples"
 
 
 def _number(value: float | None) -> str:

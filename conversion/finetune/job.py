@@ -1,8 +1,8 @@
 """`minigate finetune` from data to a served-ready adapter directory, step by step.
 
-    read the examples → make (or reuse) the base weights → encode → LoRA-train within the budget →
-    evaluate base vs tuned on validation → save the PEFT adapter → convert it to a GGUF adapter →
-    check llama.cpp and torch answer alike → write the card
+    read the examples, their PII placeholders filled with surrogates → make (or reuse) the base weights →
+    encode → LoRA-train within the budget → evaluate base vs tuned on validation → save the PEFT adapter →
+    convert it to a GGUF adapter → check llama.cpp and torch answer alike → write the card
 
 Each step reports through `Report` (a terminal gets progress bars, a pipe nothing), and the result
 is the card as plain values. The heavy libraries (torch, transformers, peft) are imported here, never
@@ -38,6 +38,7 @@ from minigate.conversion.finetune.evaluate import Embed, evaluate
 from minigate.conversion.finetune.examples import Example, Split, encode, read_split, task_kind
 from minigate.conversion.finetune.gguf_adapter import write_gguf_adapter
 from minigate.conversion.finetune.parity import parity
+from minigate.conversion.finetune.surrogates import Surrogates
 from minigate.conversion.finetune.train import Hyper, Tick, train
 
 __all__ = ["GGUF_ADAPTER", "Report", "Request", "finetune"]
@@ -57,6 +58,7 @@ class Request:
     device: str = "cpu"
     resume: bool = False
     name: str | None = None  # the adapter's model name; default: the directory's name
+    surrogates: bool = True  # fill the log's PII placeholders with made-up values (surrogates.py)
 
 
 @dataclass
@@ -75,6 +77,9 @@ def finetune(request: Request, report: Report) -> dict[str, Any]:
     device = torch.device(request.device)
     report.stage("reading the examples")
     split = read_split(request.data, request.validation, seed=request.hyper.seed)
+    surrogates = Surrogates(request.hyper.seed)
+    if request.surrogates:
+        split = surrogates.split(split)
     kind = task_kind(split.train)
     report.stage(f"preparing the base model {request.base}")
     base = base_model(request.base)
@@ -100,7 +105,8 @@ def finetune(request: Request, report: Report) -> dict[str, Any]:
         "name": request.name or request.out.resolve().name, "base": {"name": base.name, "gguf": str(base.gguf),
                                                                     "hf_dir": str(base.hf_dir)},
         "data": {"sources": split.sources, "digest": split.digest, "train": len(split.train),
-                 "validation": len(split.validation), "kind": kind, "train_tokens": sum(len(r.ids) for r in rows)},
+                 "validation": len(split.validation), "kind": kind, "train_tokens": sum(len(r.ids) for r in rows),
+                 "surrogates": {"on": request.surrogates, "examples": surrogates.filled}},
         "hyper": {**asdict(request.hyper), "target_modules": list(request.hyper.target_modules)},
         "device": request.device, "threads": torch.get_num_threads(), "training": asdict(trained),
         "validation": {"kind": kind, "base": evaluation.base.document(), "tuned": evaluation.tuned.document()},

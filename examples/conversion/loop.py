@@ -52,6 +52,8 @@ class Settings:
     min_samples: int  # shadow verdicts needed (conversion.min_samples)
 
 
+# Fine-tuning time kept for each candidate still to train while an earlier one trains.
+_RESERVE_MINUTES = 3
 FULL_RUN = Settings(FULL, convert=4, train_minutes=30, epochs=3, min_agreement=0.9, min_samples=50)
 FAST_RUN = Settings(FAST, convert=1, train_minutes=1, epochs=0.3, min_agreement=0.0, min_samples=3)
 
@@ -65,6 +67,7 @@ class Run:
     settings: Settings
     stages: list[Stage] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    shadow: dict[str, dict[str, Any]] = field(default_factory=dict)  # each tuned miniature's scorecard, by task
 
     def timed(self, name: str) -> _Timer:
         return _Timer(self, name)
@@ -163,7 +166,7 @@ def _loop(run: Run, teacher_url: str, phases: dict[str, list[Turn]]) -> dict[str
     with run.timed("minigate report"):
         before = _report(run, t_logged, t_logged_end, None)
         after = _report(run, t_fresh, None, run.out / "report")
-    tasks = judge_outcomes(fresh, catalogue, adapters, promoted)
+    tasks = judge_outcomes(fresh, catalogue, adapters, promoted, run.shadow)
     return {"calls_before": len(logged), "calls_after": len(fresh),
             "miniature_share_before": before["headline"]["miniature_share"],
             "miniature_share_after": sum(o.on_miniature for o in fresh) / len(fresh),
@@ -212,21 +215,30 @@ def _send(run: Run, turns: list[Turn], what: str) -> list[Outcome]:
 
 
 def _finetune(run: Run, chosen: list[dict[str, Any]]) -> dict[str, str]:
-    """Export and fine-tune each chosen task within the budget; its adapter's model entry, by task name."""
+    """Export the chosen tasks, then fine-tune them within the budget; each adapter's model entry, by task name.
+
+    A half-trained miniature is worth nothing, so the budget finishes as many as it can: the cheapest
+    data trains first, each given what is left but a few minutes for each one after it, and stops at its
+    epochs; the costliest gets the rest. A quarter of each share is left to evaluation and the parity check,
+    which `--max-minutes` does not count.
+    """
+    for candidate in chosen:
+        with run.timed(f"dataset export {candidate['name']}"):
+            run.minigate("dataset", "export", "--config", "minigate.yaml", "--task", candidate["task"], "--out",
+                         f"datasets/{candidate['name']}")
+    cheapest_first = sorted(chosen, key=lambda c: (run.out / "datasets" / c["name"] / "train.jsonl").stat().st_size)
     adapters: dict[str, str] = {}
     deadline = time.monotonic() + run.settings.train_minutes * 60
-    for position, candidate in enumerate(chosen):
+    for position, candidate in enumerate(cheapest_first):
         name = candidate["name"]
-        left = (deadline - time.monotonic()) / 60 / (len(chosen) - position)
-        if left < 0.5:
+        after = len(cheapest_first) - position - 1
+        share = (deadline - time.monotonic()) / 60 - _RESERVE_MINUTES * after
+        if share < 0.5:
             console.print(f"[yellow]no fine-tuning time left for {name}[/]")
-            break
-        with run.timed(f"dataset export {name}"):
-            run.minigate("dataset", "export", "--config", "minigate.yaml", "--task", candidate["task"], "--out",
-                         f"datasets/{name}")
-        with run.timed(f"finetune {name} ({left:.1f} min budget)"):
+            continue
+        with run.timed(f"finetune {name} ({share:.1f} min budget)"):
             run.minigate("finetune", "--data", f"datasets/{name}", "--out", f"adapters/{name}", "--epochs",
-                         str(run.settings.epochs), "--max-minutes", f"{left:.2f}")
+                         str(run.settings.epochs), "--max-minutes", f"{0.75 * share:.2f}")
         adapters[name] = f"mini-{name}"
         run.config["models"][adapters[name]] = {"upstream": "local", "adapter": adapters[name],
                                                 "path": str(run.out / "adapters" / name), "tier": "miniature",
@@ -263,6 +275,9 @@ def _promote(run: Run, adapters: dict[str, str]) -> set[str]:
     promoted: set[str] = set()
     with run.timed("tasks scorecard and promote"):
         run.minigate("tasks", "scorecard", "--config", "minigate.yaml", "--catalogue", "tasks.yaml")
+        cards = json.loads(run.minigate("tasks", "scorecard", "--config", "minigate.yaml", "--catalogue", "tasks.yaml",
+                                        "--json", capture=True).stdout)
+        run.shadow = {card["task_name"]: card for card in cards if card["model"] == adapters.get(card["task_name"])}
         for task, adapter in adapters.items():
             applied, rejected = run.gateway.reloads()
             done = run.minigate("tasks", "promote", task, "--model", adapter, "--config", "minigate.yaml",

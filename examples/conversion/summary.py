@@ -31,9 +31,10 @@ class Stage:
     seconds: float
 
 
-def judge_outcomes(fresh: list[Outcome], catalogue: dict[str, Any], adapters: dict[str, str],
-                   promoted: set[str]) -> list[dict[str, Any]]:
-    """One entry per task the fresh calls were matched to (DESIGN.md's `tasks` of summary.json)."""
+def judge_outcomes(fresh: list[Outcome], catalogue: dict[str, Any], adapters: dict[str, str], promoted: set[str],
+                   shadow: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per task the fresh calls were matched to (DESIGN.md's `tasks` of summary.json), with the
+    tuned miniature's shadow scorecard (`tasks scorecard --json`) where it had one."""
     kinds = {task["name"]: as_kind(task.get("output_kind")) for task in catalogue["tasks"]}
     by_task: dict[str, list[Outcome]] = {}
     for outcome in fresh:
@@ -51,8 +52,17 @@ def judge_outcomes(fresh: list[Outcome], catalogue: dict[str, Any], adapters: di
             "agreement": round(sum(verdicts) / len(verdicts), 4), "agreement_low": round(low, 4),
             "agreement_high": round(high, 4), "n": len(verdicts), "tuned": adapters.get(task),
             "miniature_calls": len(on_mini),
-            "miniature_agreement": round(sum(on_mini) / len(on_mini), 4) if on_mini else None})
+            "miniature_agreement": round(sum(on_mini) / len(on_mini), 4) if on_mini else None,
+            "shadow": _shadow(shadow.get(task))})
     return rows
+
+
+def _shadow(card: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the promotion was decided on: the tuned miniature's verdicts beside the teacher."""
+    if card is None or not card["n"]:
+        return None
+    return {"agree": card["agree"], "n": card["n"], "agreement": card["agreement"],
+            "low": round(card["interval"][0], 4), "high": round(card["interval"][1], 4)}
 
 
 def _kind(outcome: Outcome) -> Kind:
@@ -89,12 +99,15 @@ def write_summary(out: Path, summary: dict[str, Any], stages: list[Stage], conso
     """summary.json, the tables on the terminal, and summary.png."""
     summary["stages"] = [{"stage": s.name, "seconds": round(s.seconds, 1)} for s in stages]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    tasks = Table("task", "step", "kind", "tuned", "promoted", "served by", "fresh calls", "on miniature",
-                  "agreement with the teacher", "95% interval", title="fresh traffic, by task")
+    tasks = Table("task", "step", "kind", "tuned", "in shadow (95%)", "promoted", "served by", "fresh calls",
+                  "on miniature", "agreement with the teacher", "95% interval", title="fresh traffic, by task")
     for t in summary["tasks"]:
-        tasks.add_row(t["task"], t["step"], t["output_kind"], t["tuned"] or "-", "yes" if t["promoted"] else "no",
-                      t["served_by"], str(t["n"]), str(t["miniature_calls"]), f"{t['agreement']:.1%}",
-                      f"{t['agreement_low']:.1%}–{t['agreement_high']:.1%}")
+        shadow = t["shadow"]
+        measured = "-" if shadow is None else (f"{shadow['agree']}/{shadow['n']} = {shadow['agreement']:.1%} "
+                                                f"({shadow['low']:.1%}–{shadow['high']:.1%})")
+        tasks.add_row(t["task"], t["step"], t["output_kind"], t["tuned"] or "-", measured,
+                      "yes" if t["promoted"] else "no", t["served_by"], str(t["n"]), str(t["miniature_calls"]),
+                      f"{t['agreement']:.1%}", f"{t['agreement_low']:.1%}–{t['agreement_high']:.1%}")
     console.print(tasks)
     head = Table("figure", "before (logged traffic)", "after (fresh traffic)", title="the loop's result")
     head.add_row("calls", str(summary["calls_before"]), str(summary["calls_after"]))
@@ -136,7 +149,13 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
     errors = [[100 * (t["agreement"] - t["agreement_low"]) for t in rows],
               [100 * (t["agreement_high"] - t["agreement"]) for t in rows]]
     colours = ["#2e7d32" if t["promoted"] else "#9e9e9e" for t in rows]
-    quality.bar(range(len(rows)), values, yerr=errors, color=colours, capsize=4)
+    quality.bar(range(len(rows)), values, yerr=errors, color=colours, capsize=4, label="fresh traffic, as served")
+    tuned = [(x, t["shadow"]) for x, t in enumerate(rows) if t["shadow"]]
+    if tuned:  # what each tuned miniature scored beside the teacher, promoted or not
+        quality.errorbar([x for x, _ in tuned], [100 * s["agreement"] for _, s in tuned],
+                         yerr=[[100 * (s["agreement"] - s["low"]) for _, s in tuned],
+                               [100 * (s["high"] - s["agreement"]) for _, s in tuned]],
+                         fmt="D", color="#ef6c00", capsize=4, label="tuned miniature in shadow")
     quality.axhline(100 * summary["bar"], color="#c62828", linestyle="--", linewidth=1,
                     label="promotion bar (on the shadow interval's low end)")
     quality.set_xticks(range(len(rows)), names, fontsize=8)

@@ -31,6 +31,8 @@ def finetune(
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, batch order and dropout.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, or cuda where a GPU and a CUDA torch are there.")] = "cpu",
     resume: Annotated[bool, typer.Option(help="Carry on from --out's last checkpoint.")] = False,
+    surrogates: Annotated[bool, typer.Option(
+        help="Train on made-up PII where the log has placeholders (<EMAIL_1>), as live traffic reads.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON.")] = False,
 ) -> None:
     """Train a LoRA adapter on a task's calls, evaluate it against the untuned base on held-out calls,
@@ -47,7 +49,7 @@ def finetune(
     target = out_dir or Path(f"adapter-{data.resolve().name.removesuffix('.jsonl')}")
     hyper = Hyper(epochs=epochs, rank=rank, alpha=2 * rank, lr=lr, seed=seed, max_minutes=max_minutes)
     request = Request(data=data, out=target, validation=validation, base=base, hyper=hyper, device=device,
-                      resume=resume, name=_name(target))
+                      resume=resume, name=_name(target), surrogates=surrogates)
     try:
         card = _run(run, request, Report)
     except (ExampleError, FileNotFoundError, ValueError) as exc:
