@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,13 @@ needs_llama_cpp = pytest.mark.skipif(
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 MAX_TOKENS = 12
+# A system prompt shared by every call, as one task's tool definitions are: 690 tokens, more than one of
+# llama.cpp's batches (512), and seconds to read again on each switch were it not cached per adapter.
+TOOLS = {"role": "system", "content": "You can call these tools:\n" + "".join(
+    f"- lookup_record_{i}(id: string): the ledger's record {i}, with its amount, currency and date.\n"
+    for i in range(24))}
+WITH_TOOLS = [[TOOLS, {"role": "user", "content": "Which tool finds record 7?"}],
+              [TOOLS, {"role": "user", "content": "Name a colour."}]]
 ANALYST = {"authorization": f"Bearer {ANALYST_KEY}"}
 
 
@@ -67,24 +75,44 @@ def adapter_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             for seed, name in enumerate(["tuned-a", "tuned-b"], start=1)}
 
 
-@pytest.fixture(scope="module")
-def expected(adapter_dirs: dict[str, Path]) -> dict[str | None, str]:
-    """What llama-cpp-python answers in-process, greedily, with each adapter (None: the base model)."""
+def answers_in_process(lora: str | None, chats: list[list[dict[str, str]]]) -> list[str]:
+    """What llama-cpp-python answers in-process, greedily, to these chats one after another, with one adapter
+    (None: the base model) and no other ever on its context."""
     import llama_cpp
 
-    # llama_cpp.server's default repeat penalty (1.1) would change greedy answers; our child applies none (1.0),
-    # as OpenAI's API has none. A chat without tools renders as the GGUF's own template renders it.
-    repeat_penalty = 1.0
-    answers: dict[str | None, str] = {}
-    for name, lora in [(None, None), *((name, str(d / "adapter.gguf")) for name, d in adapter_dirs.items())]:
-        llama = llama_cpp.Llama(model_path=str(default_gguf_path()), lora_path=lora, n_ctx=2048,
-                                n_threads=default_threads(), verbose=False)
-        reply = llama.create_chat_completion(max_tokens=MAX_TOKENS, temperature=0, repeat_penalty=repeat_penalty,
-                                             messages=QUESTION)  # type: ignore[arg-type]
+    llama = llama_cpp.Llama(model_path=str(default_gguf_path()), lora_path=lora, n_ctx=2048,
+                            n_threads=default_threads(), verbose=False)
+    try:
+        # llama_cpp.server's default repeat penalty (1.1) would change greedy answers; our child applies none
+        # (1.0), as OpenAI's API has none. A chat without tools renders as the GGUF's own template renders it.
+        replies = [llama.create_chat_completion(max_tokens=MAX_TOKENS, temperature=0, repeat_penalty=1.0,
+                                                messages=chat)  # type: ignore[arg-type]
+                   for chat in chats]
+    finally:
         llama.close()
-        answers[name] = str(reply["choices"][0]["message"]["content"])  # type: ignore[index]
-    assert len(set(answers.values())) == 3, answers  # each adapter changes the answer
+    return [str(reply["choices"][0]["message"]["content"]) for reply in replies]  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def in_process(adapter_dirs: dict[str, Path]) -> dict[str | None, list[str]]:
+    """What llama-cpp-python answers in-process to QUESTION, then to QUESTION again, with each adapter (None:
+    the base model)."""
+    answers = {name: answers_in_process(lora, [QUESTION, QUESTION])
+               for name, lora in [(None, None), *((name, str(d / "adapter.gguf")) for name, d in adapter_dirs.items())]}
+    assert len({first for first, _ in answers.values()}) == 3, answers  # each adapter changes the answer
     return answers
+
+
+@pytest.fixture(scope="module")
+def expected(in_process: dict[str | None, list[str]]) -> dict[str | None, str]:
+    return {name: first for name, (first, _) in in_process.items()}
+
+
+@pytest.fixture(scope="module")
+def expected_again(in_process: dict[str | None, list[str]]) -> dict[str | None, str]:
+    """Asked the prompt it evaluated last, llama.cpp evaluates only its last token again, alone, which can
+    change a greedy answer; so does an adapter the child switches back to, as if it had never switched."""
+    return {name: again for name, (_, again) in in_process.items()}
 
 
 def local_config(frontier_url: str, adapters: dict[str, str]) -> dict[str, Any]:
@@ -99,11 +127,17 @@ def local_config(frontier_url: str, adapters: dict[str, str]) -> dict[str, Any]:
     return config
 
 
-def ask(gateway: RunningGateway, route: str) -> str:
+def ask(gateway: RunningGateway, route: str, chat: list[dict[str, str]] = QUESTION) -> str:
     client = OpenAI(base_url=gateway.v1, api_key=AGENT_KEY, max_retries=0, timeout=60)
     reply = client.chat.completions.create(model=route, max_tokens=MAX_TOKENS, temperature=0,
-                                           messages=QUESTION)  # type: ignore[arg-type]
+                                           messages=chat)  # type: ignore[arg-type]
     return reply.choices[0].message.content or ""
+
+
+def ask_timed(gateway: RunningGateway, route: str, chat: list[dict[str, str]]) -> tuple[str, float]:
+    started = time.perf_counter()
+    answer = ask(gateway, route, chat)
+    return answer, time.perf_counter() - started
 
 
 def child_url(gateway: RunningGateway) -> str:
@@ -133,7 +167,7 @@ def llama_children() -> list[int]:
 @needs_llama_cpp
 def test_one_child_serves_the_base_and_each_adapter_as_itself(
         upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway],
-        adapter_dirs: dict[str, Path], expected: dict[str | None, str]) -> None:
+        adapter_dirs: dict[str, Path], expected: dict[str | None, str], expected_again: dict[str | None, str]) -> None:
     a, b = adapter_dirs["tuned-a"], adapter_dirs["tuned-b"]
     # One given as its directory, one as the .gguf itself.
     gateway = make_gateway(local_config(upstream.base_url, {"tuned-a": str(a), "tuned-b": str(b / "adapter.gguf")}))
@@ -141,7 +175,7 @@ def test_one_child_serves_the_base_and_each_adapter_as_itself(
     assert ask(gateway, "tuned-a") == expected["tuned-a"]
     assert ask(gateway, "base") == expected[None]
     assert ask(gateway, "tuned-b") == expected["tuned-b"]
-    assert ask(gateway, "tuned-a") == expected["tuned-a"]  # switching back and forth: no stale prompt cache
+    assert ask(gateway, "tuned-a") == expected_again["tuned-a"]  # switching back and forth: its own prompt cache
 
     assert len(llama_children()) == 1  # one base model in memory, not a process per adapter
     assert served_models(gateway)[1:] == ["tuned-a", "tuned-b"]
@@ -152,9 +186,34 @@ def test_one_child_serves_the_base_and_each_adapter_as_itself(
 @pytest.mark.integration
 @pytest.mark.slow
 @needs_llama_cpp
+def test_each_adapter_takes_up_its_own_prompt_again_after_a_switch(
+        upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway],
+        adapter_dirs: dict[str, Path]) -> None:
+    loras = {name: str(d / "adapter.gguf") for name, d in adapter_dirs.items()}
+    routes = ["tuned-a", "tuned-b", "base"]
+    # The second chat shares the first's prefix; the third is the second again, which llama.cpp answers by
+    # evaluating only its last token again (alone, which can change a greedy answer: "red" for "red.").
+    chats = [*WITH_TOOLS, WITH_TOOLS[1]]
+    # A process that serves one adapter only and so never switches, asked the same chats in the same order.
+    expected = {route: answers_in_process(loras.get(route), chats) for route in routes}
+    assert len({answers[0] for answers in expected.values()}) == 3, expected  # each adapter reads the prefix its way
+    gateway = make_gateway(local_config(upstream.base_url, loras))
+
+    # Each route comes back after the two others: it takes up the prompt it evaluated itself, never another's.
+    rounds = [{route: ask_timed(gateway, route, chat) for route in routes} for chat in chats]
+    assert {route: [asked[route][0] for asked in rounds] for route in routes} == expected
+    # ... without reading the shared prefix again: llama.cpp evaluates at most 10 tokens, not 700 (0.4 s, not
+    # 6 s, on 2 cores). The child logs no counts, so its time stands in for them, with a wide margin.
+    seconds = {route: [round(asked[route][1], 2) for asked in rounds] for route in routes}
+    assert all(max(taken[1:]) < taken[0] / 2 for taken in seconds.values()), f"the prefix was read again: {seconds}"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_llama_cpp
 def test_a_reload_adds_and_drops_adapters_without_restarting_the_child(
         upstream: ScriptedUpstream, make_gateway: Callable[..., RunningGateway],
-        adapter_dirs: dict[str, Path], expected: dict[str | None, str]) -> None:
+        adapter_dirs: dict[str, Path], expected: dict[str | None, str], expected_again: dict[str | None, str]) -> None:
     a, b = str(adapter_dirs["tuned-a"]), str(adapter_dirs["tuned-b"])
     config = local_config(upstream.base_url, {"tuned-a": a})
     gateway = make_gateway(config, watch=True)
@@ -164,11 +223,11 @@ def test_a_reload_adds_and_drops_adapters_without_restarting_the_child(
     write_config(gateway.app.state.holder.path, local_config(upstream.base_url, {"tuned-a": a, "tuned-b": b}))
     eventually(lambda: "tuned-b" in served_models(gateway), what="the new adapter is loaded")
     assert ask(gateway, "tuned-b") == expected["tuned-b"]
-    assert ask(gateway, "tuned-a") == expected["tuned-a"]
+    assert ask(gateway, "tuned-a") == expected_again["tuned-a"]
 
     write_config(gateway.app.state.holder.path, local_config(upstream.base_url, {"tuned-b": b}))
     eventually(lambda: "tuned-a" not in served_models(gateway), what="the dropped adapter is unloaded")
-    assert ask(gateway, "tuned-b") == expected["tuned-b"]
+    assert ask(gateway, "tuned-b") == expected_again["tuned-b"]
     assert llama_children() == [pid]  # the same child all along
 
 

@@ -52,10 +52,12 @@ class Settings:
     min_samples: int  # shadow verdicts needed (conversion.min_samples)
 
 
-# Fine-tuning time kept for each candidate still to train while an earlier one trains.
-_RESERVE_MINUTES = 3
+# The least fine-tuning time worth starting a candidate with (on the 2-core machine, under an epoch of a
+# tool-using step), and the time its evaluation and parity check take (1.5 min for 60 labels).
+_LEAST_MINUTES = 5
+_CHECK_MINUTES = 1.5
 FULL_RUN = Settings(FULL, convert=4, train_minutes=30, epochs=3, min_agreement=0.9, min_samples=50)
-FAST_RUN = Settings(FAST, convert=1, train_minutes=1, epochs=0.3, min_agreement=0.0, min_samples=3)
+FAST_RUN = Settings(FAST, convert=1, train_minutes=6, epochs=0.3, min_agreement=0.0, min_samples=3)
 
 
 @dataclass
@@ -217,10 +219,10 @@ def _send(run: Run, turns: list[Turn], what: str) -> list[Outcome]:
 def _finetune(run: Run, chosen: list[dict[str, Any]]) -> dict[str, str]:
     """Export the chosen tasks, then fine-tune them within the budget; each adapter's model entry, by task name.
 
-    A half-trained miniature is worth nothing, so the budget finishes as many as it can: the cheapest
-    data trains first, each given what is left but a few minutes for each one after it, and stops at its
-    epochs; the costliest gets the rest. A quarter of each share is left to evaluation and the parity check,
-    which `--max-minutes` does not count.
+    A half-trained miniature is worth nothing, so the budget finishes as many as it can: the cheapest data
+    trains first, each given what is left of the budget and stopping at its epochs; a candidate left less
+    than `_LEAST_MINUTES` is not tuned. `--max-minutes` counts training only: `_CHECK_MINUTES` of each
+    share are kept for the evaluation and the llama.cpp parity check.
     """
     for candidate in chosen:
         with run.timed(f"dataset export {candidate['name']}"):
@@ -229,16 +231,16 @@ def _finetune(run: Run, chosen: list[dict[str, Any]]) -> dict[str, str]:
     cheapest_first = sorted(chosen, key=lambda c: (run.out / "datasets" / c["name"] / "train.jsonl").stat().st_size)
     adapters: dict[str, str] = {}
     deadline = time.monotonic() + run.settings.train_minutes * 60
-    for position, candidate in enumerate(cheapest_first):
+    for candidate in cheapest_first:
         name = candidate["name"]
-        after = len(cheapest_first) - position - 1
-        share = (deadline - time.monotonic()) / 60 - _RESERVE_MINUTES * after
-        if share < 0.5:
-            console.print(f"[yellow]no fine-tuning time left for {name}[/]")
+        share = (deadline - time.monotonic()) / 60
+        if share < _LEAST_MINUTES:
+            console.print(f"[yellow]{share:.1f} min of fine-tuning left for {name}, under {_LEAST_MINUTES} min: "
+                          "not tuned[/]")
             continue
         with run.timed(f"finetune {name} ({share:.1f} min budget)"):
             run.minigate("finetune", "--data", f"datasets/{name}", "--out", f"adapters/{name}", "--epochs",
-                         str(run.settings.epochs), "--max-minutes", f"{0.75 * share:.2f}")
+                         str(run.settings.epochs), "--max-minutes", f"{share - _CHECK_MINUTES:.2f}")
         adapters[name] = f"mini-{name}"
         run.config["models"][adapters[name]] = {"upstream": "local", "adapter": adapters[name],
                                                 "path": str(run.out / "adapters" / name), "tier": "miniature",

@@ -143,8 +143,8 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
     shares.set_ylabel("% on miniatures")
     shares.set_title("share served by miniatures")
     shares.legend(loc="upper left")
-    rows = summary["tasks"]
-    names = [f"{t['step']}\n({'miniature' if t['promoted'] else 'frontier'})" for t in rows]
+    rows = [t for t in summary["tasks"] if t["tuned"] or t["n"] >= 10]  # a handful of calls says little
+    names = [f"{t['step']} ({'miniature' if t['promoted'] else 'frontier'})" for t in rows]
     values = [100 * t["agreement"] for t in rows]
     errors = [[100 * (t["agreement"] - t["agreement_low"]) for t in rows],
               [100 * (t["agreement_high"] - t["agreement"]) for t in rows]]
@@ -158,11 +158,11 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
                          fmt="D", color="#ef6c00", capsize=4, label="tuned miniature in shadow")
     quality.axhline(100 * summary["bar"], color="#c62828", linestyle="--", linewidth=1,
                     label="promotion bar (on the shadow interval's low end)")
-    quality.set_xticks(range(len(rows)), names, fontsize=8)
+    quality.set_xticks(range(len(rows)), names, fontsize=8, rotation=30, ha="right")
     quality.set_ylim(0, 105)
     quality.set_ylabel("% agreeing with the teacher (95% CI)")
     quality.set_title("quality on fresh traffic, by task")
-    quality.legend(loc="lower left")
+    quality.legend(loc="lower left", fontsize=7, framealpha=0.95)
     stages = summary["stages"]
     clock.barh(range(len(stages)), [s["seconds"] / 60 for s in stages], color="#1565c0")
     clock.set_yticks(range(len(stages)), [s["stage"] for s in stages], fontsize=7)
