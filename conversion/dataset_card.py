@@ -12,7 +12,6 @@ a re-discovery): an export that writes nothing must say why.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from minigate.conversion.dataset import DROP_REASONS, NEAR_DUPLICATE_JACCARD, Dataset, DropReason, Example, Selection
 from minigate.conversion.near_duplicates import SHINGLE_WORDS
+from minigate.logger.redact import PLACEHOLDER
 
 __all__ = ["DROP_HINTS", "ExportFacts", "card", "card_table", "readme", "skip_notes", "write_dataset"]
 
@@ -65,8 +65,6 @@ DROP_HINTS: dict[DropReason, str] = {
     "low_feedback": "a lower --min-feedback keeps them",
     "too_long": "a higher --max-tokens keeps them",
 }
-# What `logger.redact` writes: `<EMAIL_1>`, or `<EMAIL_3f9a0c21b7de>` for a hashed value.
-_PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*?)_(?:\d+|[0-9a-f]{12})>")
 
 
 @dataclass(frozen=True)
@@ -283,7 +281,7 @@ def _redaction(examples: Sequence[Example]) -> dict[str, Any]:
     holding: Counter[str] = Counter()
     with_any = 0
     for example in examples:
-        found = Counter(_PLACEHOLDER.findall(orjson.dumps(example.line).decode()))
+        found = Counter(PLACEHOLDER.findall(orjson.dumps(example.line).decode()))
         occurrences.update(found)
         holding.update(found.keys())
         with_any += bool(found)

@@ -25,11 +25,10 @@ from typing import Any
 from faker import Faker
 
 from minigate.conversion.finetune.examples import Example, Split
+from minigate.logger.redact import PLACEHOLDER
 
 __all__ = ["Surrogates"]
 
-# What `logger.redact` writes: `<EMAIL_1>`, or `<EMAIL_3f9a0c21b7de>` for a hashed value.
-_PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*?)_(?:\d+|[0-9a-f]{12})>")
 # Locales whose formats the agents' traffic plausibly holds; Faker picks one per value.
 _LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT")
 _MAKERS: dict[str, Callable[[Faker], str]] = {
@@ -69,7 +68,7 @@ class Surrogates:
                 values[placeholder] = _MAKERS[kind](self._fake).replace('"', "").replace("\\", "").replace("\n", " ")
             return values[placeholder]
 
-        messages = [_strings(message, lambda text: _PLACEHOLDER.sub(value, text)) for message in example.messages]
+        messages = [_strings(message, lambda text: PLACEHOLDER.sub(value, text)) for message in example.messages]
         if not values:
             return example
         self.filled += 1

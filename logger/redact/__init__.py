@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from minigate.logger.redact.redactor import (
     ENTITY_TYPES,
+    PLACEHOLDER,
     Action,
     Placeholders,
     RedactionPolicy,
@@ -28,6 +29,7 @@ from minigate.logger.redact.walk import MAX_DEPTH, REDACTION_BUDGET_S, JsonRedac
 __all__ = [
     "ENTITY_TYPES",
     "MAX_DEPTH",
+    "PLACEHOLDER",
     "REDACTION_BUDGET_S",
     "Action",
     "JsonRedaction",

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,6 +37,7 @@ from minigate.logger.redact.walk import JsonRedaction, RedactionBudget
 
 __all__ = [
     "ENTITY_TYPES",
+    "PLACEHOLDER",
     "Action",
     "Placeholders",
     "RedactionPolicy",
@@ -63,6 +65,10 @@ _LABELS = {
     "PERSON": "PERSON",
     "STREET_ADDRESS": "STREET_ADDRESS",
 }
+
+# What redaction writes, for readers of redacted text: `<EMAIL_1>`, or `<EMAIL_3f9a0c21b7de>` for a hashed
+# value; group 1 is the label.
+PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*?)_(?:\d+|[0-9a-f]{12})>")
 
 
 @dataclass(frozen=True, slots=True)
