@@ -22,6 +22,8 @@ import yaml
 __all__ = ["Gateway", "GatewayError"]
 
 _RELOADS = re.compile(r'^minigate_config_reloads_total\{result="(applied|rejected)"\} (\S+)$', re.M)
+_STORED = re.compile(r"^minigate_log_records_written_total (\S+)$", re.M)
+_QUEUED = re.compile(r"^minigate_log_queue_depth (\S+)$", re.M)
 
 
 class GatewayError(RuntimeError):
@@ -78,6 +80,28 @@ class Gateway:
                 return
             time.sleep(0.25)
         raise GatewayError(f"the gateway did not reload {self.config_path} in {timeout_s:.0f} s; see {self.log_path}")
+
+    def stored(self) -> int:
+        """Call records the gateway has written to its store so far."""
+        return self._stored_and_queued()[0]
+
+    def await_stored(self, count: int, timeout_s: float = 60) -> None:
+        """Wait until the store holds `count` records and none waits in memory: logging is asynchronous, and
+        a command reading the store right after the calls would otherwise miss the last batch."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stored, queued = self._stored_and_queued()
+            if stored >= count and queued == 0:
+                return
+            if time.monotonic() > deadline:
+                raise GatewayError(f"the gateway stored {stored} of {count} call records in {timeout_s:.0f} s "
+                                   f"({queued} still queued); see {self.log_path}")
+            time.sleep(0.1)
+
+    def _stored_and_queued(self) -> tuple[int, int]:
+        text = self.metrics()
+        stored, queued = _STORED.search(text), _QUEUED.search(text)
+        return (int(float(stored.group(1))) if stored else 0, int(float(queued.group(1))) if queued else 0)
 
     def metrics(self) -> str:
         """The gateway's Prometheus exposition."""

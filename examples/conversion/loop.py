@@ -206,6 +206,8 @@ def _rule(config: dict[str, Any], task: str, **fields: Any) -> None:
 
 
 def _send(run: Run, turns: list[Turn], what: str) -> list[Outcome]:
+    """Send `turns` to the gateway; return once every call is in its store, for the commands that read it."""
+    stored = run.gateway.stored()
     with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                   disable=not console.is_terminal) as bar:
         progress = bar.add_task(what, total=len(turns))
@@ -213,6 +215,7 @@ def _send(run: Run, turns: list[Turn], what: str) -> list[Outcome]:
     failed = [o for o in outcomes if o.error]
     if failed:
         raise SystemExit(f"{len(failed)} of {len(turns)} calls failed, e.g. {failed[0].error}")
+    run.gateway.await_stored(stored + len(turns))
     return outcomes
 
 
