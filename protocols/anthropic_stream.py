@@ -21,7 +21,6 @@ b''
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,39 +28,11 @@ import orjson
 
 from minigate.protocols.anthropic_reply import ReplyError, answer_content, finish_reason, usage
 from minigate.protocols.anthropic_request import MessagesRequest
+from minigate.protocols.sse import SSEData
 
 __all__ = ["StreamTranslator"]
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 _DONE = b"data: [DONE]\n\n"
-
-
-class _EventData:
-    """Server-sent events decoded incrementally: the `data` of each event once its blank line arrives."""
-
-    def __init__(self) -> None:
-        self._pending = b""  # the current, unterminated line
-        self._data: list[bytes] = []  # data lines of the current event
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        text = self._pending + chunk
-        # A final CR may be the first half of CRLF: keep it until the next byte says.
-        cut = len(text) - 1 if text.endswith(b"\r") else len(text)
-        lines = _LINE_END.split(text[:cut])
-        self._pending = lines.pop() + text[cut:]
-        complete = []
-        for line in lines:
-            if not line and self._data:
-                complete.append(b"\n".join(self._data))
-                self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-            # `event:` lines repeat the data's own "type"; `id:`, `retry:` and comments mean nothing here.
-        return complete
-
-    def close(self) -> list[bytes]:
-        """Events completed by a held final CR (in a stream whose lines end with a CR alone)."""
-        return self.feed(b"\n") if self._pending.endswith(b"\r") else []
 
 
 class StreamTranslator:
@@ -72,7 +43,7 @@ class StreamTranslator:
     """
 
     def __init__(self, request: MessagesRequest, created: int) -> None:
-        self._events = _EventData()
+        self._events = SSEData()
         self._answer = request.answer
         self._include_usage = request.include_usage
         self._created = created
