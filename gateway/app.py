@@ -20,12 +20,23 @@ from starlette.responses import PlainTextResponse, Response
 from minigate.config import Config
 from minigate.gateway.autopilot import Autopilot
 from minigate.gateway.calls_api import add_calls_api
-from minigate.gateway.chat import ChatEndpoint
 from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.feedback_api import add_feedback_api
+from minigate.gateway.ingress import Dialect, Ingress
+from minigate.gateway.messages import MessagesDialect
 from minigate.gateway.metrics import GatewayMetrics
+from minigate.gateway.openai_api import OpenAIDialect
 from minigate.gateway.openapi import CHAT_REQUEST_BODY, CHAT_RESPONSES, error_responses
+from minigate.gateway.openapi_ingresses import (
+    COMPLETIONS_REQUEST_BODY,
+    EMBEDDINGS_REQUEST_BODY,
+    MESSAGES_REQUEST_BODY,
+    MESSAGES_RESPONSES,
+    RELAYED_RESPONSES,
+    RESPONSES_REQUEST_BODY,
+)
 from minigate.gateway.readiness import Readiness
+from minigate.gateway.responses import ResponsesDialect, add_stored_responses_api
 from minigate.gateway.scorecards_api import add_scorecards_api
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.gateway.settings import TelemetrySection
@@ -92,8 +103,27 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     app = FastAPI(title="minigate", version=__version__, lifespan=lifespan, redirect_slashes=False)
     app.state.holder = holder
     install_error_handlers(app)
-    app.add_api_route("/v1/chat/completions", ChatEndpoint(holder, metrics, calls, tracing, shadower), methods=["POST"],
+    def ingress(dialect: Dialect) -> Ingress:
+        return Ingress(dialect, holder, metrics, calls, tracing, shadower)
+
+    chat, completions, embeddings = (ingress(OpenAIDialect(op)) for op in ("chat", "completions", "embeddings"))
+    app.add_api_route("/v1/chat/completions", chat, methods=["POST"],
                       openapi_extra={"requestBody": CHAT_REQUEST_BODY}, responses=CHAT_RESPONSES)
+    app.add_api_route("/v1/completions", completions, methods=["POST"], summary="Text completions, relayed.",
+                      openapi_extra={"requestBody": COMPLETIONS_REQUEST_BODY}, responses=RELAYED_RESPONSES)
+    app.add_api_route("/v1/embeddings", embeddings, methods=["POST"], summary="Embeddings, relayed.",
+                      openapi_extra={"requestBody": EMBEDDINGS_REQUEST_BODY}, responses=RELAYED_RESPONSES)
+    app.add_api_route("/v1/responses", ingress(ResponsesDialect(calls)), methods=["POST"],
+                      summary="OpenAI's Responses API, served through chat completions.",
+                      openapi_extra={"requestBody": RESPONSES_REQUEST_BODY}, responses=RELAYED_RESPONSES)
+    app.add_api_route("/v1/messages", ingress(MessagesDialect()), methods=["POST"],
+                      summary="Anthropic's Messages API, served through chat completions.",
+                      openapi_extra={"requestBody": MESSAGES_REQUEST_BODY}, responses=MESSAGES_RESPONSES)
+    # AzureOpenAI clients name the route in the path (the deployment); `api-version` is accepted and unread.
+    for operation, endpoint in (("chat/completions", chat), ("completions", completions), ("embeddings", embeddings)):
+        app.add_api_route(f"/openai/deployments/{{deployment}}/{operation}", endpoint, methods=["POST"],
+                          include_in_schema=False)
+    add_stored_responses_api(app, holder, calls)
     _add_operational_routes(app, holder, registry, Readiness(holder, calls))
     add_calls_api(app, holder, calls)
     add_tasks_api(app, holder)
@@ -116,9 +146,17 @@ def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: Colle
     @app.get("/v1/models", summary="The route names agents may put in `model`.", responses=error_responses(401))
     async def list_models(request: Request) -> Response:
         runtime = holder.current
-        runtime.keyring.authenticate(request.headers.get("authorization"))
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "minigate"} for name in runtime.config.routes]
+        runtime.keyring.authenticate(request.headers)
+        data = [_model(name) for name in runtime.config.routes]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+    @app.get("/v1/models/{model}", summary="One route name, if agents may put it in `model`.",
+             responses=error_responses(401, 404))
+    async def get_model(model: str, request: Request) -> Response:
+        runtime = holder.current
+        runtime.keyring.authenticate(request.headers)
+        runtime.router.default(model)  # ModelNotFound (404) lists the routes there are
+        return Response(orjson.dumps(_model(model)), media_type="application/json")
 
     @app.get("/healthz", summary="Liveness: the process answers.")
     async def healthz() -> Response:
@@ -132,8 +170,12 @@ def _add_operational_routes(app: FastAPI, holder: RuntimeHolder, registry: Colle
     async def metrics(request: Request) -> Response:
         runtime = holder.current
         if runtime.config.metrics.require_role is not None:
-            runtime.keyring.authenticate(request.headers.get("authorization")).require("read_metrics")
+            runtime.keyring.authenticate(request.headers).require("read_metrics")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _model(route: str) -> dict[str, object]:
+    return {"id": route, "object": "model", "created": 0, "owned_by": "minigate"}
 
 
 async def _announce(holder: RuntimeHolder) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +45,9 @@ class KeyRing:
     """The configured keys. With none, every caller is an anonymous admin (the server then binds loopback only).
 
     >>> ring = KeyRing.from_section(AuthSection.model_validate({"keys": [{"name": "a", "key": "k", "role": "agent"}]}))
-    >>> ring.authenticate("Bearer k")
+    >>> ring.authenticate({"authorization": "Bearer k"})
+    Caller(name='a', role='agent')
+    >>> ring.authenticate({"x-api-key": "k"})  # as the anthropic SDK sends it
     Caller(name='a', role='agent')
     """
 
@@ -59,14 +62,21 @@ class KeyRing:
     def is_open(self) -> bool:
         return not self._callers
 
-    def authenticate(self, authorization: str | None) -> Caller:
+    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+        """The caller whose key the request carries: `Authorization: Bearer` (OpenAI's SDKs), `x-api-key`
+        (Anthropic's) or `api-key` (AzureOpenAI's); the first present is the one checked."""
         if self.is_open:
             return _ANONYMOUS
-        if not authorization:
-            raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            scheme, _, key = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not key.strip():
+                raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
+        else:
+            key = headers.get("x-api-key") or headers.get("api-key") or ""
+            if not key.strip():
+                raise AuthenticationFailed(
+                    "Missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').")
         caller = self._callers.get(_digest(key.strip()))
         if caller is None:
             raise AuthenticationFailed("Incorrect API key provided. Check the key minigate's operator gave you.")

@@ -36,7 +36,7 @@ def add_calls_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> None:
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
         payloads: Annotated[bool, Query(description="include decrypted, redacted payloads (admin; audited)")] = False,
     ) -> Response:
-        caller = holder.current.keyring.authenticate(request.headers.get("authorization"))
+        caller = holder.current.keyring.authenticate(request.headers)
         caller.require("read_payloads" if payloads else "read_calls")
         reader = calls.reader()
         if reader is None:

@@ -35,7 +35,7 @@ from minigate.router.cascade import (
 from minigate.router.decision import Decision, Target
 from minigate.serving.pool import UpstreamPool
 from minigate.serving.replicas import Attempt
-from minigate.serving.upstream import UpstreamReply
+from minigate.serving.upstream import Operation, UpstreamReply
 
 if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when telemetry is on
     from minigate.gateway.tracing import CallTrace
@@ -57,6 +57,7 @@ class NormalisedRequest:
     stream: bool
     encode: Callable[[str, bool], bytes]
     contract: TaskContract = NO_CONTRACT
+    operation: Operation = "chat"  # embeddings and text completions take the same way, unchecked
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,8 @@ class Dispatcher:
         sent_at = time.perf_counter()
         client = self.pool[target.upstream]
         try:
-            reply = await (self.trace.chat(client, target, body) if self.trace else client.chat(body))
+            reply = await (self.trace.call(client, target, request.operation, body) if self.trace
+                           else client.send(request.operation, body))
         except UpstreamError as exc:
             trail.attempts += _attempts(target, getattr(exc, "attempts", []), sent_at, None, exc.kind)
             self._count(exc.upstream, exc.kind)

@@ -40,7 +40,7 @@ def add_feedback_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> Non
               summary="Rate one call: a score in [0, 1], optionally the right label and a comment.",
               responses=error_responses(400, 401, 403, 404, 503))
     async def give_feedback(request: Request, body: FeedbackIn) -> Response:
-        caller = holder.current.keyring.authenticate(request.headers.get("authorization"))
+        caller = holder.current.keyring.authenticate(request.headers)
         caller.require("give_feedback")
         reader = calls.reader()
         if reader is None:

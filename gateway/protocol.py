@@ -1,4 +1,5 @@
-"""The light view of an OpenAI chat completions request that the gateway needs, parsed once.
+"""The light view of an OpenAI request that the gateway needs, parsed once: chat completions, text
+completions and embeddings (and the chat form that Responses and Messages calls are translated into).
 
 The gateway reads `model` and `stream` and forwards everything else untouched: parameters it has never
 heard of reach the upstream exactly as the client wrote them.
@@ -14,8 +15,9 @@ import orjson
 
 from minigate.errors import InvalidRequest, MalformedJSON
 from minigate.gateway.json_shape import body_shape, check_members
+from minigate.serving.upstream import Operation
 
-__all__ = ["ChatRequest", "parse_chat_request"]
+__all__ = ["ChatRequest", "parse_chat_request", "parse_json_object", "parse_openai_request"]
 
 # A top-level-or-nested `"model": "<string>"` member. `{` or `,` before the key can't occur unescaped
 # inside a JSON string, so every match is a real member of some object.
@@ -28,6 +30,7 @@ class ChatRequest:
     body: dict[str, Any]
     model: str
     stream: bool
+    operation: Operation = "chat"
 
     @property
     def wants_usage(self) -> bool:
@@ -65,6 +68,32 @@ class ChatRequest:
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """Parse and check the few fields the gateway relies on; the upstream validates the rest."""
+    return parse_openai_request(raw, "chat")
+
+
+def parse_openai_request(raw: bytes, operation: Operation, path_model: str | None = None) -> ChatRequest:
+    """A chat completions, text completions or embeddings body, checked as far as the gateway relies on it.
+
+    `path_model`: the model the URL names (an Azure deployment), which takes the place of the body's.
+    """
+    body = parse_json_object(raw)
+    model = path_model if path_model is not None else body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Missing required parameter: 'model' (a string naming a route).", param="model")
+    member, what = _REQUIRED[operation]
+    value = body.get(member)
+    if value is None or (operation == "chat" and (not isinstance(value, list) or not value)):
+        raise InvalidRequest(f"Missing required parameter: {member!r} ({what}).", param=member)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    if stream and operation == "embeddings":
+        raise InvalidRequest("Embeddings are not streamed: leave 'stream' out.", param="stream")
+    return ChatRequest(raw, body, model, bool(stream), operation)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, refused (400, saying why) when it is not one or is shaped to hurt."""
     shape = body_shape(raw)
     try:
         body = orjson.loads(raw)
@@ -73,15 +102,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
     check_members(shape, len(body))
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("Missing required parameter: 'model' (a string naming a route).", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            "Missing required parameter: 'messages' (a non-empty array of chat messages).", param="messages"
-        )
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    return ChatRequest(raw, body, model, bool(stream))
+    return body
+
+
+_REQUIRED: dict[Operation, tuple[str, str]] = {
+    "chat": ("messages", "a non-empty array of chat messages"),
+    "completions": ("prompt", "the text to complete"),
+    "embeddings": ("input", "the text, or array of texts, to embed"),
+}

@@ -42,11 +42,11 @@ class Readiness:
 
     async def respond(self, request: Request) -> Response:
         runtime = self.holder.current
-        authorization = request.headers.get("authorization")
+        presented = any(name in request.headers for name in ("authorization", "x-api-key", "api-key"))
         problem = self.calls.problem
         body: dict[str, object] = {"status": "ready" if problem is None else "not_ready"}
-        if runtime.keyring.is_open or authorization:
-            runtime.keyring.authenticate(authorization).require("read_metrics")
+        if runtime.keyring.is_open or presented:
+            runtime.keyring.authenticate(request.headers).require("read_metrics")
             body.update(
                 config_generation=self.holder.generation,
                 last_reload_error=self.holder.last_reload_error,

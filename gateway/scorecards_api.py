@@ -27,7 +27,7 @@ def add_scorecards_api(app: FastAPI, holder: RuntimeHolder, calls: CallLog) -> N
         request: Request,
         days: Annotated[float, Query(gt=0, le=366, description="the window: the last this many days")] = 7.0,
     ) -> Response:
-        holder.current.keyring.authenticate(request.headers.get("authorization")).require("read_calls")
+        holder.current.keyring.authenticate(request.headers).require("read_calls")
         reader = calls.reader()
         if reader is None:
             raise ServiceUnavailable("The call-log store is unavailable; calls are being spooled. Retry shortly.")

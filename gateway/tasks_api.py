@@ -18,7 +18,7 @@ def add_tasks_api(app: FastAPI, holder: RuntimeHolder) -> None:
              responses=error_responses(401, 403))
     async def list_tasks(request: Request) -> Response:
         runtime = holder.current
-        runtime.keyring.authenticate(request.headers.get("authorization")).require("read_calls")
+        runtime.keyring.authenticate(request.headers).require("read_calls")
         path = runtime.config.tasks.catalogue
         if path is None:
             body: dict[str, object] = {"object": "list", "data": [], "catalogue": None}

@@ -34,7 +34,7 @@ from minigate.gateway.settings import TelemetrySection
 from minigate.logger.records import CallRecord
 from minigate.router.decision import Target
 from minigate.serving.settings import OpenAIUpstream, Upstream
-from minigate.serving.upstream import ChatUpstream, UpstreamReply
+from minigate.serving.upstream import ChatUpstream, Operation, UpstreamReply
 from minigate.version import __version__
 
 __all__ = ["CallTrace", "Tracing"]
@@ -44,6 +44,8 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 # before `choices`, and `{` or `,` before a key can't occur unescaped inside a JSON string.
 _MEMBER = {key: re.compile(rb'[{,]\s*"' + key.encode() + rb'"\s*:\s*("(?:[^"\\]|\\.)*")') for key in ("id", "model")}
 _HEAD_BYTES = 2048
+# The GenAI semantic conventions' well-known `gen_ai.operation.name` values.
+_OPERATION_NAMES: dict[Operation, str] = {"chat": "chat", "embeddings": "embeddings", "completions": "text_completion"}
 
 
 class Tracing:
@@ -100,14 +102,15 @@ class CallTrace:
         self._status = 0  # the HTTP status of its reply (0: none yet)
         self._provider = ""  # gen_ai.provider.name of the latest upstream called
 
-    async def chat(self, client: ChatUpstream, target: Target, body: bytes) -> UpstreamReply:
-        """`client.chat(body)` inside a CLIENT span whose `traceparent` travels with the call."""
+    async def call(self, client: ChatUpstream, target: Target, operation: Operation, body: bytes) -> UpstreamReply:
+        """`client.send(operation, body)` inside a CLIENT span whose `traceparent` travels with the call."""
         if self._open is not None:  # a reply the route's fallback replaces: its error status is on it
             self._open.end()
         self._provider = _provider(self._upstreams.get(target.upstream))
         span = self._tracing.tracer.start_span(
-            f"chat {target.upstream_model}", context=trace.set_span_in_context(self.server), kind=SpanKind.CLIENT,
-            attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": self._provider,
+            f"{_OPERATION_NAMES[operation]} {target.upstream_model}", context=trace.set_span_in_context(self.server),
+            kind=SpanKind.CLIENT,
+            attributes={"gen_ai.operation.name": _OPERATION_NAMES[operation], "gen_ai.provider.name": self._provider,
                         "gen_ai.request.model": target.upstream_model, **_address(client.base_url),
                         "minigate.upstream": target.upstream, "minigate.model": target.name,
                         "minigate.tier": target.tier},
@@ -116,7 +119,7 @@ class CallTrace:
         _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
         self._open, self._status = span, 0  # open across the await: a rule's timeout ends it in `escalate`
         try:
-            reply = await client.chat(body, headers)
+            reply = await client.send(operation, body, headers)
         except RequestError as exc:
             _fail(span, exc.kind if isinstance(exc, UpstreamError) else exc.code or type(exc).__name__)
             span.end()

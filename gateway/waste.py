@@ -15,14 +15,14 @@ Wasted(model='mini', input_tokens=None, output_tokens=2)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from minigate.logger.payloads import Reply, reply_from_body, reply_from_stream
-from minigate.router.features import estimate_tokens
+from minigate.router.features import estimate_tokens, extract_features
 
-__all__ = ["Wasted", "wasted_reply", "wasted_stream"]
+__all__ = ["Wasted", "abandoned_stream", "wasted_reply", "wasted_stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,15 @@ def wasted_reply(model: str, body: bytes) -> Wasted:
 def wasted_stream(model: str, held: Sequence[bytes]) -> Wasted:
     """The chunks a stream's checks held before they failed it: the stream stopped there."""
     return _wasted(model, reply_from_stream(list(held)))
+
+
+def abandoned_stream(chunks: Sequence[bytes], body: Mapping[str, Any]) -> tuple[int, int]:
+    """The tokens of a stream whose client left: the upstream generated (and bills) them all the same.
+    Its usage chunk never came, so the prompt is estimated from the request and the output from what was
+    relayed (`_wasted`'s way)."""
+    wasted = _wasted("", reply_from_stream(list(chunks)))
+    prompt = wasted.input_tokens if wasted.input_tokens is not None else extract_features(body).prompt_tokens
+    return prompt, wasted.output_tokens
 
 
 def _wasted(model: str, reply: Reply) -> Wasted:

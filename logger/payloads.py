@@ -21,9 +21,10 @@ _INLINE_LIMIT = 256  # characters; shorter data URLs are kept as they are
 class Reply:
     choices: list[dict[str, Any]]
     usage: dict[str, Any] | None
+    whole: dict[str, Any] | None = None  # a body with no choices (an error, embeddings), kept as sent
 
     def payload(self) -> dict[str, Any]:
-        return {"choices": self.choices}
+        return self.whole if self.whole is not None else {"choices": self.choices}
 
     @property
     def tokens(self) -> tuple[int | None, int | None]:
@@ -83,20 +84,36 @@ def _media_reference(value: Any) -> Any:
 
 
 def reply_from_body(raw: bytes) -> Reply:
-    """A non-streamed chat.completion (or an error body, kept whole)."""
+    """A non-streamed chat.completion or text completion (its choices as the client got them, logprobs
+    included), embeddings (without their vectors), or an error body (kept whole, as sent)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return Reply([{"raw": raw.decode("utf-8", "replace")}], None)
+        return Reply([], None, {"raw": raw.decode("utf-8", "replace")})
     if not isinstance(body, dict):
-        return Reply([{"raw": body}], None)
+        return Reply([], None, {"raw": body})
+    if body.get("object") == "list" and isinstance(body.get("data"), list):
+        usage = _usage(body)  # embeddings write nothing: no completion tokens
+        return Reply([], usage and {**usage, "completion_tokens": 0},
+                     {**body, "data": [_without_vector(item) for item in _dicts(body["data"])]})
     if not isinstance(body.get("choices"), list):
-        return Reply([body], None)
-    choices = [
-        {"index": c.get("index", 0), "message": c.get("message"), "finish_reason": c.get("finish_reason")}
-        for c in _dicts(body["choices"])
-    ]
+        return Reply([], None, body)
+    choices = [{key: c[key] for key in _CHOICE_KEYS if key in c} for c in _dicts(body["choices"])]
     return Reply(choices, _usage(body))
+
+
+_CHOICE_KEYS = ("index", "message", "text", "logprobs", "finish_reason")
+
+
+def _without_vector(item: dict[str, Any]) -> dict[str, Any]:
+    """An embedding's entry with the vector's size in place of the vector: the log needs neither its
+    hundreds of floats nor what they could reveal of the text."""
+    vector = item.get("embedding")
+    if isinstance(vector, list):
+        return {**item, "embedding": f"<{len(vector)} floats>"}
+    if isinstance(vector, str):  # encoding_format: base64, four bytes a float
+        return {**item, "embedding": f"<{len(vector) * 3 // 4 // 4} floats, base64>"}
+    return item
 
 
 def reply_from_stream(chunks: list[bytes]) -> Reply:
@@ -160,8 +177,11 @@ def _usage(body: dict[str, Any]) -> dict[str, Any] | None:
 def _merge_delta(message: dict[str, Any], choice: dict[str, Any]) -> None:
     delta = choice.get("delta")
     delta = delta if isinstance(delta, dict) else {}
-    if content := _text(delta, "content"):
+    if content := _text(delta, "content") or _text(choice, "text"):  # chat, or a text completion's chunk
         message["content"].append(content)
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+        message.setdefault("logprobs", []).extend(logprobs["content"])
     for call in _dicts(delta.get("tool_calls")):
         slot = message["tool_calls"].setdefault(_index(call), {"id": None, "name": "", "arguments": []})
         slot["id"] = _text(call, "id") or slot["id"]
@@ -182,6 +202,8 @@ def _finished(message: dict[str, Any]) -> dict[str, Any]:
         "message": {"role": "assistant", "content": "".join(message["content"]) or None, "tool_calls": calls or None},
         "finish_reason": message["finish_reason"],
     }
+    if "logprobs" in message:
+        finished["logprobs"] = {"content": message["logprobs"]}
     if "error" in message:
         finished["error"] = message["error"]
     return finished

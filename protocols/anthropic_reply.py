@@ -5,6 +5,7 @@ string), except a call of the answer tool (`anthropic_tools.Answer`), whose inpu
 `stop_reason` becomes `finish_reason`; usage counts the cache reads and writes that Anthropic reports
 apart into `prompt_tokens`, as OpenAI does, with the cache reads as `prompt_tokens_details.cached_tokens`.
 Extended-thinking and server-tool blocks are not translated (minigate never asks for them).
+`stop_reason` is the inverse of `finish_reason`, for serving Anthropic's Messages API from chat upstreams.
 
 >>> usage({"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 90})["prompt_tokens"]
 100
@@ -19,7 +20,8 @@ import orjson
 
 from minigate.protocols.anthropic_tools import Answer
 
-__all__ = ["ReplyError", "answer_content", "completion", "error_body", "finish_reason", "openai_status", "usage"]
+__all__ = ["ReplyError", "answer_content", "completion", "error_body", "finish_reason", "openai_status", "stop_reason",
+           "usage"]
 
 _FINISH_REASONS = {
     "end_turn": "stop",
@@ -29,6 +31,14 @@ _FINISH_REASONS = {
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+}
+# The inverse, one canonical stop reason per finish_reason (`function_call` is the legacy `tool_calls`).
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
 }
 _OVERLOADED = 529  # Anthropic's own status for "overloaded"; clients and the cascade know 503
 
@@ -78,6 +88,23 @@ def finish_reason(stop_reason: Any, called_tools: bool) -> str:
     if stop_reason == "tool_use" and not called_tools:
         return "stop"
     return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def stop_reason(finish: Any, *, called_tools: bool, stop_sequence: str | None) -> str:
+    """Anthropic's stop_reason from a chat finish_reason.
+
+    Some upstreams finish a turn that called tools with `stop`, so called tools mean `tool_use`
+    unless output was cut short; `stop_sequence` is the matched stop string where the upstream names it
+    (vLLM's `stop_reason`), since a plain `stop` can't tell a stop sequence from the end of a turn.
+
+    >>> stop_reason("length", called_tools=False, stop_sequence=None)
+    'max_tokens'
+    """
+    if finish in ("stop", None) and stop_sequence is not None:
+        return "stop_sequence"
+    if called_tools and finish not in ("length", "content_filter"):
+        return "tool_use"
+    return _STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
 
 
 def usage(counts: Mapping[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,12 @@ class Router:
         context = self._context(body, headers, task, loads) if route.rules else None
         return self._choose(requested, route, body, context)
 
+    def default(self, requested: str) -> Decision:
+        """The route's default model and its fallbacks, no rules: for calls that rules can't read
+        (embeddings, text completions), which have no messages to take features from."""
+        route = self._route(requested)
+        return Decision(requested, self.targets[route.default], "default", fallbacks=self._fallbacks[requested])
+
     def explain(self, requested: str, body: Mapping[str, Any], headers: Mapping[str, str],
                 task: str = "unknown") -> Explanation:
         route = self._route(requested)

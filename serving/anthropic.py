@@ -22,7 +22,7 @@ from minigate.protocols.anthropic_reply import ReplyError, completion, error_bod
 from minigate.protocols.anthropic_request import MessagesRequest, to_messages_request
 from minigate.protocols.anthropic_stream import StreamTranslator
 from minigate.serving.options import ClientOptions
-from minigate.serving.upstream import UpstreamClient, UpstreamReply
+from minigate.serving.upstream import Operation, UpstreamClient, UpstreamReply, not_served
 
 __all__ = ["AnthropicClient", "AnthropicReply"]
 
@@ -80,19 +80,22 @@ class AnthropicClient(UpstreamClient):
         root = options.base_url.rstrip("/").removesuffix("/v1")  # a base URL copied with /v1 works too
         headers = {"anthropic-version": anthropic_version, **options.headers}
         super().__init__(replace(options, base_url=f"{root}/v1", headers=headers))
-        # The base class posts to {base_url}/chat/completions; `probe`'s GET {base_url}/models is Anthropic's too.
-        self._chat_url = httpx.URL(f"{self.base_url}/messages")
+        # The base class posts chat to {base_url}/chat/completions; `probe`'s GET {base_url}/models is Anthropic's too.
+        self._urls["chat"] = httpx.URL(f"{self.base_url}/messages")
 
     def _key_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
-    async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> AnthropicReply:
+    async def send(self, operation: Operation, body: bytes,
+                   headers: Mapping[str, str] | None = None) -> AnthropicReply:
         """Translate and send; raises `InvalidRequest` (400) for what Anthropic can't be asked."""
+        if operation != "chat":
+            raise not_served(self.name, "anthropic", operation)
         payload = orjson.loads(body)
         if not isinstance(payload, dict):
             raise InvalidRequest("The request body must be a JSON object.")
         request = to_messages_request(payload)
         created = int(time.time())
-        reply = await super().chat(orjson.dumps(request.body), headers)
+        reply = await super().send("chat", orjson.dumps(request.body), headers)
         return AnthropicReply(openai_status(reply.status), reply.headers, reply.response, reply.upstream,
                               reply.deadline, request, created)

@@ -32,7 +32,7 @@ import orjson
 from minigate.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from minigate.serving.replicas import Attempt
 from minigate.serving.settings import LitellmUpstream
-from minigate.serving.upstream import UpstreamReply
+from minigate.serving.upstream import Operation, UpstreamReply, not_served
 
 __all__ = ["LitellmClient"]
 
@@ -86,6 +86,12 @@ class LitellmClient:
 
     async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply:
         """Call the provider; returns once litellm has the reply (or, for a stream, its first response)."""
+        return await self.send("chat", body, headers)
+
+    async def send(self, operation: Operation, body: bytes,
+                   headers: Mapping[str, str] | None = None) -> UpstreamReply:
+        if operation != "chat":
+            raise not_served(self.name, "litellm", operation)
         arguments = self._arguments(body, headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.timeouts.total_s

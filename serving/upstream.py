@@ -11,13 +11,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 from urllib.parse import quote
 
 import httpx
 import orjson
 
 from minigate.errors import (
+    InvalidRequest,
     ReplicasTimeout,
     ReplicasUnavailable,
     ServiceUnavailable,
@@ -30,7 +31,12 @@ from minigate.serving.options import ClientOptions
 from minigate.serving.replicas import Attempt, Replica, Replicas, backoff, retry_wait
 from minigate.version import __version__
 
-__all__ = ["AzureClient", "ChatUpstream", "UnconfiguredClient", "UpstreamClient", "UpstreamReply"]
+__all__ = ["AzureClient", "ChatUpstream", "Operation", "UnconfiguredClient", "UpstreamClient", "UpstreamReply",
+           "not_served"]
+
+# What an upstream is asked to do, and the path each goes to under an OpenAI-protocol base URL.
+Operation = Literal["chat", "embeddings", "completions"]
+_PATHS: dict[Operation, str] = {"chat": "chat/completions", "embeddings": "embeddings", "completions": "completions"}
 
 log = logging.getLogger("minigate.serving")
 
@@ -123,6 +129,9 @@ class ChatUpstream(Protocol):
 
     async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply: ...
 
+    async def send(self, operation: Operation, body: bytes,
+                   headers: Mapping[str, str] | None = None) -> UpstreamReply: ...
+
     async def probe(self, timeout_s: float = 2.0) -> str | None: ...
 
     async def aclose(self) -> None: ...
@@ -169,7 +178,7 @@ class UpstreamClient:
         if options.api_key:
             fixed.update(self._key_headers(options.api_key))
         self._headers = httpx.Headers(fixed)
-        self._chat_url = httpx.URL(f"{self.base_url}/chat/completions")
+        self._urls = {operation: httpx.URL(f"{self.base_url}/{path}") for operation, path in _PATHS.items()}
         self._timeout = httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s, pool=timeouts.connect_s).as_dict()
         self._transport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_keepalive)
@@ -183,18 +192,24 @@ class UpstreamClient:
         """The body as this upstream needs it: OpenAI-protocol servers take it as the client sent it."""
         return body
 
-    def chat_url(self, body: bytes) -> httpx.URL:
-        """Where this body goes: one URL for every model on OpenAI-protocol servers."""
-        return self._chat_url
+    def url(self, operation: Operation, body: bytes) -> httpx.URL:
+        """Where this body goes: one URL per operation for every model on OpenAI-protocol servers."""
+        return self._urls[operation]
 
     async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply:
-        """Send a chat completion and return once the status line and headers are in.
+        """Send a chat completion and return once the status line and headers are in (see `send`)."""
+        return await self.send("chat", body, headers)
+
+    async def send(self, operation: Operation, body: bytes,
+                   headers: Mapping[str, str] | None = None) -> UpstreamReply:
+        """Send one request (a chat completion, embeddings, a text completion); return once the status
+        line and headers are in.
 
         With `retry` set, calls no upstream can have run (connect errors, 429, 503) are retried, on
         another replica where there is one; `attempts` on the reply or error lists every call.
         `headers` go with this call only (the gateway's `traceparent`).
         """
-        url, content = self.chat_url(body), self.prepare(body)
+        url, content = self.url(operation, body), self.prepare(body)
         sent = self._headers
         if headers:
             sent = self._headers.copy()
@@ -318,6 +333,13 @@ class UpstreamClient:
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
+def not_served(upstream: str, kind: str, operation: Operation) -> InvalidRequest:
+    """The 400 for an operation an upstream kind has no API for (Anthropic has no embeddings)."""
+    return InvalidRequest(
+        f"upstream {upstream!r} (kind {kind}) serves chat completions only, not {_PATHS[operation]}; route this "
+        "model name to a model on an OpenAI-compatible upstream (kind openai, vllm or llamacpp).")
+
+
 def _since(started: float) -> float:
     return round(time.perf_counter() - started, 6)
 
@@ -333,7 +355,7 @@ class AzureClient(UpstreamClient):
     the body keeps it, and Azure ignores it.
 
     >>> options = ClientOptions(name="azure", base_url="https://me.openai.azure.com")
-    >>> AzureClient(options, api_version="2024-10-21").chat_url(b'{"model": "gpt-4o-prod"}')
+    >>> AzureClient(options, api_version="2024-10-21").url("chat", b'{"model": "gpt-4o-prod"}')
     URL('https://me.openai.azure.com/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21')
     """
 
@@ -344,10 +366,10 @@ class AzureClient(UpstreamClient):
     def _key_headers(self, api_key: str) -> dict[str, str]:
         return {"api-key": api_key}
 
-    def chat_url(self, body: bytes) -> httpx.URL:
+    def url(self, operation: Operation, body: bytes) -> httpx.URL:
         model = orjson.loads(body).get("model")  # the gateway always sets it (ChatRequest.with_model)
         deployment = quote(str(model), safe="")
-        return httpx.URL(f"{self.base_url}/openai/deployments/{deployment}/chat/completions",
+        return httpx.URL(f"{self.base_url}/openai/deployments/{deployment}/{_PATHS[operation]}",
                          params={"api-version": self._api_version})
 
 
@@ -358,7 +380,8 @@ class UnconfiguredClient(UpstreamClient):
     starts and serves its local miniature on a machine with no key; its frontier routes say what to set.
     """
 
-    async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply:
+    async def send(self, operation: Operation, body: bytes,
+                   headers: Mapping[str, str] | None = None) -> UpstreamReply:
         raise ServiceUnavailable(
             f"no frontier model configured: upstream {self.name!r} ({self.base_url}) has no API key. Set "
             "OPENAI_API_KEY (the embedded default's frontier; MINIGATE_FRONTIER_MODEL picks the model), or "

@@ -115,7 +115,10 @@ def _fuzz_operation(operation: Any, mode: GenerationMode, base_url: str, statuse
                              timeout=ANSWER_WITHIN_S)
         statuses[f"{operation.method.upper()} {operation.path} {response.status_code}"] += 1
         case.validate_response(response, checks=_CHECKS)
-        _assert_openai_error(response.status_code, response.headers, response.content, case.as_curl_command())
+        if operation.path == "/v1/messages":
+            _assert_anthropic_error(response.status_code, response.content, case.as_curl_command())
+        else:
+            _assert_openai_error(response.status_code, response.headers, response.content, case.as_curl_command())
         if "x-minigate-model" in response.headers:  # schemathesis keeps each header's values as a list
             routed.extend(response.headers["x-minigate-request-id"])
 
@@ -278,6 +281,18 @@ def _assert_openai_error(status: int, headers: Any, body: bytes, what: str) -> N
     assert isinstance(error["message"], str) and error["message"], f"{what}: {error}"
     if status == 405:
         assert headers.get("allow"), f"{what}: 405 without Allow"
+
+
+def _assert_anthropic_error(status: int, body: bytes, what: str) -> None:
+    """Errors on Anthropic's endpoint are Anthropic's `{"type": "error", "error": {"type", "message"}}`."""
+    if status < 400:
+        return
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise AssertionError(f"{what}: {status} is not JSON: {body[:300]!r}") from None
+    assert document.get("type") == "error" and isinstance(document.get("error"), dict), f"{what}: {document}"
+    assert document["error"].get("type") and document["error"].get("message"), f"{what}: {document}"
 
 
 def _assert_log_intact(fuzzed: Fuzzed, routed: list[str]) -> None:

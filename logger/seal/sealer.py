@@ -84,14 +84,17 @@ class Sealer:
     @staticmethod
     def measure(record: CallRecord) -> Reply | None:
         """Fill tokens and cost from the reply's usage: all that a log which stores nothing still
-        works out, for the metrics. Returns the parsed reply (None when there is none)."""
+        works out, for the metrics. Where the reply has no usage (a stream its client left), the
+        gateway's estimates stand. Returns the parsed reply (None when there is none)."""
         reply = None
         if record.chunks is not None:
             reply = reply_from_stream(record.chunks)
         elif record.reply is not None:
             reply = reply_from_body(record.reply)
         if reply is not None:
-            record.input_tokens, record.output_tokens = reply.tokens
+            input_tokens, output_tokens = reply.tokens
+            record.input_tokens = record.input_tokens if input_tokens is None else input_tokens
+            record.output_tokens = record.output_tokens if output_tokens is None else output_tokens
         if record.input_tokens is not None and record.output_tokens is not None:
             if record.rate is not None:
                 record.cost_usd = record.rate.cost(record.input_tokens, record.output_tokens)

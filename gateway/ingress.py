@@ -1,6 +1,13 @@
-"""`POST /v1/chat/completions`: authenticate, parse once, decide, dispatch (gateway.dispatch), relay the answer.
+"""One call, whatever protocol the client speaks: authenticate, parse once, decide, dispatch, answer, record.
 
-Bodies are relayed as bytes: a non-streamed reply reaches the client exactly as the upstream sent it,
+Every ingress (chat completions, Responses, Anthropic Messages) is this handler with a `Dialect`: the
+dialect turns the client's body into a chat completions request (`ChatRequest`, the form upstreams,
+the router, the cascade and the call log all read) and the chat-shaped answer back into its own protocol.
+So routing, task matching, rules, escalation, fallbacks, shadows, metrics, traces and the call record
+are one code path for every ingress; the call log keeps every call in its chat form, the form the
+conversion loop trains miniatures on.
+
+Chat completions relay bytes: a non-streamed reply reaches the client exactly as the upstream sent it,
 and a stream is forwarded chunk by chunk as it arrives, never re-framed.
 """
 
@@ -10,9 +17,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -28,12 +35,13 @@ from minigate.errors import (
     UpstreamUnavailable,
 )
 from minigate.gateway.dispatch import Dispatcher, Interrupted, NormalisedRequest, Outcome, Reply
-from minigate.gateway.errors import error_body, error_response
+from minigate.gateway.auth import Caller
+from minigate.gateway.errors import error_body
 from minigate.gateway.metrics import GatewayMetrics
-from minigate.gateway.protocol import ChatRequest, parse_chat_request
+from minigate.gateway.protocol import ChatRequest
 from minigate.gateway.runtime import Runtime, RuntimeHolder
 from minigate.gateway.shadow import Shadower, ShadowJob
-from minigate.gateway.usage_stream import UsageStripper
+from minigate.gateway.waste import abandoned_stream
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import AttemptRecord, CallRecord
 from minigate.router.agreement import Kind, as_kind
@@ -46,11 +54,47 @@ from minigate.serving.upstream import UpstreamReply
 if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when telemetry is on
     from minigate.gateway.tracing import CallTrace, Tracing
 
-__all__ = ["ChatEndpoint"]
+__all__ = ["Dialect", "Exchange", "Ingress", "StreamAnswer"]
 
 log = logging.getLogger("minigate.gateway")
 
 _CLIENT_CLOSED = ClientClosedRequest.status
+
+
+class StreamAnswer(Protocol):
+    """A streamed chat answer on its way to one client, in the client's protocol."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The client's bytes for this chunk of the upstream's chat stream (b"" while an event is incomplete)."""
+
+    def end(self) -> bytes:
+        """What the client still needs once the upstream's stream has ended."""
+
+    def fail(self, exc: UpstreamError) -> bytes:
+        """The event that tells the client the stream broke off (headers are gone: no status can)."""
+
+
+class Exchange(Protocol):
+    """One parsed call: the chat request to dispatch, and how its chat-shaped answer reaches the client."""
+
+    chat: ChatRequest
+
+    def whole(self, status: int, content: bytes) -> bytes:
+        """The client's body for a non-streamed reply (a chat completion, or an error in OpenAI's shape)."""
+
+    def stream(self) -> StreamAnswer:
+        """A fresh translator for a streamed reply."""
+
+
+class Dialect(Protocol):
+    """A client protocol on the shared call path (gateway.openai_api, gateway.responses, gateway.messages)."""
+
+    async def parse(self, raw: bytes, caller: Caller, request_id: str, path_model: str | None) -> Exchange:
+        """The client's body as a chat request; a RequestError says what is wrong with it. `path_model`:
+        the model the URL names (Azure's deployments), which takes the place of the body's."""
+
+    def error(self, exc: RequestError, headers: Mapping[str, str]) -> Response:
+        """An error before or instead of the answer, in the client's protocol."""
 
 
 @dataclass(slots=True)
@@ -77,12 +121,13 @@ class _Call:
     max_response_bytes: int | None = None  # server.max_response_bytes of the generation serving the call
 
 
-class ChatEndpoint:
-    """The handler, bound to the runtime holder, the metrics it updates, the call log it feeds and the
-    tracer (None: telemetry off, and not one span object is made)."""
+class Ingress:
+    """The handler for one dialect, bound to the runtime holder, the metrics it updates, the call log it
+    feeds and the tracer (None: telemetry off, and not one span object is made)."""
 
-    def __init__(self, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog,
+    def __init__(self, dialect: Dialect, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog,
                  tracing: Tracing | None = None, shadower: Shadower | None = None) -> None:
+        self.dialect = dialect
         self.holder = holder
         self.metrics = metrics
         self.calls = calls
@@ -99,29 +144,36 @@ class ChatEndpoint:
             call.prices, call.max_response_bytes = runtime.prices, server.max_response_bytes
             if self.tracing is not None:
                 call.trace = self.tracing.begin(call.request_id, request.headers, runtime.config.upstreams)
-            caller = runtime.keyring.authenticate(request.headers.get("authorization"))
+            caller = runtime.keyring.authenticate(request.headers)
             call.key_name = caller.name
             caller.require("infer")
-            chat = parse_chat_request(await _read_body(request, server.max_body_bytes, server.body_timeout_s))
+            raw = await _read_body(request, server.max_body_bytes, server.body_timeout_s)
+            exchange = await self.dialect.parse(raw, caller, call.request_id, request.path_params.get("deployment"))
+            chat = exchange.chat
             call.stream, call.body, call.parsed = chat.stream, chat.raw, chat.body
             user = chat.body.get("user")
             call.user = user if isinstance(user, str) else None
-            return await _unless_client_leaves(request, self._answer(runtime, chat, call, headers, request))
+            return await _unless_client_leaves(request, self._answer(runtime, exchange, call, headers, request))
         except RequestError as exc:
-            response = error_response(exc, headers)
+            response = self.dialect.error(exc, headers)
+            # The record keeps the error as the client got it.
             self._finish(call, exc.status, reply=bytes(response.body))
             return response
 
-    async def _answer(self, runtime: Runtime, chat: ChatRequest, call: _Call, headers: dict[str, str],
+    async def _answer(self, runtime: Runtime, exchange: Exchange, call: _Call, headers: dict[str, str],
                       request: Request) -> Response:
         """Match, decide, dispatch (escalating and falling back as the route says) and start the answer."""
-        if runtime.tasks is not None:
-            call.task = await runtime.tasks.match(chat.body)
-            call.task_name = runtime.tasks.name_of(call.task)
-            call.frontier_output_tokens = runtime.tasks.frontier_output_tokens(call.task)
-        decision = call.decision = _with_task_shadow(
-            runtime, call.task, runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
-                                                      runtime.pool.loads))
+        chat = exchange.chat
+        if chat.operation != "chat":  # no messages: neither tasks nor rules can read it
+            decision = call.decision = runtime.router.default(chat.model)
+        else:
+            if runtime.tasks is not None:
+                call.task = await runtime.tasks.match(chat.body)
+                call.task_name = runtime.tasks.name_of(call.task)
+                call.frontier_output_tokens = runtime.tasks.frontier_output_tokens(call.task)
+            decision = call.decision = _with_task_shadow(
+                runtime, call.task, runtime.router.decide(chat.model, chat.body, request.headers, call.task_name,
+                                                          runtime.pool.loads))
         dispatcher = Dispatcher(runtime.pool, self.metrics, call.max_response_bytes, call.trace)
         contract = runtime.tasks.contract(call.task) if runtime.tasks is not None else NO_CONTRACT
         call.kind = as_kind(contract.kind)
@@ -136,11 +188,12 @@ class ChatEndpoint:
         assert outcome.reply is not None
         upstream = outcome.reply.upstream
         if chat.stream and upstream.status == 200:
-            stripper = None if chat.wants_usage else UsageStripper()
-            return StreamingResponse(self._relay(outcome.reply, call, stripper), headers=_merge(upstream, headers))
-        return await self._complete(upstream, call, headers)
+            return StreamingResponse(self._relay(outcome.reply, call, exchange.stream()),
+                                     headers=_merge(upstream, headers))
+        return await self._complete(upstream, call, headers, exchange)
 
-    async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str]) -> Response:
+    async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str],
+                        exchange: Exchange) -> Response:
         try:
             content = await reply.read(call.max_response_bytes)
         except UpstreamError as exc:  # cut, timed out or too large on the way in
@@ -161,31 +214,27 @@ class ChatEndpoint:
             content = _as_openai_error(reply, content)
             merged["content-type"] = "application/json"
         self._finish(call, reply.status, content)
-        return Response(content, reply.status, headers=merged)
+        return Response(exchange.whole(reply.status, content), reply.status, headers=merged)
 
-    async def _relay(self, reply: Reply, call: _Call, stripper: UsageStripper | None) -> AsyncIterator[bytes]:
+    async def _relay(self, reply: Reply, call: _Call, answer: StreamAnswer) -> AsyncIterator[bytes]:
         status = _CLIENT_CLOSED
         cut: str | None = None  # why the upstream's stream broke off, when it did
         relayed: list[bytes] = []  # as the upstream sent them, usage included, for the call record
         try:
             async for chunk in reply.chunks():
                 relayed.append(chunk)
-                out = stripper.feed(chunk) if stripper else chunk
-                if out:
+                if out := answer.feed(chunk):
                     call.first_byte = call.first_byte or time.perf_counter()
                     yield out
-            if stripper and (rest := stripper.flush()):
+            if rest := answer.end():
                 yield rest
             status = 200
         except UpstreamError as exc:
-            # Headers are gone already: the failure can only travel as an SSE event the SDKs understand.
+            # Headers are gone already: the failure can only travel as an event the SDKs understand.
             status, cut = exc.status, exc.kind
             self._count(exc)
-            # A cut can fall mid-event: end what the client holds so the error parses as its own event.
-            partial = stripper is None and bool(relayed) and not relayed[-1].endswith(b"\n\n")
-            event = (b"\n\n" if partial else b"") + b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
-            relayed.append(event)
-            yield event
+            relayed.append(b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n")
+            yield answer.fail(exc)
         finally:
             self._finish(call, status, chunks=relayed, cut=cut)
 
@@ -210,13 +259,16 @@ class ChatEndpoint:
                              ttft=ttft if call.stream and status == 200 else None)
         rate, counterfactual = call.prices.rates(decision.route, target.name) if call.prices else (None, None)
         wasted = outcome.wasted
+        # A stream its client left still cost what the upstream generated: estimated, its usage never came.
+        left = status == _CLIENT_CLOSED and bool(chunks)
+        input_tokens, output_tokens = abandoned_stream(chunks or (), call.parsed or {}) if left else (None, None)
         self.calls.submit(CallRecord(
             request_id=call.request_id, started_at=call.started_at, key_name=call.key_name, route=decision.route,
             model=target.name, tier=target.tier, task=call.task, rule=decision.rule, upstream=target.upstream,
             status=status, latency_s=elapsed, stream=call.stream, ttft_s=ttft,
             attempts=_recorded_attempts(outcome, cut), escalated=outcome.escalated,
             request_body=call.body, user=call.user, reply=reply, chunks=chunks,
-            rate=rate, counterfactual_rate=counterfactual,
+            rate=rate, counterfactual_rate=counterfactual, input_tokens=input_tokens, output_tokens=output_tokens,
             # Without minigate the frontier would have written the reply: as long as it usually does.
             counterfactual_output_tokens=call.frontier_output_tokens if target.tier == "miniature" else None,
             wasted_rate=call.prices.rate(wasted.model) if wasted and call.prices else None,
@@ -312,7 +364,7 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
 def _normalised(chat: ChatRequest, contract: TaskContract) -> NormalisedRequest:
     """The chat request as the dispatcher takes it (chat completions are the normalised form already),
     with its matched task's contract for the cascade."""
-    return NormalisedRequest(chat.body, chat.stream, chat.encode, contract)
+    return NormalisedRequest(chat.body, chat.stream, chat.encode, contract, chat.operation)
 
 
 def _with_task_shadow(runtime: Runtime, task: str, decision: Decision) -> Decision:
