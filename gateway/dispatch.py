@@ -58,6 +58,9 @@ class NormalisedRequest:
     encode: Callable[[str, bool], bytes]
     contract: TaskContract = NO_CONTRACT
     operation: Operation = "chat"  # embeddings and text completions take the same way, unchecked
+    # The client's own body, model replaced, for upstreams that serve its protocol themselves (a Responses
+    # call to an upstream with `responses: native`); None: every upstream gets `encode`'s chat body.
+    native: Callable[[str], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class Reply:
     limit: int | None = None  # bytes the whole reply may carry (server.max_response_bytes)
     held: tuple[bytes, ...] = ()
     rest: AsyncGenerator[bytes, None] | None = None
+    native: bool = False  # in the client's own protocol (NormalisedRequest.native), not chat
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for chunk in self.held:
@@ -204,16 +208,22 @@ class Dispatcher:
         return await self._reply(request, decision.escalate_to, trail)
 
     async def _reply(self, request: NormalisedRequest, target: Target, trail: _Trail) -> Reply:
-        return Reply(await self._send(request, target, trail), self.limit)
+        native = request.native is not None and self.pool[target.upstream].native_responses
+        return Reply(await self._send(request, target, trail, native), self.limit, native=native)
 
-    async def _send(self, request: NormalisedRequest, target: Target, trail: _Trail) -> UpstreamReply:
+    async def _send(self, request: NormalisedRequest, target: Target, trail: _Trail, native: bool) -> UpstreamReply:
         trail.target = target
-        body = request.encode(target.upstream_model, request.stream)
+        operation: Operation = "responses" if native else request.operation
+        if native:
+            assert request.native is not None
+            body = request.native(target.upstream_model)
+        else:
+            body = request.encode(target.upstream_model, request.stream)
         sent_at = time.perf_counter()
         client = self.pool[target.upstream]
         try:
-            reply = await (self.trace.call(client, target, request.operation, body) if self.trace
-                           else client.send(request.operation, body))
+            reply = await (self.trace.call(client, target, operation, body) if self.trace
+                           else client.send(operation, body))
         except UpstreamError as exc:
             trail.attempts += _attempts(target, getattr(exc, "attempts", []), sent_at, None, exc.kind)
             self._count(exc.upstream, exc.kind)
@@ -237,7 +247,7 @@ class Dispatcher:
         if upstream.status >= 500 and "error" in decision.escalate_on:
             await upstream.close()
             return "error", reply, None
-        if upstream.status != 200:
+        if upstream.status != 200 or reply.native:  # the content checks read chat replies only
             return None, reply, None
         if request.stream and not decision.escalate_on & CONTENT_CHECKS:
             return None, reply, None
@@ -270,7 +280,7 @@ class Dispatcher:
             await chunks.aclose()
             raise
         if verdict == "relay":
-            return None, Reply(reply.upstream, reply.limit, tuple(held), chunks), None
+            return None, dataclasses.replace(reply, held=tuple(held), rest=chunks), None
         await chunks.aclose()
         return verdict, reply, wasted_stream(decision.target.name, held)
 

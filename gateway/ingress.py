@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,11 +54,16 @@ from minigate.serving.upstream import UpstreamReply
 if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when telemetry is on
     from minigate.gateway.tracing import CallTrace, Tracing
 
-__all__ = ["Dialect", "Exchange", "Ingress", "StreamAnswer"]
+__all__ = ["Dialect", "Exchange", "Ingress", "StreamAnswer", "Untranslatable"]
 
 log = logging.getLogger("minigate.gateway")
 
 _CLIENT_CLOSED = ClientClosedRequest.status
+
+
+class Untranslatable(Exception):
+    """The upstream's reply can't be put in the client's protocol (not a chat completion): a 502, as an
+    unreadable upstream reply is, or a stream's error event."""
 
 
 class StreamAnswer(Protocol):
@@ -75,14 +80,22 @@ class StreamAnswer(Protocol):
 
 
 class Exchange(Protocol):
-    """One parsed call: the chat request to dispatch, and how its chat-shaped answer reaches the client."""
+    """One parsed call: the chat request to dispatch, and how its chat-shaped answer reaches the client.
+
+    `native`: the client's own body for an upstream that serves the client's protocol itself (see
+    NormalisedRequest.native); a reply from one is in that protocol already (`native=True` below).
+    """
 
     chat: ChatRequest
 
-    def whole(self, status: int, content: bytes) -> bytes:
+    @property
+    def native(self) -> Callable[[str], bytes] | None:
+        """The client's own body for an upstream model id; None: every upstream gets chat."""
+
+    def whole(self, status: int, content: bytes, native: bool) -> bytes:
         """The client's body for a non-streamed reply (a chat completion, or an error in OpenAI's shape)."""
 
-    def stream(self) -> StreamAnswer:
+    def stream(self, native: bool) -> StreamAnswer:
         """A fresh translator for a streamed reply."""
 
 
@@ -178,7 +191,7 @@ class Ingress:
         contract = runtime.tasks.contract(call.task) if runtime.tasks is not None else NO_CONTRACT
         call.kind = as_kind(contract.kind)
         try:
-            outcome = call.outcome = await dispatcher.dispatch(_normalised(chat, contract), decision)
+            outcome = call.outcome = await dispatcher.dispatch(_normalised(exchange, contract), decision)
         except Interrupted as exc:  # the client left mid-call: its record shows what was tried
             call.outcome = exc.outcome
             raise
@@ -188,12 +201,12 @@ class Ingress:
         assert outcome.reply is not None
         upstream = outcome.reply.upstream
         if chat.stream and upstream.status == 200:
-            return StreamingResponse(self._relay(outcome.reply, call, exchange.stream()),
+            return StreamingResponse(self._relay(outcome.reply, call, exchange.stream(outcome.reply.native)),
                                      headers=_merge(upstream, headers))
-        return await self._complete(upstream, call, headers, exchange)
+        return await self._complete(upstream, call, headers, exchange, outcome.reply.native)
 
     async def _complete(self, reply: UpstreamReply, call: _Call, headers: dict[str, str],
-                        exchange: Exchange) -> Response:
+                        exchange: Exchange, native: bool) -> Response:
         try:
             content = await reply.read(call.max_response_bytes)
         except UpstreamError as exc:  # cut, timed out or too large on the way in
@@ -213,21 +226,28 @@ class Ingress:
         if reply.status >= 400 and not _is_openai_error(content):
             content = _as_openai_error(reply, content)
             merged["content-type"] = "application/json"
+        try:
+            answer = exchange.whole(reply.status, content, native)
+        except Untranslatable as exc:
+            raise _unreadable(reply.upstream, exc) from exc
         self._finish(call, reply.status, content)
-        return Response(exchange.whole(reply.status, content), reply.status, headers=merged)
+        return Response(answer, reply.status, headers=merged)
 
     async def _relay(self, reply: Reply, call: _Call, answer: StreamAnswer) -> AsyncIterator[bytes]:
         status = _CLIENT_CLOSED
         cut: str | None = None  # why the upstream's stream broke off, when it did
         relayed: list[bytes] = []  # as the upstream sent them, usage included, for the call record
         try:
-            async for chunk in reply.chunks():
-                relayed.append(chunk)
-                if out := answer.feed(chunk):
-                    call.first_byte = call.first_byte or time.perf_counter()
-                    yield out
-            if rest := answer.end():
-                yield rest
+            try:
+                async for chunk in reply.chunks():
+                    relayed.append(chunk)
+                    if out := answer.feed(chunk):
+                        call.first_byte = call.first_byte or time.perf_counter()
+                        yield out
+                if rest := answer.end():
+                    yield rest
+            except Untranslatable as exc:
+                raise _unreadable(reply.upstream.upstream, exc) from exc
             status = 200
         except UpstreamError as exc:
             # Headers are gone already: the failure can only travel as an event the SDKs understand.
@@ -361,10 +381,11 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
     )
 
 
-def _normalised(chat: ChatRequest, contract: TaskContract) -> NormalisedRequest:
+def _normalised(exchange: Exchange, contract: TaskContract) -> NormalisedRequest:
     """The chat request as the dispatcher takes it (chat completions are the normalised form already),
     with its matched task's contract for the cascade."""
-    return NormalisedRequest(chat.body, chat.stream, chat.encode, contract, chat.operation)
+    chat = exchange.chat
+    return NormalisedRequest(chat.body, chat.stream, chat.encode, contract, chat.operation, exchange.native)
 
 
 def _with_task_shadow(runtime: Runtime, task: str, decision: Decision) -> Decision:
@@ -396,6 +417,11 @@ def _recorded_attempts(outcome: Outcome, cut: str | None) -> list[AttemptRecord]
     if cut is not None and attempts:
         attempts[-1] = replace(attempts[-1], error=cut)
     return attempts or None
+
+
+def _unreadable(upstream: str, exc: Untranslatable) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"upstream {upstream!r} sent a reply that is not a chat completion ({exc})",
+                               upstream=upstream, kind="invalid_reply")
 
 
 def _merge(reply: UpstreamReply, ours: dict[str, str]) -> dict[str, str]:

@@ -15,7 +15,9 @@ from starlette.responses import Response
 
 from minigate.errors import InvalidRequest, RequestError, UpstreamError
 from minigate.gateway.auth import Caller
+from minigate.gateway.ingress import Untranslatable
 from minigate.gateway.protocol import ChatRequest, parse_json_object
+from minigate.protocols.anthropic_reply import ReplyError
 from minigate.protocols.messages_reply import anthropic_error, from_openai_error, to_message
 from minigate.protocols.messages_request import to_chat_body
 from minigate.protocols.messages_stream import MessagesStream
@@ -48,13 +50,21 @@ class _MessagesExchange:
         self.chat = chat
         self.message_id = message_id
 
-    def whole(self, status: int, content: bytes) -> bytes:
+    @property
+    def native(self) -> None:
+        """No upstream is sent Anthropic's protocol as is (`anthropic` upstreams translate chat)."""
+        return None
+
+    def whole(self, status: int, content: bytes, native: bool) -> bytes:
         if status != 200:
             return from_openai_error(status, content)
-        message: dict[str, Any] = to_message(orjson.loads(content), message_id=self.message_id)
+        try:
+            message: dict[str, Any] = to_message(orjson.loads(content), message_id=self.message_id)
+        except (orjson.JSONDecodeError, ReplyError) as exc:
+            raise Untranslatable(str(exc)) from exc
         return orjson.dumps(message)
 
-    def stream(self) -> _MessagesStreamAnswer:
+    def stream(self, native: bool) -> _MessagesStreamAnswer:
         return _MessagesStreamAnswer(MessagesStream(model=self.chat.model, message_id=self.message_id))
 
 
@@ -65,10 +75,16 @@ class _MessagesStreamAnswer:
         self._stream = stream
 
     def feed(self, chunk: bytes) -> bytes:
-        return self._stream.feed(chunk)
+        try:
+            return self._stream.feed(chunk)
+        except ReplyError as exc:
+            raise Untranslatable(str(exc)) from exc
 
     def end(self) -> bytes:
-        return self._stream.end()
+        try:
+            return self._stream.end()
+        except ReplyError as exc:
+            raise Untranslatable(str(exc)) from exc
 
     def fail(self, exc: UpstreamError) -> bytes:
         return self._stream.fail(exc.message)

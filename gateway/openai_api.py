@@ -44,10 +44,15 @@ class _ChatExchange:
     def __init__(self, chat: ChatRequest) -> None:
         self.chat = chat
 
-    def whole(self, status: int, content: bytes) -> bytes:
+    @property
+    def native(self) -> None:
+        """Every upstream speaks it."""
+        return None
+
+    def whole(self, status: int, content: bytes, native: bool) -> bytes:
         return content
 
-    def stream(self) -> _ChatStream:
+    def stream(self, native: bool) -> _ChatStream:
         return _ChatStream(None if self.chat.wants_usage else UsageStripper())
 
 

@@ -45,7 +45,8 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 _MEMBER = {key: re.compile(rb'[{,]\s*"' + key.encode() + rb'"\s*:\s*("(?:[^"\\]|\\.)*")') for key in ("id", "model")}
 _HEAD_BYTES = 2048
 # The GenAI semantic conventions' well-known `gen_ai.operation.name` values.
-_OPERATION_NAMES: dict[Operation, str] = {"chat": "chat", "embeddings": "embeddings", "completions": "text_completion"}
+_OPERATION_NAMES: dict[Operation, str] = {"chat": "chat", "embeddings": "embeddings", "completions": "text_completion",
+                                          "responses": "chat"}
 
 
 class Tracing:

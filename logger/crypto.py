@@ -13,6 +13,10 @@ payload authenticates the version and the caller's associated data (the record's
 payload copied onto another row, or a header edited to point at another key, fails to decrypt instead
 of decrypting to the wrong thing. One data key serves many payloads (random 96-bit nonces) and is
 replaced long before the 2**32 safe limit.
+
+One cipher may encrypt from several threads at once (the sealing thread, and the call log's writer of
+stored responses): the data key and its envelope are taken together under a lock, so no blob pairs a
+new key's envelope with the old key's ciphertext.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
@@ -108,6 +113,7 @@ class PayloadCipher:
         self._envelope = b""  # the current data key's envelope, made on first use
         self._data_key: AESGCM | None = None
         self._uses = 0
+        self._choosing = threading.Lock()  # guards the three above
         self._unwrapped: dict[bytes, AESGCM] = {}  # envelope -> data key, for readers of many blobs
 
     @property
@@ -116,12 +122,14 @@ class PayloadCipher:
         return self._current_id.hex()
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
-        if self._data_key is None or self._uses >= _DATA_KEY_USES:
-            self._new_data_key()
-        assert self._data_key is not None
-        self._uses += 1
+        with self._choosing:
+            if self._data_key is None or self._uses >= _DATA_KEY_USES:
+                self._new_data_key()
+            assert self._data_key is not None
+            self._uses += 1
+            envelope, data_key = self._envelope, self._data_key
         nonce = os.urandom(_NONCE_BYTES)
-        return self._envelope + nonce + self._data_key.encrypt(nonce, plaintext, bytes([_VERSION]) + aad)
+        return envelope + nonce + data_key.encrypt(nonce, plaintext, bytes([_VERSION]) + aad)
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
         envelope = self._check(blob)

@@ -96,8 +96,8 @@ def reply_from_body(raw: bytes) -> Reply:
         usage = _usage(body)  # embeddings write nothing: no completion tokens
         return Reply([], usage and {**usage, "completion_tokens": 0},
                      {**body, "data": [_without_vector(item) for item in _dicts(body["data"])]})
-    if not isinstance(body.get("choices"), list):
-        return Reply([], None, body)
+    if not isinstance(body.get("choices"), list):  # an error, or a native upstream's Responses object
+        return Reply([], _usage(body) if body.get("object") == "response" else None, body)
     choices = [{key: c[key] for key in _CHOICE_KEYS if key in c} for c in _dicts(body["choices"])]
     return Reply(choices, _usage(body))
 
@@ -124,14 +124,18 @@ def reply_from_stream(chunks: list[bytes]) -> Reply:
     """
     messages: dict[int, dict[str, Any]] = {}
     usage: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None  # a native Responses stream's final response
     for event in _events(b"".join(chunks)):
         usage = _usage(event) or usage
+        if event.get("type") in ("response.completed", "response.incomplete") and isinstance(event.get("response"), dict):
+            final = event["response"]
+            usage = _usage(final) or usage
         for choice in _dicts(event.get("choices")):
             _merge_delta(messages.setdefault(_index(choice), _empty()), choice)
         if "error" in event:
             messages.setdefault(0, _empty())["error"] = event["error"]
     choices = [{"index": i, **_finished(m)} for i, m in sorted(messages.items())]
-    return Reply(choices, usage)
+    return Reply(choices, usage, final if not choices else None)
 
 
 def _events(body: bytes) -> list[dict[str, Any]]:
@@ -170,8 +174,13 @@ def _text(item: dict[str, Any], key: str) -> str:
 
 
 def _usage(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body's usage in chat's terms; the Responses API's (a native upstream's) says input and output."""
     usage = body.get("usage")
-    return usage if isinstance(usage, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    if "prompt_tokens" not in usage and "input_tokens" in usage:
+        return {"prompt_tokens": usage["input_tokens"], "completion_tokens": usage.get("output_tokens")}
+    return usage
 
 
 def _merge_delta(message: dict[str, Any], choice: dict[str, Any]) -> None:

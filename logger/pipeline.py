@@ -22,6 +22,9 @@ again, and the records it had taken stay in `_pending` or `_held`, so it picks t
 Each record, once sealed, goes to `observe` (the gateway's token and cost metrics), exactly once: a
 spooled record is replayed sealed and never observed again. With `enabled: false` the writer still
 runs, but only measures (tokens, cost) and observes; nothing is stored, redacted or encrypted.
+
+Stored responses (the Responses API's `store`) are kept beside the records, sealed with the same cipher,
+by `keep_response` and read back by `recall_response`: see `minigate.logger.responses`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from minigate.logger.reader import CallReader
 from minigate.logger.records import CallRecord, record_from_bytes, record_to_bytes
+from minigate.logger.responses import ResponseKeeper
 from minigate.logger.seal import SealGuard, Sealer, SealerPool
 from minigate.logger.settings import LoggingSection
 from minigate.logger.spool import Spool, SpoolBatch
@@ -78,6 +82,8 @@ class CallLog:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: asyncio.Task[None] | None = None
         self._replaying = asyncio.Lock()
+        self._responses = ResponseKeeper(sealer.cipher if settings.enabled else None, lambda: self._store, registry,
+                                         timeout_s=settings.store_timeout_s)
         Gauge("minigate_log_queue_depth", "Call records in memory, not yet stored or spooled.",
               registry=registry).set_function(self._in_memory)
         self.written = Counter("minigate_log_records_written", "Call records stored.", registry=registry)
@@ -106,7 +112,8 @@ class CallLog:
         await self._connect()
         await self._replay()
         self._tasks = [self._supervise("writer", self._write_forever),
-                       self._supervise("replayer", self._replay_forever)]
+                       self._supervise("replayer", self._replay_forever),
+                       self._supervise("response writer", self._responses.write_forever)]
         if self.settings.retention_days is not None:
             self._tasks.append(self._supervise("purger", self._purge_forever))
 
@@ -123,6 +130,22 @@ class CallLog:
             else:  # nothing persists and memory holds all it may
                 self._drop(1)
 
+    def keep_response(self, response_id: str, key_name: str, document: bytes) -> None:
+        """Keep a stored response (the Responses API's `store`) for the key named `key_name`. Never waits and
+        never fails the request: the document is sealed (the payload cipher, bound to the response id and key
+        name) and written in the background, and kept meanwhile in a bounded memory (1,024 responses or
+        64 MiB), where `recall_response` finds it before the write lands. While the store is down the write is
+        retried, the response staying in memory (see `minigate.logger.responses`); with logging disabled or
+        no log key, responses are kept in memory only.
+        """
+        self._responses.keep(response_id, key_name, document)
+
+    async def recall_response(self, response_id: str, key_name: str) -> bytes | None:
+        """The stored response's document, decrypted, if it exists and `key_name` made it; None otherwise: one
+        made by another key is answered exactly like a missing one. Memory first, then the store; raises
+        ServiceUnavailable when the store is needed and can't answer."""
+        return await self._responses.recall(response_id, key_name)
+
     async def stop(self) -> None:
         """Store (or spool) everything taken or queued, retrying until `shutdown_timeout_s`; then close."""
         for task in self._tasks:
@@ -135,9 +158,11 @@ class CallLog:
         while not self._queue.empty():
             self._pending.append(self._queue.get_nowait())
         await self._flush_pending()
-        await self._retry_until(asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s)
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s
+        await self._retry_until(deadline)
         if not self.settings.enabled:
             return
+        await self._responses.flush(deadline)
         await self._replay()
         if self._store is not None:
             await self._store.close()

@@ -1,4 +1,5 @@
-"""Log-key rotation: re-wrap every stored payload's data key under the current log key.
+"""Log-key rotation: re-wrap every stored payload's data key, and every stored response's, under the current
+log key.
 
 Only the 65-byte envelope of each blob changes (see crypto.py), so a rotation over millions of records
 moves no conversation text and never holds a plaintext payload. Batches commit one by one: an
@@ -8,7 +9,7 @@ interrupted rotation is simply run again, and it picks up what is left.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from minigate.logger.crypto import PayloadCipher
 from minigate.logger.stores import CallStore, SealedPayloads, open_store
@@ -47,7 +48,7 @@ async def rotate_store(url: str, cipher: PayloadCipher, *, pending: Callable[[in
 
 async def rewrap_store(store: CallStore, cipher: PayloadCipher, *, batch_size: int = 500,
                        progress: Callable[[int], None] = lambda done: None) -> int:
-    """Re-wrap every record not under the cipher's current key; returns how many records changed."""
+    """Re-wrap every record and stored response not under the cipher's current key; returns how many changed."""
     done, after = 0, ""
     while rows := await store.sealed(not_key_id=cipher.key_id, after=after, limit=batch_size):
         resealed = [SealedPayloads(row.request_id, _rewrap(cipher, row.request_payload),
@@ -55,6 +56,18 @@ async def rewrap_store(store: CallStore, cipher: PayloadCipher, *, batch_size: i
         await store.reseal(resealed, cipher.key_id)
         done += len(rows)
         after = rows[-1].request_id
+        progress(len(rows))
+    return done + await _rewrap_responses(store, cipher, batch_size, progress)
+
+
+async def _rewrap_responses(store: CallStore, cipher: PayloadCipher, batch_size: int,
+                            progress: Callable[[int], None]) -> int:
+    done, after = 0, ""
+    while rows := await store.sealed_responses(not_key_id=cipher.key_id, after=after, limit=batch_size):
+        for row in rows:
+            await store.put_response(replace(row, sealed=cipher.rewrap(row.sealed) or row.sealed, key_id=cipher.key_id))
+        done += len(rows)
+        after = rows[-1].id
         progress(len(rows))
     return done
 

@@ -57,6 +57,7 @@ class LitellmClient:
     def __init__(self, name: str, settings: LitellmUpstream, litellm: ModuleType) -> None:
         self.name = name
         self.base_url = settings.base_url or ""
+        self.native_responses = False
         self._settings = settings
         self._litellm = litellm
         self._errors = _ErrorKinds(litellm)

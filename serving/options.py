@@ -42,6 +42,7 @@ class ClientOptions:
     retry: Retry | None = None
     max_connections: int = 256
     max_keepalive: int = 64
+    native_responses: bool = False  # it serves /responses itself (OpenAIUpstream.responses: native)
 
     @classmethod
     def of(cls, name: str, spec: OpenAIUpstream | AnthropicUpstream) -> ClientOptions:
@@ -56,5 +57,6 @@ class ClientOptions:
             max_keepalive=spec.max_keepalive,
         )
         if isinstance(spec, OpenAIUpstream):
-            return replace(options, replicas=spec.replicas(), breaker=spec.breaker, retry=spec.retry)
+            return replace(options, replicas=spec.replicas(), breaker=spec.breaker, retry=spec.retry,
+                           native_responses=spec.responses == "native")
         return options

@@ -67,6 +67,9 @@ class OpenAIUpstream(_Section):
         None, min_length=1,
         description="Azure OpenAI: sent as `?api-version=`; calls go to the deployment named by the model's id",
     )
+    responses: Literal["translate", "native"] = Field(
+        "translate", description=("`native`: it serves OpenAI's Responses API itself (OpenAI does), so a /v1/responses "
+                                  "call for one of its models goes to its /responses as sent; `translate`: as chat"))
     base_model: str | None = Field(None, description="vllm: the base model `serving plan` serves; default the models' id")
     adapters: dict[str, str] = Field(default_factory=dict, description="vllm: LoRA adapters by name: their paths")
 

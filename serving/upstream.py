@@ -35,8 +35,10 @@ __all__ = ["AzureClient", "ChatUpstream", "Operation", "UnconfiguredClient", "Up
            "not_served"]
 
 # What an upstream is asked to do, and the path each goes to under an OpenAI-protocol base URL.
-Operation = Literal["chat", "embeddings", "completions"]
-_PATHS: dict[Operation, str] = {"chat": "chat/completions", "embeddings": "embeddings", "completions": "completions"}
+# `responses` is sent only to upstreams that serve it themselves (`native_responses`).
+Operation = Literal["chat", "embeddings", "completions", "responses"]
+_PATHS: dict[Operation, str] = {"chat": "chat/completions", "embeddings": "embeddings", "completions": "completions",
+                                "responses": "responses"}
 
 log = logging.getLogger("minigate.serving")
 
@@ -126,6 +128,7 @@ class ChatUpstream(Protocol):
 
     name: str
     base_url: str  # where calls go, for traces ("" when the client library decides)
+    native_responses: bool  # it serves OpenAI's Responses API itself
 
     async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamReply: ...
 
@@ -170,6 +173,7 @@ class UpstreamClient:
     def __init__(self, options: ClientOptions) -> None:
         self.name = options.name
         self.base_url = options.base_url.rstrip("/")
+        self.native_responses = options.native_responses
         self.replicas = Replicas(options.replicas or [self.base_url], options.breaker)
         self._retry = options.retry
         timeouts = options.timeouts

@@ -249,3 +249,31 @@ def test_the_log_keeps_logprobs_and_an_upstream_error_as_sent(logged: RunningGat
     record = _record(logged, failed.headers["x-minigate-request-id"])
     assert record["response"] == failed.json()  # the error as the client got it, not wrapped in `choices`
 
+
+
+def test_an_upstream_that_serves_responses_itself_gets_the_call_as_sent(upstream: ScriptedUpstream,
+                                                                        tmp_path: Path) -> None:
+    logging = {"store": f"sqlite:///{tmp_path}/calls.db", "encryption_key": generate_key(), "flush_interval_s": 0.05}
+    config = gateway_config(upstream.base_url, logging=logging)
+    config["upstreams"]["scripted"]["responses"] = "native"
+    with run_gateway(write_config(tmp_path / "minigate.yaml", config)) as gateway:
+        client = _client(gateway)
+        raw = client.responses.with_raw_response.create(model="cheap", input="Hello there", reasoning={"effort": "low"})
+        first = raw.parse()
+        sent = upstream.requests[-1]
+        assert sent.path == "/v1/responses" and sent.json()["model"] == "mini-lora"
+        assert sent.json()["reasoning"] == {"effort": "low"} and sent.json()["input"] == "Hello there"
+        assert first.output_text == "Hello there" and raw.headers["x-minigate-model"] == "mini"
+
+        upstream.enqueue(Script(reply="Again"))
+        with client.responses.stream(model="cheap", input="Once more", previous_response_id=first.id) as stream:
+            second = stream.get_final_response()
+        assert second.output_text == "Again"
+        sent = upstream.requests[-1].json()
+        assert "previous_response_id" not in sent  # minigate's stored items, spelled out for the upstream
+        assert [item.get("role") for item in sent["input"]] == ["user", "assistant", "user"]
+        assert client.responses.retrieve(second.id).output_text == "Again"
+
+        record = _record(gateway, raw.headers["x-minigate-request-id"])
+        assert record["input_tokens"] == first.usage.input_tokens and record["output_tokens"] > 0  # type: ignore[union-attr]
+        assert record["response"]["output"][0]["content"][0]["text"] == "Hello there"

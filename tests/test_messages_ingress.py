@@ -82,3 +82,7 @@ def test_errors_come_in_anthropic_shape(gateway: RunningGateway, upstream: Scrip
     with pytest.raises(anthropic.APIStatusError) as failed:
         _client(gateway).messages.create(model="gpt-4.1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
     assert failed.value.status_code == 502 and failed.value.body["type"] == "error"  # type: ignore[index]
+    upstream.enqueue(Script(body=b'{"not": "a chat completion"}'))
+    with pytest.raises(anthropic.APIStatusError) as unreadable:
+        _client(gateway).messages.create(model="gpt-4.1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert unreadable.value.status_code == 502 and "not a chat completion" in str(unreadable.value)

@@ -5,7 +5,15 @@ PostgreSQL stores (`sqlite`, `postgres`, imported only when their URL is opened)
 
 from __future__ import annotations
 
-from minigate.logger.stores.base import KEY_USAGE, CallStore, SealedPayloads, open_store, reseal_sql, sealed_sql
+from minigate.logger.stores.base import (
+    KEY_USAGE,
+    CallStore,
+    SealedPayloads,
+    StoredResponse,
+    open_store,
+    reseal_sql,
+    sealed_sql,
+)
 from minigate.logger.stores.query import (
     METADATA_COLUMNS,
     PAYLOAD_COLUMNS,
@@ -24,6 +32,7 @@ __all__ = [
     "CallStore",
     "Kind",
     "SealedPayloads",
+    "StoredResponse",
     "decode_cursor",
     "encode_cursor",
     "open_store",

@@ -9,7 +9,20 @@ from typing import Any, Protocol
 from minigate.logger.records import CallRecord, Feedback
 from minigate.logger.stores.query import CallQuery
 
-__all__ = ["FEEDBACK_INSERT", "FEEDBACK_SELECT", "KEY_USAGE", "CallStore", "SealedPayloads", "open_store", "reseal_sql", "sealed_sql"]
+__all__ = [
+    "FEEDBACK_INSERT",
+    "FEEDBACK_SELECT",
+    "KEY_USAGE",
+    "CallStore",
+    "SealedPayloads",
+    "StoredResponse",
+    "get_response_sql",
+    "open_store",
+    "put_response_sql",
+    "reseal_sql",
+    "sealed_responses_sql",
+    "sealed_sql",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +32,22 @@ class SealedPayloads:
     request_id: str
     request_payload: bytes | None
     response_payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A stored response (the Responses API's `store`) as its row holds it: sealed by the log key whose id is
+    `key_id`, readable back only by the key named `key_name`.
+
+    >>> StoredResponse("resp_1", "agents", 1700000000.0, "a1b2c3d4", b"...").key_name
+    'agents'
+    """
+
+    id: str
+    key_name: str
+    created_at: float  # unix seconds
+    key_id: str
+    sealed: bytes
 
 
 class CallStore(Protocol):
@@ -41,12 +70,22 @@ class CallStore(Protocol):
         ...
 
     async def purge(self, before: float) -> int:
-        """Delete calls that started before `before` (unix seconds), and feedback given before then; returns
-        how many calls."""
+        """Delete calls that started before `before` (unix seconds), and the feedback given and responses
+        stored before then; returns how many calls."""
+        ...
+
+    async def put_response(self, row: StoredResponse) -> None:
+        """Store a response, replacing one with the same id."""
+        ...
+
+    async def get_response(self, response_id: str) -> StoredResponse | None: ...
+
+    async def sealed_responses(self, *, not_key_id: str, after: str, limit: int) -> list[StoredResponse]:
+        """Stored responses under another key than `not_key_id`, by id after `after`; rotation re-wraps them."""
         ...
 
     async def key_usage(self) -> dict[str, int]:
-        """Records with payloads per log-key id."""
+        """Records with payloads and stored responses, per log-key id."""
         ...
 
     async def sealed(self, *, not_key_id: str, after: str, limit: int) -> list[SealedPayloads]:
@@ -61,7 +100,9 @@ class CallStore(Protocol):
 
 
 # Key rotation's statements, shared by both dialects; `placeholder(n)` spells the n-th parameter.
-KEY_USAGE = "SELECT key_id, count(*) FROM calls WHERE key_id IS NOT NULL GROUP BY key_id"
+KEY_USAGE = ("SELECT key_id, count(*) FROM (SELECT key_id FROM calls WHERE key_id IS NOT NULL"
+             " UNION ALL SELECT key_id FROM responses) AS sealed GROUP BY key_id")
+RESPONSE_COLUMNS = "id, key_name, created_at, key_id, sealed"
 
 
 FEEDBACK_SELECT = "SELECT request_id, at, actor, score, label, comment FROM feedback WHERE at >= {} ORDER BY at, id"
@@ -76,6 +117,22 @@ def sealed_sql(placeholder: Callable[[int], str]) -> str:
 def reseal_sql(placeholder: Callable[[int], str]) -> str:
     return (f"UPDATE calls SET request_payload = {placeholder(1)}, response_payload = {placeholder(2)},"
             f" key_id = {placeholder(3)} WHERE request_id = {placeholder(4)}")
+
+
+def put_response_sql(placeholder: Callable[[int], str]) -> str:
+    values = ", ".join(placeholder(n) for n in range(1, 6))
+    return (f"INSERT INTO responses ({RESPONSE_COLUMNS}) VALUES ({values}) ON CONFLICT (id) DO UPDATE SET"
+            " key_name = excluded.key_name, created_at = excluded.created_at, key_id = excluded.key_id,"
+            " sealed = excluded.sealed")
+
+
+def get_response_sql(placeholder: Callable[[int], str]) -> str:
+    return f"SELECT {RESPONSE_COLUMNS} FROM responses WHERE id = {placeholder(1)}"
+
+
+def sealed_responses_sql(placeholder: Callable[[int], str]) -> str:
+    return (f"SELECT {RESPONSE_COLUMNS} FROM responses WHERE key_id <> {placeholder(1)} AND id > {placeholder(2)}"
+            f" ORDER BY id LIMIT {placeholder(3)}")
 
 
 async def open_store(url: str, *, timeout_s: float = 5.0) -> CallStore:

@@ -64,6 +64,22 @@ CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
 """
 
 
+# Stored responses (the Responses API's `store`): a conversation's state, kept for the key that made it and
+# sealed under the log key like call payloads (`key_id` says which, for rotation); purged with the calls.
+def _responses(real: str, blob: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS responses (
+    id         TEXT PRIMARY KEY,
+    key_name   TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    key_id     TEXT NOT NULL,
+    sealed     {blob} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
+CREATE INDEX IF NOT EXISTS responses_key_id ON responses (key_id);
+"""
+
+
 MIGRATIONS: dict[Dialect, list[str]] = {
     "sqlite": [
         """
@@ -107,6 +123,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         _KEY_ID_AND_COST,
         _SHADOWS + _feedback("INTEGER", "REAL"),
         _WASTE,
+        _responses("REAL", "BLOB"),
     ],
     "postgresql": [
         """
@@ -150,5 +167,6 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         _KEY_ID_AND_COST,
         _SHADOWS + _feedback("BIGSERIAL", "DOUBLE PRECISION"),
         _WASTE,
+        _responses("DOUBLE PRECISION", "BYTEA"),
     ],
 }

@@ -19,7 +19,11 @@ from minigate.logger.stores.base import (
     FEEDBACK_SELECT,
     KEY_USAGE,
     SealedPayloads,
+    StoredResponse,
+    get_response_sql,
+    put_response_sql,
     reseal_sql,
+    sealed_responses_sql,
     sealed_sql,
 )
 from minigate.logger.stores.migrations import MIGRATIONS
@@ -48,6 +52,10 @@ def _dollar(n: int) -> str:
 
 def _bytes(value: bytes | memoryview | None) -> bytes | None:
     return bytes(value) if isinstance(value, memoryview) else value
+
+
+def _stored_response(row: asyncpg.Record) -> StoredResponse:
+    return StoredResponse(row[0], row[1], row[2], row[3], bytes(row[4]))
 
 
 class PostgresStore:
@@ -110,8 +118,24 @@ class PostgresStore:
     async def purge(self, before: float) -> int:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("DELETE FROM feedback WHERE at < $1", before)
+            await connection.execute("DELETE FROM responses WHERE created_at < $1", before)
             status = await connection.execute("DELETE FROM calls WHERE started_at < $1", before)
         return int(status.split()[-1])
+
+    async def put_response(self, row: StoredResponse) -> None:
+        async with self._pool.acquire() as connection:
+            await connection.execute(put_response_sql(_dollar), row.id, row.key_name, row.created_at, row.key_id,
+                                     row.sealed)
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        async with self._pool.acquire() as connection:
+            row = await connection.fetchrow(get_response_sql(_dollar), response_id)
+        return None if row is None else _stored_response(row)
+
+    async def sealed_responses(self, *, not_key_id: str, after: str, limit: int) -> list[StoredResponse]:
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(sealed_responses_sql(_dollar), not_key_id, after, limit)
+        return [_stored_response(row) for row in rows]
 
     async def key_usage(self) -> dict[str, int]:
         async with self._pool.acquire() as connection:

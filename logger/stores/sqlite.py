@@ -29,7 +29,11 @@ from minigate.logger.stores.base import (
     FEEDBACK_SELECT,
     KEY_USAGE,
     SealedPayloads,
+    StoredResponse,
+    get_response_sql,
+    put_response_sql,
     reseal_sql,
+    sealed_responses_sql,
     sealed_sql,
 )
 from minigate.logger.stores.migrations import MIGRATIONS
@@ -96,6 +100,20 @@ class SQLiteStore:
     async def purge(self, before: float) -> int:
         return await anyio.to_thread.run_sync(self._purge, before)
 
+    async def put_response(self, row: StoredResponse) -> None:
+        # Abandoned on cancel like `write`: the call log gives up on a stalled write and tries again later.
+        await anyio.to_thread.run_sync(self._insert, put_response_sql(_qmark),
+                                       (row.id, row.key_name, row.created_at, row.key_id, row.sealed),
+                                       abandon_on_cancel=True)
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        rows = await anyio.to_thread.run_sync(self._fetch, get_response_sql(_qmark), (response_id,))
+        return StoredResponse(*rows[0]) if rows else None
+
+    async def sealed_responses(self, *, not_key_id: str, after: str, limit: int) -> list[StoredResponse]:
+        rows = await anyio.to_thread.run_sync(self._fetch, sealed_responses_sql(_qmark), (not_key_id, after, limit))
+        return [StoredResponse(*row) for row in rows]
+
     async def key_usage(self) -> dict[str, int]:
         return dict(await anyio.to_thread.run_sync(self._fetch, KEY_USAGE, ()))
 
@@ -132,6 +150,7 @@ class SQLiteStore:
         with self._connection() as db, db:
             db.execute("BEGIN")
             db.execute("DELETE FROM feedback WHERE at < ?", (before,))
+            db.execute("DELETE FROM responses WHERE created_at < ?", (before,))
             return db.execute("DELETE FROM calls WHERE started_at < ?", (before,)).rowcount
 
     def _read(self, query: CallQuery, payloads: bool) -> list[dict[str, Any]]:

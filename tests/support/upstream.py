@@ -4,7 +4,9 @@ The gateway must be tested against real HTTP (keep-alive, chunked SSE, connectio
 this is a real uvicorn server on a free loopback port, run in a thread. A test scripts how it
 behaves (fixed or echoed replies, latency, error statuses, invalid JSON, tool calls, a stream cut
 after N chunks) and then reads back what it received (`requests`) and the exact bytes it sent
-(`sent`).
+(`sent`). It speaks chat completions (also at Azure's deployment path), legacy text completions,
+the Responses API (for gateways that pass it through to a native upstream), embeddings, model
+listing and vLLM's LoRA endpoints.
 
 Example:
 
@@ -51,7 +53,7 @@ _ARGUMENT_FRAGMENT = 8  # characters of tool-call arguments per streamed chunk
 
 @dataclass
 class Script:
-    """How the server answers a chat or embeddings request.
+    """How the server answers a chat, text completions, Responses or embeddings request.
 
     Example: `Script(reply="one two", chunk_delay_s=0.1)` streams two words a tenth of a second apart.
     """
@@ -65,7 +67,7 @@ class Script:
     tool_call: dict[str, str] | None = None  # {"name", "arguments"}: answer with this tool call
     malformed_tool_call: bool = False  # a tool call with broken arguments (and, alone, an undeclared name)
     cut_after_chunks: int | None = None  # stream: drop the connection after N events; else before the body
-    usage: bool = True  # non-stream: always; stream: only with stream_options.include_usage
+    usage: bool = True  # non-stream and Responses: always; chat/completions stream: with stream_options.include_usage
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
 
 
@@ -167,7 +169,7 @@ class ScriptedUpstream:
             self._defaults[model] = chosen
 
     def enqueue(self, *scripts: Script) -> None:
-        """One-shot behaviours for the next chat/embeddings requests, in order, before the default."""
+        """One-shot behaviours for the next scripted requests (any endpoint), in order, before the default."""
         with self._lock:
             self._queue.extend(scripts)
 
@@ -224,6 +226,8 @@ class ScriptedUpstream:
         routes = [
             Route("/v1/chat/completions", self._endpoint(self._chat), methods=["POST"]),
             Route("/openai/deployments/{deployment}/chat/completions", self._endpoint(self._chat), methods=["POST"]),
+            Route("/v1/completions", self._endpoint(self._completions), methods=["POST"]),
+            Route("/v1/responses", self._endpoint(self._responses), methods=["POST"]),
             Route("/v1/embeddings", self._endpoint(self._embeddings), methods=["POST"]),
             Route("/v1/models", self._endpoint(self._models), methods=["GET"]),
             Route("/v1/load_lora_adapter", self._endpoint(self._load_adapter), methods=["POST"]),
@@ -269,20 +273,43 @@ class ScriptedUpstream:
         payload = _parse(body)
         script = self._next_script(payload.get("model"), payload)
         completion = _Completion(payload, script)
+        return await self._answer(payload, script, completion.body, completion.events)
+
+    async def _completions(self, body: bytes) -> Response:
+        payload = _parse(body)
+        script = self._next_script(payload.get("model"))
+        completion = _TextCompletion(payload, script)
+        return await self._answer(payload, script, completion.body, completion.events)
+
+    async def _responses(self, body: bytes) -> Response:
+        payload = _parse(body)
+        script = self._next_script(payload.get("model"))
+        response = _ResponsesReply(payload, script)
+        # The Responses API ends its stream with `response.completed`; only the older endpoints send [DONE].
+        return await self._answer(payload, script, response.body, response.events, ends_with_done=False)
+
+    async def _answer(self, payload: dict[str, Any], script: Script, body: Callable[[], bytes],
+                      events: Callable[[], list[bytes]], *, ends_with_done: bool = True) -> Response:
+        """One body, or SSE events when the request streams and the script lets it succeed."""
         if not payload.get("stream") or script.body is not None or script.status != 200:
-            return await self._scripted(script, completion.body)
+            return await self._scripted(script, body)
         if script.latency_s:
             await asyncio.sleep(script.latency_s)
         self.sent.append(b"")
-        events = self._stream(completion.events(), script, len(self.sent) - 1)
-        return StreamingResponse(events, headers=script.headers, media_type="text/event-stream")
+        stream = self._stream(events(), script, len(self.sent) - 1, ends_with_done)
+        return StreamingResponse(stream, headers=script.headers, media_type="text/event-stream")
 
-    async def _stream(self, events: list[bytes], script: Script, slot: int) -> AsyncIterator[bytes]:
-        """Write the events, updating `sent` before each leaves, so a client never sees more than it."""
+    async def _stream(self, events: list[bytes], script: Script, slot: int,
+                      ends_with_done: bool) -> AsyncIterator[bytes]:
+        """Write the events, updating `sent` before each leaves, so a client never sees more than it.
+
+        A cut never lets the stream end properly: it drops the connection before [DONE], or after the last event
+        of a stream that has none."""
         self.open_streams += 1
         written = bytearray()
+        closing = [b"data: [DONE]\n\n"] if ends_with_done else []
         try:
-            for number, event in enumerate([*events, b"data: [DONE]\n\n"]):
+            for number, event in enumerate([*events, *closing]):
                 if script.cut_after_chunks is not None and (number >= script.cut_after_chunks or number == len(events)):
                     raise _ConnectionCut
                 if number and script.chunk_delay_s:
@@ -290,6 +317,8 @@ class ScriptedUpstream:
                 written += event
                 self.sent[slot] = bytes(written)
                 yield event
+            if script.cut_after_chunks is not None:
+                raise _ConnectionCut
         finally:
             self.open_streams -= 1
 
@@ -359,11 +388,10 @@ class _Completion:
         self.script = script
         self.id = "chatcmpl-" + secrets.token_hex(14)
         self.created = int(time.time())
-        self.model = payload.get("model") if isinstance(payload.get("model"), str) else "scripted-base"
-        n = payload.get("n")
-        self.n = n if isinstance(n, int) and n > 0 else 1
+        self.model = _model_of(payload)
+        self.n = _choices_per_prompt(payload)
         self.tool_call = _tool_call(script)
-        self.content = None if self.tool_call else _reply_text(payload, script)
+        self.content = None if self.tool_call else _reply_text(script, _last_user_text(payload.get("messages")))
         self.finish_reason = "tool_calls" if self.tool_call else "stop"
 
     def body(self) -> bytes:
@@ -382,9 +410,9 @@ class _Completion:
         deltas = [self._first_delta(), *self._piece_deltas()]
         chunks = [self._chunk([(i, delta, None) for i in range(self.n)]) for delta in deltas]
         chunks.append(self._chunk([(i, {}, self.finish_reason) for i in range(self.n)]))
-        if self._wants_stream_usage():
+        if _wants_stream_usage(self.payload, self.script):
             chunks.append({**self._envelope("chat.completion.chunk"), "choices": [], "usage": self._usage()})
-        return [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks]
+        return [_data_event(chunk) for chunk in chunks]
 
     def _first_delta(self) -> dict[str, Any]:
         if not self.tool_call:
@@ -395,7 +423,7 @@ class _Completion:
 
     def _piece_deltas(self) -> list[dict[str, Any]]:
         if not self.tool_call:
-            return [{"content": word} for word in re.findall(r"\s*\S+|\s+$", self.content or "")]
+            return [{"content": word} for word in _words(self.content or "")]
         arguments: str = self.tool_call["function"]["arguments"]
         pieces = [arguments[i:i + _ARGUMENT_FRAGMENT] for i in range(0, len(arguments), _ARGUMENT_FRAGMENT)]
         return [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in pieces]
@@ -403,17 +431,13 @@ class _Completion:
     def _chunk(self, choices: list[tuple[int, dict[str, Any], str | None]]) -> dict[str, Any]:
         chunk = {**self._envelope("chat.completion.chunk"),
                  "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": f} for i, d, f in choices]}
-        if self._wants_stream_usage():
+        if _wants_stream_usage(self.payload, self.script):
             chunk["usage"] = None
         return chunk
 
     def _envelope(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "service_tier": "default", "system_fingerprint": "fp_scripted"}
-
-    def _wants_stream_usage(self) -> bool:
-        options = self.payload.get("stream_options")
-        return self.script.usage and isinstance(options, dict) and options.get("include_usage") is True
 
     def _usage(self) -> dict[str, Any]:
         """Rough counts, with the few tokens per message and per tool call that chat formats add."""
@@ -426,6 +450,155 @@ class _Completion:
         else:
             one = _count_tokens(self.content or "")
         return {"prompt_tokens": prompt, "completion_tokens": one * self.n, "total_tokens": prompt + one * self.n}
+
+
+class _TextCompletion:
+    """What one legacy `/v1/completions` request is answered with: a `text_completion` body or its SSE chunks.
+
+    With no scripted reply each choice echoes its prompt (a token-array prompt echoes nothing); tool calls do not
+    exist here. `n` choices per prompt, indexed prompt by prompt as OpenAI does."""
+
+    def __init__(self, payload: dict[str, Any], script: Script) -> None:
+        self.payload = payload
+        self.script = script
+        self.id = "cmpl-" + secrets.token_hex(14)
+        self.created = int(time.time())
+        self.model = _model_of(payload)
+        prompts = _batch(payload, "prompt")
+        n = _choices_per_prompt(payload)
+        self.texts = [_reply_text(script, p if isinstance(p, str) else "") for p in prompts for _ in range(n)]
+        self.prompt_tokens = sum(_tokens_of(p) for p in prompts)
+
+    def body(self) -> bytes:
+        choices = [{"text": text, "index": i, "logprobs": None, "finish_reason": "stop"}
+                   for i, text in enumerate(self.texts)]
+        completion = {**self._envelope(), "choices": choices}
+        if self.script.usage:
+            completion["usage"] = self._usage()
+        return orjson.dumps(completion)
+
+    def events(self) -> list[bytes]:
+        """Every SSE event but the closing `[DONE]`: each choice's words, each choice's finish, then usage."""
+        chunks = [self._chunk(i, word, None) for i, text in enumerate(self.texts) for word in _words(text)]
+        chunks += [self._chunk(i, "", "stop") for i in range(len(self.texts))]
+        if _wants_stream_usage(self.payload, self.script):
+            chunks.append({**self._envelope(), "choices": [], "usage": self._usage()})
+        return [_data_event(chunk) for chunk in chunks]
+
+    def _chunk(self, index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+        chunk = {**self._envelope(),
+                 "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}]}
+        if _wants_stream_usage(self.payload, self.script):
+            chunk["usage"] = None
+        return chunk
+
+    def _envelope(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "system_fingerprint": "fp_scripted"}
+
+    def _usage(self) -> dict[str, Any]:
+        completion = sum(_count_tokens(text) for text in self.texts)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+
+class _ResponsesReply:
+    """What one `/v1/responses` request is answered with: a `response` object with one output item (an assistant
+    message, or a `function_call` when the script names a tool call), or the SSE events that build it.
+
+    The stream is OpenAI's sequence, each event named on an `event:` line and numbered by `sequence_number`:
+    response.created, response.in_progress, response.output_item.added, then for a message
+    response.content_part.added, response.output_text.delta per word, response.output_text.done,
+    response.content_part.done (for a call: response.function_call_arguments.delta per fragment and .done),
+    response.output_item.done and response.completed; no [DONE]. With no scripted reply the message echoes the
+    last user item of `input` (or `input` itself when it is a string)."""
+
+    def __init__(self, payload: dict[str, Any], script: Script) -> None:
+        self.payload = payload
+        self.script = script
+        self.id = "resp_" + secrets.token_hex(24)
+        self.created = int(time.time())
+        self.model = _model_of(payload)
+        call = _tool_call(script)
+        if call:
+            function = call["function"]
+            self.item: dict[str, Any] = {"type": "function_call", "id": "fc_" + secrets.token_hex(24),
+                                         "call_id": call["id"], "name": function["name"],
+                                         "arguments": function["arguments"], "status": "completed"}
+        else:
+            raw = payload.get("input")
+            text = _reply_text(script, raw if isinstance(raw, str) else _last_user_text(raw))
+            self.item = {"type": "message", "id": "msg_" + secrets.token_hex(24), "status": "completed",
+                         "role": "assistant", "content": [_output_text(text)]}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self._response("completed"))
+
+    def events(self) -> list[bytes]:
+        empty: dict[str, Any] = {"content": []} if self.item["type"] == "message" else {"arguments": ""}
+        started = {**self.item, "status": "in_progress", **empty}
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": self._response("in_progress")}),
+            ("response.in_progress", {"response": self._response("in_progress")}),
+            ("response.output_item.added", {"output_index": 0, "item": started}),
+            *(self._text_steps() if self.item["type"] == "message" else self._argument_steps()),
+            ("response.output_item.done", {"output_index": 0, "item": self.item}),
+            ("response.completed", {"response": self._response("completed")}),
+        ]
+        return [b"event: " + kind.encode() + b"\n" + _data_event({"type": kind, "sequence_number": number, **fields})
+                for number, (kind, fields) in enumerate(steps)]
+
+    def _text_steps(self) -> list[tuple[str, dict[str, Any]]]:
+        where = {"item_id": self.item["id"], "output_index": 0, "content_index": 0}
+        part = self.item["content"][0]
+        deltas = [{**where, "delta": word, "logprobs": []} for word in _words(part["text"])]
+        return [("response.content_part.added", {**where, "part": _output_text("")}),
+                *[("response.output_text.delta", delta) for delta in deltas],
+                ("response.output_text.done", {**where, "text": part["text"], "logprobs": []}),
+                ("response.content_part.done", {**where, "part": part})]
+
+    def _argument_steps(self) -> list[tuple[str, dict[str, Any]]]:
+        where = {"item_id": self.item["id"], "output_index": 0}
+        arguments: str = self.item["arguments"]
+        pieces = [arguments[i:i + _ARGUMENT_FRAGMENT] for i in range(0, len(arguments), _ARGUMENT_FRAGMENT)]
+        return [*[("response.function_call_arguments.delta", {**where, "delta": piece}) for piece in pieces],
+                ("response.function_call_arguments.done", {**where, "name": self.item["name"], "arguments": arguments})]
+
+    def _response(self, status: str) -> dict[str, Any]:
+        """The `response` object; in progress it has no output and no usage yet. Request settings are echoed."""
+        is_done = status == "completed"
+        get = self.payload.get
+        return {"id": self.id, "object": "response", "created_at": self.created, "status": status,
+                "completed_at": self.created if is_done else None, "background": False, "error": None,
+                "incomplete_details": None, "instructions": get("instructions"),
+                "max_output_tokens": get("max_output_tokens"), "model": self.model,
+                "output": [self.item] if is_done else [], "parallel_tool_calls": get("parallel_tool_calls", True),
+                "previous_response_id": get("previous_response_id"),
+                "reasoning": get("reasoning") or {"effort": None, "summary": None}, "service_tier": "default",
+                "store": get("store", True), "temperature": get("temperature", 1.0),
+                "text": get("text") or {"format": {"type": "text"}}, "tool_choice": get("tool_choice", "auto"),
+                "tools": get("tools") or [], "top_p": get("top_p", 1.0), "truncation": get("truncation", "disabled"),
+                "usage": self._usage() if is_done and self.script.usage else None, "user": None,
+                "metadata": get("metadata") or {}}
+
+    def _usage(self) -> dict[str, Any]:
+        """Rough counts: the instructions and every input item (messages, tool results, earlier calls)."""
+        raw = self.payload.get("input")
+        items = [{"content": raw}] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        items = [item for item in items if isinstance(item, dict)]
+        instructions = self.payload.get("instructions")
+        prompt = 3 + _count_tokens(instructions if isinstance(instructions, str) else "")
+        prompt += sum(3 + _count_tokens(_text_of(i) or str(i.get("output") or i.get("arguments") or "")) for i in items)
+        if self.item["type"] == "function_call":
+            output = 7 + _count_tokens(self.item["name"] + self.item["arguments"])
+        else:
+            output = _count_tokens(self.item["content"][0]["text"])
+        return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": output,
+                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + output}
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -452,14 +625,58 @@ def _status_error(status: int) -> bytes:
     return _error_body(f"scripted upstream error (status {status})", error_type, code)
 
 
-def _reply_text(payload: dict[str, Any], script: Script) -> str:
+def _reply_text(script: Script, echoed: str) -> str:
+    """The scripted reply, or `echoed` (the request's last user text, or its prompt) when there is none."""
     if script.invalid_json:
         return INVALID_JSON_REPLY
-    if script.reply is not None:
-        return script.reply
-    messages = payload.get("messages")
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"] if isinstance(messages, list) else []
+    return script.reply if script.reply is not None else echoed
+
+
+def _last_user_text(messages: object) -> str:
+    """The text of the last `role: user` entry of chat `messages` or Responses `input` items; "" without one."""
+    if not isinstance(messages, list):
+        return ""
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     return _text_of(users[-1]) if users else ""
+
+
+def _model_of(payload: dict[str, Any]) -> str:
+    model = payload.get("model")
+    return model if isinstance(model, str) else "scripted-base"
+
+
+def _choices_per_prompt(payload: dict[str, Any]) -> int:
+    n = payload.get("n")
+    return n if isinstance(n, int) and n > 0 else 1
+
+
+def _wants_stream_usage(payload: dict[str, Any], script: Script) -> bool:
+    options = payload.get("stream_options")
+    return script.usage and isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _words(text: str) -> list[str]:
+    """Streamed pieces: each word with the whitespace before it."""
+    return re.findall(r"\s*\S+|\s+$", text)
+
+
+def _data_event(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _batch(payload: dict[str, Any], name: str) -> list[Any]:
+    """A field that takes one string or token array, or an array of them, always as a list (`input`, `prompt`)."""
+    raw = payload.get(name)
+    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise _BadRequest(f"'{name}' must be a string or a non-empty array.")
+    return raw
+
+
+def _tokens_of(item: Any) -> int:
+    """A batch item's token count: its words, or the length of a token array."""
+    return _count_tokens(item) if isinstance(item, str) else len(item)
 
 
 def _text_of(message: dict[str, Any]) -> str:
@@ -490,11 +707,7 @@ def _count_tokens(text: str) -> int:
 
 def _embeddings_body(payload: dict[str, Any]) -> bytes:
     """Deterministic unit vectors from a hash of each input, as floats or base64 float32 (the SDK's default)."""
-    raw = payload.get("input")
-    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise _BadRequest("'input' must be a string or a non-empty array.")
+    raw = _batch(payload, "input")
     dimensions = payload.get("dimensions")
     size = dimensions if isinstance(dimensions, int) and dimensions > 0 else _EMBEDDING_DIMENSIONS
     as_base64 = payload.get("encoding_format") == "base64"
@@ -504,7 +717,7 @@ def _embeddings_body(payload: dict[str, Any]) -> bytes:
         vector = _vector(text, size)
         encoded: Any = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": index, "embedding": encoded})
-    tokens = sum(_count_tokens(item) if isinstance(item, str) else len(item) for item in raw)
+    tokens = sum(_tokens_of(item) for item in raw)
     model = payload.get("model", "scripted-embedding")
     return orjson.dumps({"object": "list", "data": data, "model": model,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
