@@ -93,8 +93,9 @@ _CHECKS = [schemathesis.checks.not_a_server_error, schemathesis.checks.status_co
 
 
 def _modes(operation: Any) -> list[GenerationMode]:
-    """Valid requests for every operation; invalid ones too where there is an input to get wrong."""
-    inputs = (operation.query, operation.headers, operation.path_parameters, operation.body)
+    """Valid requests for every operation; invalid ones too where there is an input to get wrong. A path
+    parameter is not one: every string names something, found or not (404), so none can be generated."""
+    inputs = (operation.query, operation.headers, operation.body)
     negatable = any(len(parameters) for parameters in inputs)
     return [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if negatable else [GenerationMode.POSITIVE]
 

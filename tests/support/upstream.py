@@ -667,11 +667,18 @@ def _data_event(chunk: dict[str, Any]) -> bytes:
 def _batch(payload: dict[str, Any], name: str) -> list[Any]:
     """A field that takes one string or token array, or an array of them, always as a list (`input`, `prompt`)."""
     raw = payload.get(name)
-    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
+    if isinstance(raw, str) or (isinstance(raw, list) and _is_batch_item(raw)):
         raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise _BadRequest(f"'{name}' must be a string or a non-empty array.")
+    if not isinstance(raw, list) or not raw or not all(_is_batch_item(item) for item in raw):
+        raise _BadRequest(f"'{name}' must be a string, an array of strings, or of token arrays.")
     return raw
+
+
+def _is_batch_item(item: Any) -> bool:
+    """A string, or a non-empty array of token ids (`bool` is an `int` to Python, not to OpenAI)."""
+    if isinstance(item, str):
+        return True
+    return isinstance(item, list) and bool(item) and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
 
 
 def _tokens_of(item: Any) -> int:
@@ -705,11 +712,16 @@ def _count_tokens(text: str) -> int:
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
+_MAX_DIMENSIONS = 3072  # text-embedding-3-large's; OpenAI refuses more
+
+
 def _embeddings_body(payload: dict[str, Any]) -> bytes:
     """Deterministic unit vectors from a hash of each input, as floats or base64 float32 (the SDK's default)."""
     raw = _batch(payload, "input")
-    dimensions = payload.get("dimensions")
-    size = dimensions if isinstance(dimensions, int) and dimensions > 0 else _EMBEDDING_DIMENSIONS
+    dimensions = payload.get("dimensions", _EMBEDDING_DIMENSIONS)
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 0 < dimensions <= _MAX_DIMENSIONS:
+        raise _BadRequest(f"'dimensions' must be an integer from 1 to {_MAX_DIMENSIONS}.")
+    size = dimensions
     as_base64 = payload.get("encoding_format") == "base64"
     data = []
     for index, item in enumerate(raw):
