@@ -3,12 +3,15 @@
     bench/overhead                           # full run: 4 targets, c=1 and c=32, 10 s, 2 rounds
     bench/overhead --duration 3 --rounds 1   # quick look
     bench/overhead --targets direct,minimal
+    bench/overhead --targets direct,minigate --apis chat,responses   # minigate's ingresses side by side
 
 A fixed-response nginx (CPU 0) is the upstream; wrk (CPU 0) loads each target in turn; the
 proxy under test runs alone on CPU 1. Each round starts every target afresh, so rounds are
-interleaved across targets and any drift of the machine touches all of them alike. The CPU
-time the proxy's process tree spends per request is the figure that stays stable on a noisy
-machine; latencies are reported beside it. Prints tables and writes bench/results/overhead.json.
+interleaved across targets and any drift of the machine touches all of them alike. minigate is
+loaded through chat completions and, in the same start, through its Responses and Messages
+ingresses (translated to the same chat request upstream), so the three are measured side by
+side. The CPU time the proxy's process tree spends per request is the figure that stays stable
+on a noisy machine; latencies are reported beside it. Prints tables and writes bench/results/overhead.json.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from overhead_fixtures import JSON_PATH, MODES, Mode, request_body, wrk_script
+from overhead_fixtures import APIS, JSON_PATH, MODES, Api, Mode, request_body, wrk_script
 from overhead_load import Measurement, TargetRun, WrkFailed, measure, run_wrk
 from overhead_proc import Server, StartFailed, post_ok, rss_bytes, start_server, stop_server
-from overhead_report import AGGREGATION, checks, print_report, ratios, summarise_rows, summarise_targets
+from overhead_report import AGGREGATION, api_rows, checks, print_report, ratios, summarise_rows, summarise_targets
 from overhead_setup import (ROOT, SetupFailed, ensure_litellm, ensure_tools, free_port, log, machine_info,
                             minigate_command, minimal_python, package_versions, tool_versions)
 from overhead_targets import (DIRECT, PROXY_CPU, UPSTREAM_CPU, Target, litellm_target, minigate_target,
@@ -46,6 +49,7 @@ class Plan:
     warmup_s: int
     concurrency: list[int]
     modes: list[Mode]
+    apis: list[Api]
 
 
 def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -69,6 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="comma-separated wrk connection counts")
     parser.add_argument("--modes", type=_csv(MODES), default=",".join(MODES),
                         help="json (non-streamed, the main figure) and/or sse (streamed)")
+    parser.add_argument("--apis", type=_csv(APIS), default=",".join(APIS),
+                        help="client APIs, for the targets that serve them (responses and messages: minigate)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     return parser.parse_args(argv)
@@ -129,39 +135,47 @@ def start_target(target: Target, plan: Plan, round_: int) -> Server:
                         target.startup_timeout_s)
 
 
-def _scripts(target: Target, server: Server, plan: Plan, round_: int, problems: dict[str, str]) -> dict[Mode, Path]:
-    """A wrk script per mode that `target` answers; a mode it fails once is reported and left out."""
-    scripts: dict[Mode, Path] = {}
-    for mode in plan.modes:
-        body = request_body(mode)
-        if not post_ok(server.port, target.paths[mode], body, target.api_key):
-            problems[f"{target.name} {mode} round {round_}"] = f"a single {mode} request failed; {mode} skipped"
-            log(f"  {target.name}: a single {mode} request failed; {mode} skipped")
-            continue
-        scripts[mode] = plan.workdir / f"{target.name}-{mode}.lua"
-        scripts[mode].write_text(wrk_script(body, target.api_key))
+def _order(apis: list[Api], round_: int) -> list[Api]:
+    # Each round starts from the next API, so no API is always the first one a fresh start meets.
+    shift = (round_ - 1) % len(apis) if apis else 0
+    return apis[shift:] + apis[:shift]
+
+
+def _scripts(target: Target, server: Server, plan: Plan, round_: int,
+             problems: dict[str, str]) -> dict[tuple[Api, Mode], Path]:
+    """A wrk script per API and mode that `target` answers; one it fails once is reported and left out."""
+    scripts: dict[tuple[Api, Mode], Path] = {}
+    for api in (api for api in _order(plan.apis, round_) if api in target.apis):
+        for mode in plan.modes:
+            body, what = request_body(mode, api), f"{api} {mode}"
+            if not post_ok(server.port, target.path(api, mode), body, target.api_key):
+                problems[f"{target.name} {what} round {round_}"] = f"a single {what} request failed; skipped"
+                log(f"  {target.name}: a single {what} request failed; skipped")
+                continue
+            scripts[api, mode] = plan.workdir / f"{target.name}-{api}-{mode}.lua"
+            scripts[api, mode].write_text(wrk_script(body, target.api_key))
     return scripts
 
 
 def load(target: Target, server: Server, plan: Plan, round_: int, problems: dict[str, str]) -> list[Measurement]:
-    """Per concurrency (lowest first), per mode: warm up at that concurrency, then measure.
+    """Per concurrency (lowest first), per API and mode: warm up at that concurrency, then measure.
 
     Lowest concurrency first, because an httpx pool's per-request cost grows with its idle
     connections: every target meets c=1 with the few connections its start-up left it.
     """
     scripts, found = _scripts(target, server, plan, round_, problems), []
     for concurrency in sorted(plan.concurrency):
-        for mode, script in scripts.items():
-            url = f"http://127.0.0.1:{server.port}{target.paths[mode]}"
+        for (api, mode), script in scripts.items():
+            url = f"http://127.0.0.1:{server.port}{target.path(api, mode)}"
             try:
                 if plan.warmup_s > 0:
                     run_wrk(plan.wrk, url, script, concurrency, plan.warmup_s)
-                m = measure(server, plan.wrk, url, script, mode, concurrency, plan.duration_s, round_)
+                m = measure(server, plan.wrk, url, script, mode, concurrency, plan.duration_s, round_, api)
             except WrkFailed as exc:
-                problems[f"{target.name} {mode} c={concurrency} round {round_}"] = str(exc)
-                log(f"  {target.name} {mode} c={concurrency}: {exc}")
+                problems[f"{target.name} {api} {mode} c={concurrency} round {round_}"] = str(exc)
+                log(f"  {target.name} {api} {mode} c={concurrency}: {exc}")
                 continue
-            log(f"  {target.name:8} {mode:4} c={concurrency:<3} p50 {m.latency_ms['p50']:7.2f} ms  "
+            log(f"  {target.name:8} {api:9} {mode:4} c={concurrency:<3} p50 {m.latency_ms['p50']:7.2f} ms  "
                 f"{m.requests_per_s:8.0f} req/s  {m.cpu_ms_per_request:.3f} CPU ms/req  errors {m.errors}")
             found.append(m)
     return found
@@ -199,13 +213,18 @@ def run_rounds(targets: list[Target], plan: Plan, rounds: int, problems: dict[st
 def _settings(args: argparse.Namespace) -> dict[str, object]:
     return {
         "duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
-        "concurrency": args.concurrency, "modes": args.modes, "targets": args.targets,
+        "concurrency": args.concurrency, "modes": args.modes, "apis": args.apis, "targets": args.targets,
         "cpus": {"upstream_and_load": UPSTREAM_CPU, "proxy": PROXY_CPU},
         "aggregation": AGGREGATION,
-        "order": "per round, each target started afresh; per start, lowest concurrency first, each mode "
-                 "warmed up at the run's concurrency for warmup_s, then measured for duration_s",
+        "order": "per round, each target started afresh; per start, lowest concurrency first, each API "
+                 "(the first one rotating by round) and mode warmed up at the run's concurrency for warmup_s, "
+                 "then measured for duration_s",
         "cpu_per_request": "utime+stime (+cutime+cstime) of the process tree, before vs after wrk, / requests",
         "upstream": "nginx, one worker: /v1/chat/completions fixed JSON, /sse/v1/chat/completions fixed SSE",
+        "api_requests": "chat at /v1/chat/completions; minigate also responses at /v1/responses (instructions, "
+                        "input string, store left on as clients' default) and messages at /v1/messages (system, "
+                        "messages, max_tokens); all translate to the same chat request upstream; + is over "
+                        "direct chat",
     }
 
 
@@ -213,13 +232,14 @@ def write_results(path: Path, args: argparse.Namespace, runs: list[TargetRun], v
                   problems: dict[str, str]) -> None:
     """Print the tables and write every round plus the summary to `path`."""
     rows, targets = summarise_rows(runs), summarise_targets(runs)
-    found_ratios, found_checks = ratios(rows, targets), checks(rows, targets)
-    print_report(rows, targets, found_ratios, found_checks)
+    found_ratios, found_checks, found_apis = ratios(rows, targets), checks(rows, targets), api_rows(rows)
+    print_report(rows, targets, found_ratios, found_checks, found_apis)
     document = {
         "benchmark": "overhead", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(), "versions": versions, "settings": _settings(args), "problems": problems,
         "summary": {"rows": [asdict(r) for r in rows], "targets": [asdict(t) for t in targets],
-                    "ratios": [asdict(r) for r in found_ratios], "checks": [asdict(c) for c in found_checks]},
+                    "ratios": [asdict(r) for r in found_ratios], "checks": [asdict(c) for c in found_checks],
+                    "apis": [asdict(a) for a in found_apis]},
         "runs": [asdict(run) for run in runs],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +258,8 @@ def main(argv: list[str]) -> int:
     targets, versions = resolve_targets(args.targets, problems)
     with tempfile.TemporaryDirectory(prefix="minigate-overhead-") as tmp:
         upstream = start_upstream(tools["nginx"], Path(tmp))
-        plan = Plan(tools["wrk"], Path(tmp), upstream, args.duration, args.warmup, args.concurrency, args.modes)
+        plan = Plan(tools["wrk"], Path(tmp), upstream, args.duration, args.warmup, args.concurrency, args.modes,
+                    args.apis)
         try:
             runs = run_rounds(targets, plan, args.rounds, problems)
         finally:

@@ -10,6 +10,11 @@ looking at the request body (`"stream": true`):
 Streamed requests therefore ask for the model `gpt-4.1-stream`, which minigate and LiteLLM map
 to an upstream whose base URL ends in `/sse/v1`; the minimal proxy forwards the request path,
 so it (and the direct target) is called at `/sse/v1/chat/completions`.
+
+minigate is also called through its two translating ingresses, `/v1/responses` (OpenAI's
+Responses API) and `/v1/messages` (Anthropic's Messages API), with the same system prompt, user
+turn and limits, so the upstream receives the same chat request whichever API the client spoke.
+Every request carries the key as `Authorization: Bearer`, which all three ingresses accept.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ import json
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Mode", "MODES", "JSON_PATH", "SSE_PATH", "request_body", "completion_body", "sse_body",
-           "nginx_config", "wrk_script"]
+__all__ = ["Mode", "MODES", "Api", "APIS", "API_PATHS", "JSON_PATH", "SSE_PATH", "request_body",
+           "completion_body", "sse_body", "nginx_config", "wrk_script"]
 
 Mode = Literal["json", "sse"]
 MODES: tuple[Mode, ...] = ("json", "sse")
 JSON_PATH = "/v1/chat/completions"
 SSE_PATH = "/sse/v1/chat/completions"
+Api = Literal["chat", "responses", "messages"]
+APIS: tuple[Api, ...] = ("chat", "responses", "messages")
+API_PATHS: dict[Api, str] = {"chat": JSON_PATH, "responses": "/v1/responses", "messages": "/v1/messages"}
 
 _ID = "chatcmpl-BX4m2kqV7Lz9wQeR1tYcN8aJ3sHfD"
 _CREATED = 1747049215
@@ -40,17 +48,25 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def request_body(mode: Mode) -> str:
-    """The chat request every target receives: a system prompt and one user turn."""
-    body: dict[str, object] = {
-        "model": "gpt-4.1-stream" if mode == "sse" else "gpt-4.1",
-        "messages": [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _USER}],
-        "temperature": 0.2,
-        "max_tokens": 256,
-    }
+def request_body(mode: Mode, api: Api = "chat") -> str:
+    """The request every target receives: a system prompt and one user turn, in `api`'s shape.
+
+    Responses: `instructions` and an `input` string; Messages: `system` and a `messages` list
+    with the `max_tokens` Anthropic requires. Both translate to the chat request.
+    """
+    body: dict[str, object] = {"model": "gpt-4.1-stream" if mode == "sse" else "gpt-4.1", **_API_FIELDS[api]}
     if mode == "sse":
         body["stream"] = True
     return _dumps(body)
+
+
+_API_FIELDS: dict[Api, dict[str, object]] = {
+    "chat": {"messages": [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _USER}],
+             "temperature": 0.2, "max_tokens": 256},
+    "responses": {"instructions": _SYSTEM, "input": _USER, "temperature": 0.2, "max_output_tokens": 256},
+    "messages": {"system": _SYSTEM, "messages": [{"role": "user", "content": _USER}],
+                 "temperature": 0.2, "max_tokens": 256},
+}
 
 
 def completion_body() -> str:

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from overhead_fixtures import Mode
+from overhead_fixtures import Api, Mode
 from overhead_proc import Server, cpu_seconds, rss_bytes
 
 __all__ = ["LOAD_CPU", "Measurement", "TargetRun", "WrkFailed", "run_wrk", "measure"]
@@ -27,6 +27,7 @@ class WrkFailed(RuntimeError):
 class Measurement:
     target: str
     round: int
+    api: Api
     mode: Mode
     concurrency: int
     requests: int
@@ -41,7 +42,7 @@ class Measurement:
 
 @dataclass
 class TargetRun:
-    """One start of one target: start-up, memory, and its load runs (modes x concurrencies)."""
+    """One start of one target: start-up, memory, and its load runs (APIs x modes x concurrencies)."""
 
     target: str
     round: int
@@ -71,7 +72,7 @@ def _errors(summary: dict[str, object]) -> int:
 
 
 def measure(server: Server, wrk: str, url: str, script: Path, mode: Mode, concurrency: int,
-            duration_s: int, round_: int) -> Measurement:
+            duration_s: int, round_: int, api: Api = "chat") -> Measurement:
     """Load `server` at `url` and charge it the CPU time its process tree spent meanwhile."""
     cpu_before = cpu_seconds(server.process.pid)
     summary = run_wrk(wrk, url, script, concurrency, duration_s)
@@ -80,7 +81,7 @@ def measure(server: Server, wrk: str, url: str, script: Path, mode: Mode, concur
     latency = summary["latency_us"]
     assert isinstance(latency, dict)
     return Measurement(
-        target=server.name, round=round_, mode=mode, concurrency=concurrency,
+        target=server.name, round=round_, api=api, mode=mode, concurrency=concurrency,
         requests=requests, errors=_errors(summary), duration_s=elapsed,
         requests_per_s=requests / elapsed if elapsed else 0.0,
         latency_ms={key: float(value) / 1000 for key, value in latency.items()},

@@ -1,7 +1,9 @@
 """Figures, ratios and pass/fail targets of the overhead benchmark, as tables and JSON-ready data.
 
 Rounds are reduced per figure: the lowest latency, CPU/request and start-up and the highest
-req/s (interference on a shared machine only ever adds to them), but the highest RSS.
+req/s (interference on a shared machine only ever adds to them), but the highest RSS. The ratios
+and pass/fail targets read the chat rows; minigate's Responses and Messages rows are set beside
+its chat rows in a table of their own.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from overhead_fixtures import APIS, MODES
 from overhead_load import Measurement, TargetRun
 
-__all__ = ["AGGREGATION", "SummaryRow", "TargetSummary", "Ratio", "Check", "summarise_rows",
-           "summarise_targets", "ratios", "checks", "print_report"]
+__all__ = ["AGGREGATION", "SummaryRow", "TargetSummary", "Ratio", "Check", "ApiRow", "summarise_rows",
+           "summarise_targets", "ratios", "checks", "api_rows", "print_report"]
 
 AGGREGATION = ("best of the rounds per figure: lowest latency percentiles, CPU/request and start-up, "
                "highest req/s; highest RSS. Every round is kept under 'runs'.")
@@ -23,6 +26,7 @@ MIB = 1024 * 1024
 @dataclass
 class SummaryRow:
     target: str
+    api: str
     mode: str
     concurrency: int
     rounds: int
@@ -61,10 +65,24 @@ class Check:
     passed: bool | None
 
 
+@dataclass
+class ApiRow:
+    """One of minigate's APIs beside its chat row at the same mode and concurrency."""
+
+    api: str
+    mode: str
+    concurrency: int
+    added_p50_ms: float | None
+    added_p99_ms: float | None
+    cpu_ms_per_request: float
+    cpu_over_chat: float | None
+    added_p50_over_chat_ms: float | None
+
+
 def _best(group: list[Measurement]) -> SummaryRow:
     first = group[0]
     return SummaryRow(
-        target=first.target, mode=first.mode, concurrency=first.concurrency, rounds=len(group),
+        target=first.target, api=first.api, mode=first.mode, concurrency=first.concurrency, rounds=len(group),
         p50_ms=min(m.latency_ms["p50"] for m in group), p90_ms=min(m.latency_ms["p90"] for m in group),
         p99_ms=min(m.latency_ms["p99"] for m in group),
         requests_per_s=max(m.requests_per_s for m in group),
@@ -74,13 +92,18 @@ def _best(group: list[Measurement]) -> SummaryRow:
 
 
 def summarise_rows(runs: list[TargetRun]) -> list[SummaryRow]:
-    """One row per target, mode and concurrency, with the latency added over `direct`."""
-    groups: dict[tuple[str, str, int], list[Measurement]] = {}
+    """One row per target, API, mode and concurrency, with the latency added over `direct` (chat).
+
+    Per target, rows go by concurrency, then mode, then API, so each API sits beside chat.
+    """
+    groups: dict[tuple[str, str, str, int], list[Measurement]] = {}
     for measurement in (m for run in runs for m in run.measurements):
-        key = (measurement.target, measurement.mode, measurement.concurrency)
+        key = (measurement.target, measurement.api, measurement.mode, measurement.concurrency)
         groups.setdefault(key, []).append(measurement)
-    rows = [_best(group) for group in groups.values()]
-    direct = {(row.mode, row.concurrency): row for row in rows if row.target == "direct"}
+    names = list(dict.fromkeys(key[0] for key in groups))
+    rows = sorted((_best(group) for group in groups.values()),
+                  key=lambda r: (names.index(r.target), r.concurrency, MODES.index(r.mode), APIS.index(r.api)))
+    direct = {(row.mode, row.concurrency): row for row in rows if row.target == "direct" and row.api == "chat"}
     for row in rows:
         base = direct.get((row.mode, row.concurrency))
         if base is not None:
@@ -108,8 +131,9 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def _row(rows: list[SummaryRow], target: str, mode: str, concurrency: int) -> SummaryRow | None:
-    return next((r for r in rows if (r.target, r.mode, r.concurrency) == (target, mode, concurrency)), None)
+def _row(rows: list[SummaryRow], target: str, mode: str, concurrency: int, api: str = "chat") -> SummaryRow | None:
+    wanted = (target, api, mode, concurrency)
+    return next((r for r in rows if (r.target, r.api, r.mode, r.concurrency) == wanted), None)
 
 
 def _target(targets: list[TargetSummary], name: str) -> TargetSummary | None:
@@ -118,7 +142,7 @@ def _target(targets: list[TargetSummary], name: str) -> TargetSummary | None:
 
 def _row_ratios(rows: list[SummaryRow], label: str, figure: Callable[[SummaryRow], float | None]) -> list[Ratio]:
     ratios = []
-    for row in (r for r in rows if r.target == "minigate"):
+    for row in (r for r in rows if r.target == "minigate" and r.api == "chat"):
         others = [_row(rows, name, row.mode, row.concurrency) for name in ("minimal", "litellm")]
         values = [figure(other) if other is not None else None for other in others]
         ratios.append(Ratio(f"{label} {row.mode} c={row.concurrency}",
@@ -173,10 +197,28 @@ def checks(rows: list[SummaryRow], targets: list[TargetSummary]) -> list[Check]:
     return found
 
 
+def api_rows(rows: list[SummaryRow]) -> list[ApiRow]:
+    """minigate's rows of every API, each but chat with its CPU/request and p50 against the chat row."""
+    found = []
+    for row in (r for r in rows if r.target == "minigate"):
+        chat = None if row.api == "chat" else _row(rows, "minigate", row.mode, row.concurrency)
+        found.append(ApiRow(
+            api=row.api, mode=row.mode, concurrency=row.concurrency, added_p50_ms=row.added_p50_ms,
+            added_p99_ms=row.added_p99_ms, cpu_ms_per_request=row.cpu_ms_per_request,
+            cpu_over_chat=_ratio(row.cpu_ms_per_request, chat.cpu_ms_per_request if chat else None),
+            added_p50_over_chat_ms=row.p50_ms - chat.p50_ms if chat else None,
+        ))
+    return found
+
+
 def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _verdict(passed: bool | None) -> str:
@@ -207,13 +249,19 @@ def _print_plain(title: str, headers: list[str], body: list[list[str]]) -> None:
 
 
 def print_report(rows: list[SummaryRow], targets: list[TargetSummary], found_ratios: list[Ratio],
-                 found_checks: list[Check]) -> None:
-    headers = ["target", "mode", "c", "p50 ms", "p90 ms", "p99 ms", "+p50 ms", "+p99 ms", "req/s",
+                 found_checks: list[Check], found_apis: list[ApiRow]) -> None:
+    headers = ["target", "api", "mode", "c", "p50 ms", "p90 ms", "p99 ms", "+p50 ms", "+p99 ms", "req/s",
                "CPU ms/req", "RSS MiB", "errors"]
-    body = [[r.target, r.mode, str(r.concurrency), _num(r.p50_ms), _num(r.p90_ms), _num(r.p99_ms),
+    body = [[r.target, r.api, r.mode, str(r.concurrency), _num(r.p50_ms), _num(r.p90_ms), _num(r.p99_ms),
              _num(r.added_p50_ms, signed=True), _num(r.added_p99_ms, signed=True), _num(r.requests_per_s, 0),
              _num(r.cpu_ms_per_request, 3), _num(r.rss_after_mib, 1), str(r.errors)] for r in rows]
     _print_table("Latency, throughput and CPU per request (best of rounds; + = added over direct)", headers, body)
+    if any(a.api != "chat" for a in found_apis):
+        _print_table("minigate by client API (+ = added over direct chat; vs chat = against minigate's chat row)",
+                     ["api", "mode", "c", "+p50 ms", "+p99 ms", "CPU ms/req", "CPU vs chat", "+p50 vs chat ms"],
+                     [[a.api, a.mode, str(a.concurrency), _num(a.added_p50_ms, signed=True),
+                       _num(a.added_p99_ms, signed=True), _num(a.cpu_ms_per_request, 3), _times(a.cpu_over_chat),
+                       _num(a.added_p50_over_chat_ms, signed=True)] for a in found_apis])
     _print_table("Start-up and memory", ["target", "runs", "start-up s", "idle RSS MiB", "RSS after load MiB"],
                  [[t.target, str(t.runs), _num(t.startup_s), _num(t.idle_rss_mib, 1), _num(t.rss_after_load_mib, 1)]
                   for t in targets])

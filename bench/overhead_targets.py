@@ -2,7 +2,8 @@
 
 `direct` is the nginx upstream itself; the proxies run pinned to CPU 1 and are configured so
 that `gpt-4.1` reaches the upstream's JSON location and `gpt-4.1-stream` its SSE location
-(see overhead_fixtures for why there are two).
+(see overhead_fixtures for why there are two). Only minigate serves the Responses and Messages
+APIs; the others are loaded through chat completions alone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from overhead_fixtures import JSON_PATH, SSE_PATH, Mode, nginx_config
+from overhead_fixtures import API_PATHS, JSON_PATH, SSE_PATH, Api, Mode, nginx_config
 from overhead_setup import BENCH
 
 __all__ = ["PROXY_CPU", "UPSTREAM_CPU", "Launch", "Target", "upstream_launch", "minimal_target",
@@ -35,7 +36,8 @@ class Launch:
 
 @dataclass(frozen=True)
 class Target:
-    """One thing under test: its key, the path each mode is sent to, and how to start it.
+    """One thing under test: its key, the APIs it serves, the chat path each mode is sent to, and
+    how to start it.
 
     `launch(workdir, upstream_port, port)` builds the command line; it is None for `direct`,
     which is the upstream itself.
@@ -46,6 +48,11 @@ class Target:
     launch: Callable[[Path, int, int], Launch] | None
     paths: dict[Mode, str] = field(default_factory=lambda: {"json": JSON_PATH, "sse": JSON_PATH})
     startup_timeout_s: float = 60.0
+    apis: tuple[Api, ...] = ("chat",)
+
+    def path(self, api: Api, mode: Mode) -> str:
+        """Where a request of `api` in `mode` goes: chat by mode, the others by API (the model names the mode)."""
+        return self.paths[mode] if api == "chat" else API_PATHS[api]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -131,4 +138,4 @@ def minigate_target(minigate: Path) -> Target:
                    "--host", "127.0.0.1", "--port", str(port)]
         return Launch(command, _env())
 
-    return Target("minigate", BENCH_KEY, launch)
+    return Target("minigate", BENCH_KEY, launch, apis=("chat", "responses", "messages"))
