@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import AGENT_KEY
+from tests.support.anthropic_upstream import AnthropicScript, ScriptedAnthropic
+from tests.test_anthropic import claude_config
 from tests.support.servers import RunningGateway
 from tests.support.upstream import Script, ScriptedUpstream
 
@@ -86,3 +88,23 @@ def test_errors_come_in_anthropic_shape(gateway: RunningGateway, upstream: Scrip
     with pytest.raises(anthropic.APIStatusError) as unreadable:
         _client(gateway).messages.create(model="gpt-4.1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
     assert unreadable.value.status_code == 502 and "not a chat completion" in str(unreadable.value)
+
+
+def test_messages_reach_an_anthropic_upstream_through_both_translations(make_gateway: Any, tmp_path: Any) -> None:
+    """Anthropic in, chat inside (routing, the log), Anthropic out to the upstream and back: the round trip
+    keeps the system prompt, the stop sequences, the tools and a tool call whole."""
+    with ScriptedAnthropic() as claude:
+        gateway = make_gateway(claude_config(claude))
+        claude.enqueue(AnthropicScript(tool_uses=[{"name": "get_weather", "input": {"city": "Oslo"}}]))
+        message = _client(gateway).messages.create(
+            model="claude", max_tokens=64, system="Be brief.", stop_sequences=["END"], tools=[WEATHER],
+            messages=[{"role": "user", "content": "Weather in Oslo?"}])
+        [use] = [block for block in message.content if block.type == "tool_use"]
+        assert message.stop_reason == "tool_use" and use.name == "get_weather" and use.input == {"city": "Oslo"}
+        sent = claude.requests[-1].json()
+        assert sent["model"] == "claude-sonnet-4-5" and sent["stop_sequences"] == ["END"]
+        assert sent["system"] == [{"type": "text", "text": "Be brief."}] and sent["max_tokens"] == 64
+        assert sent["tools"][0]["name"] == "get_weather"
+        with _client(gateway).messages.stream(model="claude", max_tokens=64,
+                                              messages=[{"role": "user", "content": "echo me"}]) as stream:
+            assert "".join(stream.text_stream) == "echo me"
