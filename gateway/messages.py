@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from minigate.errors import InvalidRequest, RequestError, UpstreamError
+from minigate.errors import RequestError, UpstreamError
 from minigate.gateway.auth import Caller
 from minigate.gateway.ingress import Untranslatable
-from minigate.gateway.protocol import ChatRequest, parse_json_object
+from minigate.gateway.protocol import ChatRequest, parse_json_object, route_name
 from minigate.protocols.anthropic_reply import ReplyError
 from minigate.protocols.messages_reply import anthropic_error, from_openai_error, to_message
 from minigate.protocols.messages_request import to_chat_body
@@ -30,9 +30,7 @@ class MessagesDialect:
 
     async def parse(self, raw: bytes, caller: Caller, request_id: str, path_model: str | None) -> _MessagesExchange:
         body = parse_json_object(raw)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequest("Missing required parameter: 'model' (a string naming a route).", param="model")
+        model = route_name(body)
         chat_body = to_chat_body(body)
         chat_body["model"] = model
         return _MessagesExchange(ChatRequest(orjson.dumps(chat_body), chat_body, model, chat_body.get("stream") is True),

@@ -17,7 +17,7 @@ from minigate.errors import InvalidRequest, MalformedJSON
 from minigate.gateway.json_shape import body_shape, check_members
 from minigate.serving.upstream import Operation
 
-__all__ = ["ChatRequest", "parse_chat_request", "parse_json_object", "parse_openai_request"]
+__all__ = ["ChatRequest", "parse_chat_request", "parse_json_object", "parse_openai_request", "route_name"]
 
 # A top-level-or-nested `"model": "<string>"` member. `{` or `,` before the key can't occur unescaped
 # inside a JSON string, so every match is a real member of some object.
@@ -77,9 +77,7 @@ def parse_openai_request(raw: bytes, operation: Operation, path_model: str | Non
     `path_model`: the model the URL names (an Azure deployment), which takes the place of the body's.
     """
     body = parse_json_object(raw)
-    model = path_model if path_model is not None else body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("Missing required parameter: 'model' (a string naming a route).", param="model")
+    model = path_model if path_model is not None else route_name(body)
     member, what = _REQUIRED[operation]
     value = body.get(member)
     if value is None or (operation == "chat" and (not isinstance(value, list) or not value)):
@@ -103,6 +101,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
     check_members(shape, len(body))
     return body
+
+
+def route_name(body: dict[str, Any]) -> str:
+    """The body's `model`: the route it asks for, whatever protocol the body speaks."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Missing required parameter: 'model' (a string naming a route).", param="model")
+    return model
 
 
 _REQUIRED: dict[Operation, tuple[str, str]] = {

@@ -27,7 +27,7 @@ from minigate.gateway.auth import Caller
 from minigate.gateway.ingress import StreamAnswer, Untranslatable
 from minigate.gateway.errors import error_response
 from minigate.gateway.openapi import error_responses
-from minigate.gateway.protocol import ChatRequest, parse_json_object
+from minigate.gateway.protocol import ChatRequest, parse_json_object, route_name
 from minigate.gateway.runtime import RuntimeHolder
 from minigate.logger.pipeline import CallLog
 from minigate.protocols.responses_reply import to_response
@@ -46,9 +46,7 @@ class ResponsesDialect:
 
     async def parse(self, raw: bytes, caller: Caller, request_id: str, path_model: str | None) -> _ResponsesExchange:
         body = parse_json_object(raw)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequest("Missing required parameter: 'model' (a string naming a route).", param="model")
+        model = route_name(body)
         history = await self._history(body.get("previous_response_id"), caller)
         chat_body = to_chat_body(body, history)
         chat_body["model"] = model
