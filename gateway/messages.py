@@ -32,7 +32,6 @@ class MessagesDialect:
         body = parse_json_object(raw)
         model = route_name(body)
         chat_body = to_chat_body(body)
-        chat_body["model"] = model
         return _MessagesExchange(ChatRequest(orjson.dumps(chat_body), chat_body, model, chat_body.get("stream") is True),
                                  f"msg_{request_id}")
 

@@ -17,7 +17,7 @@ from minigate.errors import InvalidRequest, MalformedJSON
 from minigate.gateway.json_shape import body_shape, check_members
 from minigate.serving.upstream import Operation
 
-__all__ = ["ChatRequest", "parse_chat_request", "parse_json_object", "parse_openai_request", "route_name"]
+__all__ = ["ChatRequest", "parse_json_object", "parse_openai_request", "route_name"]
 
 # A top-level-or-nested `"model": "<string>"` member. `{` or `,` before the key can't occur unescaped
 # inside a JSON string, so every match is a real member of some object.
@@ -66,13 +66,9 @@ class ChatRequest:
         return orjson.dumps({**self.body, "model": upstream_model})
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Parse and check the few fields the gateway relies on; the upstream validates the rest."""
-    return parse_openai_request(raw, "chat")
-
-
 def parse_openai_request(raw: bytes, operation: Operation, path_model: str | None = None) -> ChatRequest:
-    """A chat completions, text completions or embeddings body, checked as far as the gateway relies on it.
+    """A chat completions, text completions or embeddings body, checked as far as the gateway relies on it;
+    the upstream validates the rest.
 
     `path_model`: the model the URL names (an Azure deployment), which takes the place of the body's.
     """

@@ -49,7 +49,6 @@ class ResponsesDialect:
         model = route_name(body)
         history = await self._history(body.get("previous_response_id"), caller)
         chat_body = to_chat_body(body, history)
-        chat_body["model"] = model
         stream = chat_body.get("stream") is True
         chat = ChatRequest(orjson.dumps(chat_body), chat_body, model, stream)
         keep = body.get("store") is not False
