@@ -28,7 +28,8 @@ import pytest
 import referencing
 import yaml
 
-from minigate.config import load_config
+from minigate.config import Config, load_config
+from minigate.errors import ConfigError
 from minigate.logger.crypto import generate_key
 from minigate.router.catalogue import Catalogue, Task, save_catalogue
 from minigate.serving.plan import PlanError, PlanOptions, plan_vllm
@@ -50,7 +51,10 @@ POD_ENV = {
     "MINIGATE_AGENT_KEY": "sk-agent", "MINIGATE_ANALYST_KEY": "sk-analyst", "MINIGATE_ADMIN_KEY": "sk-admin",
     "OPENAI_API_KEY": "sk-openai", "ANTHROPIC_API_KEY": "sk-ant", "MINIGATE_LOG_KEY": generate_key(),
     "MINIGATE_POSTGRES_URL": "postgresql://minigate:secret@postgres.ai.svc:5432/minigate",
+    "MINIGATE_REDIS_URL": "rediss://:secret@redis.ai.svc:6379/0",
 }
+# The call log in PostgreSQL, from a Secret: what lets the gateway run more than one replica.
+POSTGRES = {"postgresql": {"enabled": True, "urlSecret": {"name": "minigate-postgres", "key": "url"}}}
 
 
 # ---- rendering ---------------------------------------------------------------------------------
@@ -92,6 +96,28 @@ def _one(manifests: list[dict[str, Any]], kind: str, name: str | None = None) ->
 def _gateway(manifests: list[dict[str, Any]]) -> dict[str, Any]:
     return next(m for m in manifests if m["kind"] == "Deployment" and m["metadata"]["labels"].get(
         "app.kubernetes.io/name") == "minigate")
+
+
+def _config(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rendered minigate.yaml, as written (${VAR}s not read)."""
+    configmap = _one([m for m in manifests if "minigate.yaml" in m.get("data", {})], "ConfigMap")
+    return dict(yaml.safe_load(configmap["data"]["minigate.yaml"]))
+
+
+def _load_rendered(manifests: list[dict[str, Any]], folder: Path) -> Config:
+    """The rendered config as the gateway loads it in the pod. Skips while minigate.config does not know a
+    field the chart writes yet (issue 19: `limits`, `server.workers` land in the config beside the chart)."""
+    try:
+        return load_config(_unpack_config(manifests, folder), POD_ENV)
+    except ConfigError as exc:
+        if "Extra inputs are not permitted" in str(exc) and re.search(r"\b(limits|workers)\b", str(exc)):
+            pytest.skip(f"minigate.config does not accept this yet: {exc}")
+        raise
+
+
+def _env(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    container = _gateway(manifests)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("valueFrom", e.get("value")) for e in container.get("env", [])}
 
 
 def _unpack_config(manifests: list[dict[str, Any]], folder: Path) -> Path:
@@ -216,7 +242,7 @@ def test_full_values_render_valid_manifests(chart: Any, tmp_path: Path) -> None:
     assert monitor["spec"]["endpoints"][0]["authorization"]["credentials"] == {
         "name": "minigate-keys", "key": "MINIGATE_ANALYST_KEY"}
     egress = _one(manifests, "NetworkPolicy", "gateway")["spec"]["egress"]
-    for port in (53, 5432, 4318, 443):  # DNS, PostgreSQL, the OTLP collector, the frontier APIs
+    for port in (53, 5432, 6379, 4318, 443):  # DNS, PostgreSQL, Redis, the OTLP collector, the frontier APIs
         assert any(p["port"] == port for rule in egress for p in rule["ports"]), port
     # The NOTES say which vLLM server the config does not reach.
     notes = rendered["minigate/templates/NOTES.txt"]
@@ -254,6 +280,7 @@ def test_keys_come_from_secrets(chart: Any, tmp_path: Path) -> None:
     env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]}
     assert env["MINIGATE_POSTGRES_URL"] == {"name": "minigate-postgres", "key": "url"}
     assert env["ANTHROPIC_API_KEY"] == {"name": "anthropic", "key": "api-key"}
+    assert env["MINIGATE_REDIS_URL"] == {"name": "minigate-redis", "key": "url"}
     # Without existingSecret, `data` makes a Secret, and changing it rolls the pods.
     made = _manifests(_render(chart, {"secrets": {"data": {"MINIGATE_AGENT_KEY": "a", "MINIGATE_ADMIN_KEY": "b"}}}))
     secret = _one(made, "Secret")
@@ -272,7 +299,7 @@ def test_config_checksum_changes_with_the_config_only(chart: Any) -> None:
 
     config = yaml.safe_load((CHART / "files" / "minigate.yaml").read_text(encoding="utf-8"))
     assert checksum({}) == checksum({"config": config}), "the default config, spelled out, is the same file"
-    assert checksum({}) == checksum({"replicaCount": 5, "resources": {"requests": {"cpu": "2"}}})
+    assert checksum({}) == checksum({"replicaCount": 0, "resources": {"requests": {"cpu": "2"}}})
     changed = copy.deepcopy(config)
     changed["routes"]["gpt-4.1-mini"]["rules"] = [{"name": "all", "when": {}, "use": "frontier"}]
     assert checksum({}) != checksum({"config": changed})
@@ -293,8 +320,13 @@ def test_rendered_config_passes_minigate_check(chart: Any, tmp_path: Path, value
     if values == "full":  # PostgreSQL replaces the config's SQLite store; the spool goes to the data volume
         assert store == POD_ENV["MINIGATE_POSTGRES_URL"]
         assert str(config.logging.spool).startswith("/var/lib/minigate/")
+        # Redis from a Secret shares the keys' limits between the replicas.
+        assert config.limits.redis_url is not None
+        assert config.limits.redis_url.get_secret_value() == POD_ENV["MINIGATE_REDIS_URL"]
+        assert config.limits.fail == "closed" and config.auth.keys[0].limits.rpm == 600
     else:
         assert store.startswith("sqlite:////var/lib/minigate/")
+        assert config.limits.redis_url is None
 
 
 def test_vllm_servers_match_serving_plan(chart: Any, tmp_path: Path) -> None:
@@ -382,13 +414,119 @@ def test_a_config_without_keys_is_refused(chart: Any) -> None:
         _render(chart, {"config": config})
 
 
-def test_sqlite_on_a_volume_refuses_several_replicas(chart: Any) -> None:
-    with pytest.raises(helm.HelmRenderError, match="only one pod may write"):
-        _render(chart, {"persistence": {"enabled": True}, "replicaCount": 2})
-    single = _manifests(_render(chart, {"persistence": {"enabled": True}, "replicaCount": 1}))
+def test_default_runs_one_replica_with_sqlite(chart: Any) -> None:
+    """A plain `helm install` never splits the call log: one pod writes the one SQLite file, and NOTES say so."""
+    rendered = _render(chart)
+    manifests = _manifests(rendered)
+    assert _gateway(manifests)["spec"]["replicas"] == 1
+    assert not [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"]
+    assert _config(manifests)["logging"]["store"].startswith("sqlite:")
+    notes = rendered["minigate/templates/NOTES.txt"]
+    assert "SQLite is one file per pod, so the gateway runs one replica" in notes
+    assert "WARNING" not in notes
+
+
+@pytest.mark.parametrize(("values", "asked"), [
+    ({"replicaCount": 2}, "replicaCount 2"),
+    ({"autoscaling": {"enabled": True}}, "autoscaling.enabled"),
+    ({"replicaCount": 3, "persistence": {"enabled": True}}, "replicaCount 3"),
+])
+def test_sqlite_refuses_several_replicas(chart: Any, values: dict[str, Any], asked: str) -> None:
+    """Each pod would write its own SQLite file: the render fails, saying why and what to set instead."""
+    with pytest.raises(helm.HelmRenderError) as caught:
+        _render(chart, values)
+    message = str(caught.value)
+    assert f"{asked} with the SQLite call log: each pod would keep its own SQLite file, a split log" in message
+    assert "Run one replica (replicaCount: 1, no autoscaling)" in message
+    assert "postgresql.enabled with postgresql.urlSecret" in message
+
+
+def test_sqlite_on_a_volume_is_replaced_not_surged(chart: Any) -> None:
+    """One SQLite writer on a ReadWriteOnce claim: a rollout stops the old pod before the new one mounts it."""
+    single = _manifests(_render(chart, {"persistence": {"enabled": True}}))
     claim = _one(single, "PersistentVolumeClaim")
-    volumes = _gateway(single)["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in volumes
+    gateway = _gateway(single)
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in \
+        gateway["spec"]["template"]["spec"]["volumes"]
+    assert gateway["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in _gateway(_manifests(_render(chart)))["spec"], "an emptyDir needs no Recreate"
+
+
+def test_postgresql_allows_several_replicas(chart: Any, tmp_path: Path) -> None:
+    """With the log in PostgreSQL (the chart's Secret or a postgresql:// store in the config) replicas share it."""
+    manifests = _manifests(_render(chart, {"replicaCount": 2, **POSTGRES}))
+    _validate_all(manifests)
+    assert _gateway(manifests)["spec"]["replicas"] == 2
+    assert _load_rendered(manifests, tmp_path / "chart").logging.store == POD_ENV["MINIGATE_POSTGRES_URL"]
+    config = yaml.safe_load((CHART / "files" / "minigate.yaml").read_text(encoding="utf-8"))
+    config["logging"]["store"] = "postgresql://minigate@postgres.ai.svc:5432/minigate"
+    rendered = _render(chart, {"replicaCount": 3, "config": config})
+    assert _gateway(_manifests(rendered))["spec"]["replicas"] == 3
+    assert "SQLite" not in rendered["minigate/templates/NOTES.txt"]
+
+
+def test_redis_url_from_a_value(chart: Any, tmp_path: Path) -> None:
+    """A plain URL goes into the config with limits.fail; the NetworkPolicy lets the gateway reach Redis."""
+    url = "redis://redis.ai.svc:6380/0"
+    values = {"limits": {"redis": {"url": url, "port": 6380}, "fail": "closed"}, "networkPolicy": {"enabled": True}}
+    manifests = _manifests(_render(chart, values))
+    _validate_all(manifests)
+    assert _config(manifests)["limits"] == {"redis_url": url, "fail": "closed"}
+    assert "MINIGATE_REDIS_URL" not in _env(manifests)
+    egress = _one(manifests, "NetworkPolicy")["spec"]["egress"]
+    assert any(p["port"] == 6380 for rule in egress for p in rule["ports"])
+    loaded = _load_rendered(manifests, tmp_path / "etc-minigate")
+    assert loaded.limits.redis_url is not None and loaded.limits.redis_url.get_secret_value() == url
+    assert loaded.limits.fail == "closed"
+
+
+def test_redis_url_from_a_secret(chart: Any, tmp_path: Path) -> None:
+    """A URL with a password stays in its Secret: the pod's env has it, the config reads ${MINIGATE_REDIS_URL}."""
+    manifests = _manifests(_render(chart, {"limits": {"redis": {"urlSecret": {"name": "redis", "key": "url"}}}}))
+    _validate_all(manifests)
+    assert _config(manifests)["limits"] == {"redis_url": "${MINIGATE_REDIS_URL}", "fail": "open"}
+    assert _env(manifests)["MINIGATE_REDIS_URL"] == {"secretKeyRef": {"name": "redis", "key": "url"}}
+    loaded = _load_rendered(manifests, tmp_path / "etc-minigate")
+    assert loaded.limits.redis_url is not None
+    assert loaded.limits.redis_url.get_secret_value() == POD_ENV["MINIGATE_REDIS_URL"]
+    assert loaded.limits.fail == "open"
+    with pytest.raises(helm.HelmRenderError, match="set url or urlSecret.name, not both"):
+        _render(chart, {"limits": {"redis": {"url": "redis://r:6379", "urlSecret": {"name": "redis"}}}})
+
+
+def test_key_limits_pass_through(chart: Any, tmp_path: Path) -> None:
+    """The config's per-key limits reach the pod as written. Without Redis, each replica counts them on its
+    own: NOTES warn, naming how many replicas."""
+    config = yaml.safe_load((CHART / "files" / "minigate.yaml").read_text(encoding="utf-8"))
+    limits = {"rpm": 600, "tpm": 200000, "usd_per_day": 50, "usd_per_month": 1000,
+              "routes": {"gpt-4.1-mini": {"rpm": 60, "usd_per_day": 10}}}
+    config["auth"]["keys"][0]["limits"] = limits
+    rendered = _render(chart, {"config": config, "replicaCount": 3, **POSTGRES})
+    manifests = _manifests(rendered)
+    written = _config(manifests)
+    assert written["auth"]["keys"][0]["limits"] == limits
+    assert "limits" not in written, "no Redis asked for: the config keeps in-process counters"
+    assert "on its own (pods: 3, workers per pod: 1)" in rendered["minigate/templates/NOTES.txt"]
+    scaled = _render(chart, {"config": config, "autoscaling": {"enabled": True, "maxReplicas": 8}, **POSTGRES})
+    assert "on its own (pods: up to 8, workers per pod: 1)" in scaled["minigate/templates/NOTES.txt"]
+    redis = {"limits": {"redis": {"url": "redis://redis.ai.svc:6379/0"}}}
+    shared = _render(chart, {"config": config, "replicaCount": 3, **POSTGRES, **redis})
+    assert "WARNING" not in shared["minigate/templates/NOTES.txt"]
+    loaded = _load_rendered(manifests, tmp_path / "etc-minigate")
+    assert loaded.auth.keys[0].limits.rpm == 600
+    assert loaded.auth.keys[0].limits.routes["gpt-4.1-mini"].usd_per_day == 10
+
+
+def test_workers_set_server_workers(chart: Any, tmp_path: Path) -> None:
+    """`workers` overrides the config's server.workers; unset, the config's stands. Several workers without
+    Redis count limits each on their own, even in one pod: NOTES warn."""
+    assert "workers" not in _config(_manifests(_render(chart)))["server"]
+    rendered = _render(chart, {"workers": 4})
+    manifests = _manifests(rendered)
+    assert _config(manifests)["server"]["workers"] == 4
+    assert "on its own (pods: 1, workers per pod: 4)" in rendered["minigate/templates/NOTES.txt"]
+    loaded = _load_rendered(manifests, tmp_path / "etc-minigate")
+    assert loaded.server.model_dump()["workers"] == 4
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -398,6 +536,9 @@ def test_sqlite_on_a_volume_refuses_several_replicas(chart: Any) -> None:
     ({"config": {"rotues": {}}}, "invalid propertyName 'rotues'"),
     ({"serviceMonitor": {"keySecret": {"name": "keys"}}}, "missing property 'key'"),
     ({"probes": {"readiness": {"timeoutSecond": 5}}}, "additional properties 'timeoutSecond' not allowed"),
+    ({"limits": {"fail": "half"}}, "at '/limits/fail'"),
+    ({"limits": {"redis": {"url": "http://redis:6379"}}}, "at '/limits/redis/url'"),
+    ({"workers": 0}, "at '/workers'"),
 ])
 def test_schema_rejects_bad_values_naming_the_field(chart: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmValuesError) as caught:

@@ -50,7 +50,8 @@ app.kubernetes.io/part-of: minigate
 The gateway's config file. `config` from the values replaces the chart's default (files/minigate.yaml)
 whole: Helm would merge two mappings key by key, leaving the default's routes beside the user's.
 With PostgreSQL on, the store's URL comes from a Secret through ${MINIGATE_POSTGRES_URL}, and the
-spool (used while the database is down) goes to the data volume.
+spool (used while the database is down) goes to the data volume. With Redis on, limits.redis_url is the
+value's URL or ${MINIGATE_REDIS_URL} (from a Secret), beside limits.fail; `workers` sets server.workers.
 */}}
 {{- define "minigate.configData" -}}
 {{- $config := deepCopy (.Values.config | default (.Files.Get "files/minigate.yaml" | fromYaml)) }}
@@ -62,7 +63,28 @@ spool (used while the database is down) goes to the data volume.
 {{- end }}
 {{- $_ := set $config "logging" $logging }}
 {{- end }}
+{{- $redis := .Values.limits.redis }}
+{{- if and $redis.url $redis.urlSecret.name }}
+{{- fail "limits.redis: set url or urlSecret.name, not both" }}
+{{- end }}
+{{- if or $redis.url $redis.urlSecret.name }}
+{{- $limits := deepCopy ($config.limits | default dict) }}
+{{- $_ := set $limits "redis_url" ($redis.url | default "${MINIGATE_REDIS_URL}") }}
+{{- $_ := set $limits "fail" .Values.limits.fail }}
+{{- $_ := set $config "limits" $limits }}
+{{- end }}
+{{- with .Values.workers }}
+{{- $server := deepCopy ($config.server | default dict) }}
+{{- $_ := set $server "workers" . }}
+{{- $_ := set $config "server" $server }}
+{{- end }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* "true" when the call log is SQLite (one file per pod), empty when it is PostgreSQL. */}}
+{{- define "minigate.logIsSqlite" -}}
+{{- $store := ((include "minigate.configData" . | fromYaml).logging | default dict).store | default "sqlite://" }}
+{{- if not (or .Values.postgresql.enabled (hasPrefix "postgresql://" (toString $store))) }}true{{ end }}
 {{- end }}
 
 {{/*
