@@ -4,6 +4,7 @@
     bench/overhead --duration 3 --rounds 1   # quick look
     bench/overhead --targets direct,minimal
     bench/overhead --targets direct,minigate --apis chat,responses   # minigate's ingresses side by side
+    bench/overhead --targets minigate --workers 1,2 --apis chat      # server.workers 1 against 2
 
 A fixed-response nginx (CPU 0) is the upstream; wrk (CPU 0) loads each target in turn; the
 proxy under test runs alone on CPU 1. Each round starts every target afresh, so rounds are
@@ -28,11 +29,12 @@ from pathlib import Path
 from overhead_fixtures import APIS, JSON_PATH, MODES, Api, Mode, request_body, wrk_script
 from overhead_load import Measurement, TargetRun, WrkFailed, measure, run_wrk
 from overhead_proc import Server, StartFailed, post_ok, rss_bytes, start_server, stop_server
-from overhead_report import AGGREGATION, api_rows, checks, print_report, ratios, summarise_rows, summarise_targets
+from overhead_report import (AGGREGATION, api_rows, checks, print_report, ratios, summarise_rows, summarise_targets,
+                             worker_rows)
 from overhead_setup import (ROOT, SetupFailed, ensure_litellm, ensure_tools, free_port, log, machine_info,
                             minigate_command, minimal_python, package_versions, tool_versions)
-from overhead_targets import (DIRECT, PROXY_CPU, UPSTREAM_CPU, Target, litellm_target, minigate_target,
-                              minimal_target, upstream_launch)
+from overhead_targets import (DIRECT, PROXY_CPU, UPSTREAM_CPU, WORKERS_CPUS, Target, litellm_target,
+                              minigate_target, minimal_target, upstream_launch)
 
 TARGETS = ("direct", "minimal", "litellm", "minigate")
 RESULTS = ROOT / "bench" / "results" / "overhead.json"
@@ -76,41 +78,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--apis", type=_csv(APIS), default=",".join(APIS),
                         help="client APIs, for the targets that serve them (responses and messages: minigate)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each run")
+    parser.add_argument("--workers", type=lambda t: [int(n) for n in t.split(",")], default=None,
+                        help="comma-separated server.workers counts: minigate runs once per count (minigate-<N>w), "
+                             "on every CPU, instead of once pinned to CPU 1")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     return parser.parse_args(argv)
 
 
-def _resolve(name: str) -> tuple[Target, dict[str, str]] | None:
+def _resolve(name: str, workers: list[int] | None) -> tuple[list[Target], dict[str, str]] | None:
     if name == "direct":
-        return DIRECT, {}
+        return [DIRECT], {}
     if name == "minimal":
         python = minimal_python()
         libraries = ["starlette", "httpx", "uvicorn", "uvloop", "httptools"]
-        return minimal_target(python), {**package_versions(python, libraries), "interpreter": str(python)}
+        return [minimal_target(python)], {**package_versions(python, libraries), "interpreter": str(python)}
     if name == "litellm":
         command = ensure_litellm()
         libraries = ["litellm", "fastapi", "uvicorn", "httpx", "openai", "uvloop", "httptools"]
-        return litellm_target(command), package_versions(command.parent / "python", libraries)
+        return [litellm_target(command)], package_versions(command.parent / "python", libraries)
     minigate = minigate_command()
     if minigate is None:
         return None
     libraries = ["minigate", "fastapi", "starlette", "uvicorn", "httpx", "orjson", "pydantic"]
-    return minigate_target(minigate), package_versions(minigate.parent / "python", libraries)
+    found = [minigate_target(minigate)] if workers is None else [minigate_target(minigate, n) for n in workers]
+    return found, package_versions(minigate.parent / "python", libraries)
 
 
-def resolve_targets(names: list[str], problems: dict[str, str]) -> tuple[list[Target], dict[str, dict[str, str]]]:
+def resolve_targets(names: list[str], problems: dict[str, str],
+                    workers: list[int] | None = None) -> tuple[list[Target], dict[str, dict[str, str]]]:
     """The targets that can run and their library versions; why the others cannot goes to `problems`."""
     targets, versions = [], {}
     for name in names:
         try:
-            found = _resolve(name)
+            found = _resolve(name, workers)
         except SetupFailed as exc:
             found, problems[name] = None, f"set-up failed: {exc}"
         if found is None:
             problems.setdefault(name, "not available")
             print(f"{name}: {problems[name]}", flush=True)
             continue
-        targets.append(found[0])
+        targets += found[0]
         versions[name] = found[1]
     return targets, versions
 
@@ -214,7 +221,8 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
     return {
         "duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
         "concurrency": args.concurrency, "modes": args.modes, "apis": args.apis, "targets": args.targets,
-        "cpus": {"upstream_and_load": UPSTREAM_CPU, "proxy": PROXY_CPU},
+        "cpus": {"upstream_and_load": UPSTREAM_CPU, "proxy": PROXY_CPU, "minigate_workers": WORKERS_CPUS},
+        "workers": args.workers,
         "aggregation": AGGREGATION,
         "order": "per round, each target started afresh; per start, lowest concurrency first, each API "
                  "(the first one rotating by round) and mode warmed up at the run's concurrency for warmup_s, "
@@ -233,13 +241,14 @@ def write_results(path: Path, args: argparse.Namespace, runs: list[TargetRun], v
     """Print the tables and write every round plus the summary to `path`."""
     rows, targets = summarise_rows(runs), summarise_targets(runs)
     found_ratios, found_checks, found_apis = ratios(rows, targets), checks(rows, targets), api_rows(rows)
-    print_report(rows, targets, found_ratios, found_checks, found_apis)
+    found_workers = worker_rows(rows)
+    print_report(rows, targets, found_ratios, found_checks, found_apis, found_workers)
     document = {
         "benchmark": "overhead", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(), "versions": versions, "settings": _settings(args), "problems": problems,
         "summary": {"rows": [asdict(r) for r in rows], "targets": [asdict(t) for t in targets],
                     "ratios": [asdict(r) for r in found_ratios], "checks": [asdict(c) for c in found_checks],
-                    "apis": [asdict(a) for a in found_apis]},
+                    "apis": [asdict(a) for a in found_apis], "workers": [asdict(w) for w in found_workers]},
         "runs": [asdict(run) for run in runs],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +264,7 @@ def main(argv: list[str]) -> int:
         log(f"cannot run without nginx and wrk: {exc}")
         return 1
     problems: dict[str, str] = {}
-    targets, versions = resolve_targets(args.targets, problems)
+    targets, versions = resolve_targets(args.targets, problems, args.workers)
     with tempfile.TemporaryDirectory(prefix="minigate-overhead-") as tmp:
         upstream = start_upstream(tools["nginx"], Path(tmp))
         plan = Plan(tools["wrk"], Path(tmp), upstream, args.duration, args.warmup, args.concurrency, args.modes,

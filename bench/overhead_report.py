@@ -3,11 +3,12 @@
 Rounds are reduced per figure: the lowest latency, CPU/request and start-up and the highest
 req/s (interference on a shared machine only ever adds to them), but the highest RSS. The ratios
 and pass/fail targets read the chat rows; minigate's Responses and Messages rows are set beside
-its chat rows in a table of their own.
+its chat rows in a table of their own, and so are its rows with each count of workers (`--workers`).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from overhead_fixtures import APIS, MODES
 from overhead_load import Measurement, TargetRun
 
-__all__ = ["AGGREGATION", "SummaryRow", "TargetSummary", "Ratio", "Check", "ApiRow", "summarise_rows",
-           "summarise_targets", "ratios", "checks", "api_rows", "print_report"]
+__all__ = ["AGGREGATION", "SummaryRow", "TargetSummary", "Ratio", "Check", "ApiRow", "WorkerRow", "summarise_rows",
+           "summarise_targets", "ratios", "checks", "api_rows", "worker_rows", "print_report"]
 
 AGGREGATION = ("best of the rounds per figure: lowest latency percentiles, CPU/request and start-up, "
                "highest req/s; highest RSS. Every round is kept under 'runs'.")
 MIB = 1024 * 1024
+_WORKERS_TARGET = re.compile(r"^minigate-(\d+)w$")
 
 
 @dataclass
@@ -211,6 +213,37 @@ def api_rows(rows: list[SummaryRow]) -> list[ApiRow]:
     return found
 
 
+@dataclass
+class WorkerRow:
+    """minigate with each count of workers at one API, mode and concurrency (figures keyed by workers)."""
+
+    api: str
+    mode: str
+    concurrency: int
+    requests_per_s: dict[int, float]
+    p50_ms: dict[int, float]
+    cpu_ms_per_request: dict[int, float]
+    gain: float | None  # req/s with the most workers over req/s with the fewest
+
+
+def worker_rows(rows: list[SummaryRow]) -> list[WorkerRow]:
+    """The `minigate-<N>w` rows, one line per API, mode and concurrency with every N side by side."""
+    found: dict[tuple[str, str, int], WorkerRow] = {}
+    for row in rows:
+        if (match := _WORKERS_TARGET.match(row.target)) is None:
+            continue
+        workers = int(match[1])
+        line = found.setdefault((row.api, row.mode, row.concurrency),
+                                WorkerRow(row.api, row.mode, row.concurrency, {}, {}, {}, None))
+        line.requests_per_s[workers] = row.requests_per_s
+        line.p50_ms[workers] = row.p50_ms
+        line.cpu_ms_per_request[workers] = row.cpu_ms_per_request
+    for line in found.values():
+        fewest, most = min(line.requests_per_s), max(line.requests_per_s)
+        line.gain = _ratio(line.requests_per_s[most], line.requests_per_s[fewest]) if most != fewest else None
+    return list(found.values())
+
+
 def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "-"
@@ -248,8 +281,19 @@ def _print_plain(title: str, headers: list[str], body: list[list[str]]) -> None:
         print("  ".join(cells))
 
 
+def _print_workers(found: list[WorkerRow]) -> None:
+    counts = sorted({n for line in found for n in line.requests_per_s})
+    headers = ["api", "mode", "c", *(f"req/s {n}w" for n in counts), "gain",
+               *(f"p50 ms {n}w" for n in counts), *(f"CPU ms/req {n}w" for n in counts)]
+    body = [[line.api, line.mode, str(line.concurrency), *(_num(line.requests_per_s.get(n), 0) for n in counts),
+             _times(line.gain), *(_num(line.p50_ms.get(n)) for n in counts),
+             *(_num(line.cpu_ms_per_request.get(n), 3) for n in counts)] for line in found]
+    _print_table("minigate by server.workers (every CPU; gain = req/s with the most workers / with the fewest)",
+                 headers, body)
+
+
 def print_report(rows: list[SummaryRow], targets: list[TargetSummary], found_ratios: list[Ratio],
-                 found_checks: list[Check], found_apis: list[ApiRow]) -> None:
+                 found_checks: list[Check], found_apis: list[ApiRow], found_workers: list[WorkerRow] | None = None) -> None:
     headers = ["target", "api", "mode", "c", "p50 ms", "p90 ms", "p99 ms", "+p50 ms", "+p99 ms", "req/s",
                "CPU ms/req", "RSS MiB", "errors"]
     body = [[r.target, r.api, r.mode, str(r.concurrency), _num(r.p50_ms), _num(r.p90_ms), _num(r.p99_ms),
@@ -262,6 +306,8 @@ def print_report(rows: list[SummaryRow], targets: list[TargetSummary], found_rat
                      [[a.api, a.mode, str(a.concurrency), _num(a.added_p50_ms, signed=True),
                        _num(a.added_p99_ms, signed=True), _num(a.cpu_ms_per_request, 3), _times(a.cpu_over_chat),
                        _num(a.added_p50_over_chat_ms, signed=True)] for a in found_apis])
+    if found_workers:
+        _print_workers(found_workers)
     _print_table("Start-up and memory", ["target", "runs", "start-up s", "idle RSS MiB", "RSS after load MiB"],
                  [[t.target, str(t.runs), _num(t.startup_s), _num(t.idle_rss_mib, 1), _num(t.rss_after_load_mib, 1)]
                   for t in targets])

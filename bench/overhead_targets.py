@@ -4,6 +4,11 @@
 that `gpt-4.1` reaches the upstream's JSON location and `gpt-4.1-stream` its SSE location
 (see overhead_fixtures for why there are two). Only minigate serves the Responses and Messages
 APIs; the others are loaded through chat completions alone.
+
+`--workers` compares minigate with `server.workers` 1, 2, ...: those targets (`minigate-1w`,
+`minigate-2w`, ...) run on every CPU this process may use (WORKERS_CPUS), whatever their count of
+workers, since more workers only help with more cores; so they are compared with each other, not
+with the targets pinned to CPU 1.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from pathlib import Path
 from overhead_fixtures import API_PATHS, JSON_PATH, SSE_PATH, Api, Mode, nginx_config
 from overhead_setup import BENCH
 
-__all__ = ["PROXY_CPU", "UPSTREAM_CPU", "Launch", "Target", "upstream_launch", "minimal_target",
+__all__ = ["PROXY_CPU", "UPSTREAM_CPU", "WORKERS_CPUS", "Launch", "Target", "upstream_launch", "minimal_target",
            "litellm_target", "minigate_target", "DIRECT"]
 
 PROXY_CPU = "1"
 UPSTREAM_CPU = "0"
+WORKERS_CPUS = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
 BENCH_KEY = "bench-key"
 # LiteLLM rejects a master key that does not start with "sk-".
 LITELLM_KEY = "sk-bench-key"
@@ -112,7 +118,7 @@ def litellm_target(litellm: Path) -> Target:
     return Target("litellm", LITELLM_KEY, launch, startup_timeout_s=180.0)
 
 
-_MINIGATE_CONFIG = """server: {{host: 127.0.0.1, port: {port}}}
+_MINIGATE_CONFIG = """server: {{host: 127.0.0.1, port: {port}, workers: {workers}}}
 auth:
   keys:
     - {{name: bench, key: {key}, role: agent}}
@@ -129,13 +135,15 @@ logging: {{store: "sqlite:///{workdir}/bench.db"}}
 """
 
 
-def minigate_target(minigate: Path) -> Target:
+def minigate_target(minigate: Path, workers: int | None = None) -> Target:
+    """minigate pinned to CPU 1; with `workers`, `minigate-<N>w`: that many workers on WORKERS_CPUS."""
     def launch(workdir: Path, upstream: int, port: int) -> Launch:
         config = workdir / "minigate.yaml"
         config.write_text(_MINIGATE_CONFIG.format(port=port, key=BENCH_KEY, upstream=upstream,
-                                                  workdir=workdir))
-        command = ["taskset", "-c", PROXY_CPU, str(minigate), "serve", "--config", str(config),
-                   "--host", "127.0.0.1", "--port", str(port)]
+                                                  workdir=workdir, workers=workers or 1))
+        command = ["taskset", "-c", PROXY_CPU if workers is None else WORKERS_CPUS, str(minigate), "serve",
+                   "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
         return Launch(command, _env())
 
-    return Target("minigate", BENCH_KEY, launch, apis=("chat", "responses", "messages"))
+    name = "minigate" if workers is None else f"minigate-{workers}w"
+    return Target(name, BENCH_KEY, launch, apis=("chat", "responses", "messages"))

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,11 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.responses import PlainTextResponse, Response
 
 from minigate.config import Config
+from minigate.errors import ServiceUnavailable
 from minigate.gateway.autopilot import Autopilot
 from minigate.gateway.calls_api import add_calls_api
 from minigate.gateway.errors import install_error_handlers
 from minigate.gateway.feedback_api import add_feedback_api
 from minigate.gateway.ingress import Dialect, Ingress
+from minigate.gateway.limits import Limiter
 from minigate.gateway.messages import MessagesDialect
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.openai_api import OpenAIDialect
@@ -45,10 +47,12 @@ from minigate.gateway.tasks_api import add_tasks_api
 from minigate.logger.pipeline import CallLog
 from minigate.logger.records import CallRecord
 from minigate.logger.seal import Sealer
+from minigate.logger.stores import CallStore
 from minigate.version import __version__
 
 if TYPE_CHECKING:
     from minigate.gateway.tracing import Tracing
+    from minigate.gateway.worker import WorkerSlot
 
 __all__ = ["create_app"]
 
@@ -56,44 +60,62 @@ log = logging.getLogger("minigate.gateway")
 
 
 def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path | None = None,
-               announce: bool = False, host: str | None = None) -> FastAPI:
+               announce: bool = False, host: str | None = None, worker: WorkerSlot | None = None) -> FastAPI:
     """Build the gateway. With `config_path`, SIGHUP and edits to that file reload the config.
 
     `announce`: once started, print which models answer (`minigate serve` does; tests don't).
     `host`: the address it listens on, when not `server.host` (a reload may not open it to the network).
+    `worker`: which of `server.workers` processes this is (gateway/worker.py); None for a lone gateway.
     """
-    metrics = GatewayMetrics(registry)
+    metrics = GatewayMetrics(registry, multiprocess=worker is not None)
     holder = RuntimeHolder(config, metrics, config_path, host=host or config.server.host)
     # The store and the tracer are set up once: reloaded logging.store and telemetry apply at the next restart.
     tracing = _tracing(config.telemetry)
 
     def observe(record: CallRecord) -> None:  # each record, once, when the log writer has sealed it
         metrics.count_call(record)
+        limiter.charge(record)
         if tracing is not None:
             tracing.complete(record)
 
-    calls = CallLog(config.logging, registry, Sealer.from_settings(config.logging, create_key=True), observe)
+    calls = CallLog(config.logging if worker is None else worker.call_log_settings(config.logging), registry,
+                    Sealer.from_settings(config.logging, create_key=True), observe)
+    # Records a restarted gateway recovers from its journal are measured before the config is up: their
+    # spend is not charged then, the reconciliation at start counts it from the log.
+    limiter = Limiter(config.limits, registry, limited=lambda: holder.current.keyring.limited(),
+                      limits_of=lambda name: holder.current.keyring.limits_of(name) if holder.started else None,
+                      spend=_spend(calls))
     shadower = Shadower(holder, metrics, calls)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await calls.start()
+        await holder.stored_keys.refresh(_store(calls))  # before the first request: stored keys authenticate
         await holder.start()
+        if worker is not None and worker.is_restart:
+            await holder.reload()  # the file may have changed since the supervisor read it: SIGHUP's rules apply
+        await limiter.reconcile()
         shadower.start()
         loop = asyncio.get_running_loop()
+        keys = loop.create_task(holder.stored_keys.refresh_forever(lambda: _store(calls),
+                                                                    lambda: holder.config.auth.refresh_s))
+        limits = loop.create_task(limiter.run())
         watcher = loop.create_task(_watch(holder)) if config_path else None
-        autopilot = loop.create_task(Autopilot(holder, calls, metrics).run_forever()) if config_path else None
+        # The autopilot writes promotions.yaml: one writer, worker 0, when there are several.
+        autopilot = (loop.create_task(Autopilot(holder, calls, metrics).run_forever())
+                     if config_path and (worker is None or worker.is_first) else None)
         announcer = loop.create_task(_announce(holder)) if announce else None
         lag = loop.create_task(metrics.watch_event_loop())
         with _reload_on_sighup(holder):
             try:
                 yield
             finally:
-                for task in (watcher, autopilot, announcer, lag):
+                for task in (watcher, autopilot, announcer, lag, keys, limits):
                     if task is not None:
                         task.cancel()
                 await shadower.stop()
                 await holder.stop()
+                await limiter.close()
                 await calls.stop()  # closes the spans still waiting for their records
                 if tracing is not None:
                     await anyio.to_thread.run_sync(tracing.shutdown)
@@ -104,7 +126,7 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
     app.state.holder = holder
     install_error_handlers(app)
     def ingress(dialect: Dialect) -> Ingress:
-        return Ingress(dialect, holder, metrics, calls, tracing, shadower)
+        return Ingress(dialect, holder, metrics, calls, limiter, tracing, shadower)
 
     chat, completions, embeddings = (ingress(OpenAIDialect(op)) for op in ("chat", "completions", "embeddings"))
     app.add_api_route("/v1/chat/completions", chat, methods=["POST"],
@@ -124,12 +146,28 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
         app.add_api_route(f"/openai/deployments/{{deployment}}/{operation}", endpoint, methods=["POST"],
                           include_in_schema=False)
     add_stored_responses_api(app, holder, calls)
-    _add_operational_routes(app, holder, registry, Readiness(holder, calls))
+    _add_operational_routes(app, holder, registry if worker is None else worker.exposition(), Readiness(holder, calls, limiter))
     add_calls_api(app, holder, calls)
     add_tasks_api(app, holder)
     add_feedback_api(app, holder, calls)
     add_scorecards_api(app, holder, calls)
     return app
+
+
+def _store(calls: CallLog) -> CallStore | None:
+    reader = calls.reader()
+    return None if reader is None else reader.store
+
+
+def _spend(calls: CallLog) -> Callable[[float], Awaitable[dict[tuple[str, str], float]]]:
+    """What each key spent per route since a time, from the call log (ServiceUnavailable while it is down)."""
+    async def spend(since: float) -> dict[tuple[str, str], float]:
+        store = _store(calls)
+        if store is None:
+            raise ServiceUnavailable("the call log's store is unavailable")
+        return await store.spend(since)
+
+    return spend
 
 
 def _tracing(section: TelemetrySection) -> Tracing | None:

@@ -1,4 +1,4 @@
-"""Bearer keys and the roles they carry.
+"""API keys and the roles and limits they carry: the config's keys, and those `minigate keys create` stored.
 
 Keys are looked up by their SHA-256 digest, so a lookup never compares the secret byte by byte
 (no timing side channel) and the raw keys are not kept in memory beyond the config.
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from minigate.errors import AuthenticationFailed, PermissionDenied
-from minigate.gateway.settings import AuthSection, Role
+from minigate.gateway.settings import AuthSection, KeyLimits, Role
+from minigate.gateway.stored_keys import StoredKeys, describe_time
 
 __all__ = ["Caller", "KeyRing", "Permission", "is_loopback"]
 
@@ -28,10 +30,11 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: the key's name from config (never the key) and its role."""
+    """Who is calling: the key's name (never the key), its role, and its limits (None: unlimited)."""
 
     name: str
     role: Role
+    limits: KeyLimits | None = field(default=None, repr=False, compare=False)
 
     def require(self, permission: Permission) -> None:
         if permission not in _GRANTS[self.role]:
@@ -42,7 +45,8 @@ _ANONYMOUS = Caller("anonymous", "admin")
 
 
 class KeyRing:
-    """The configured keys. With none, every caller is an anonymous admin (the server then binds loopback only).
+    """The configured keys, then the stored ones. With neither (no key was ever stored), every caller is an
+    anonymous admin (the server then binds loopback only).
 
     >>> ring = KeyRing.from_section(AuthSection.model_validate({"keys": [{"name": "a", "key": "k", "role": "agent"}]}))
     >>> ring.authenticate({"authorization": "Bearer k"})
@@ -51,16 +55,36 @@ class KeyRing:
     Caller(name='a', role='agent')
     """
 
-    def __init__(self, digests: dict[bytes, Caller]) -> None:
+    def __init__(self, digests: dict[bytes, Caller], stored: StoredKeys | None = None) -> None:
         self._callers = digests
+        self._by_name = {caller.name: caller for caller in digests.values()}
+        self._stored = stored or StoredKeys()
 
     @classmethod
-    def from_section(cls, section: AuthSection) -> KeyRing:
-        return cls({_digest(entry.key.get_secret_value()): Caller(entry.name, entry.role) for entry in section.keys})
+    def from_section(cls, section: AuthSection, stored: StoredKeys | None = None) -> KeyRing:
+        return cls({_digest(entry.key.get_secret_value()): Caller(entry.name, entry.role, _limits(entry.limits))
+                    for entry in section.keys}, stored)
 
     @property
     def is_open(self) -> bool:
-        return not self._callers
+        return not self._callers and not self._stored.by_digest
+
+    def limits_of(self, name: str) -> KeyLimits | None:
+        """The limits of the key named `name` (the call log's `key_name`), if it has any."""
+        caller = self._by_name.get(name)
+        if caller is not None:
+            return caller.limits
+        stored = self._stored.by_name.get(name)
+        return stored.limits if stored is not None else None
+
+    def limited(self) -> Iterator[tuple[str, KeyLimits]]:
+        """Every key with limits, by name: the config's, then the stored ones."""
+        for caller in self._callers.values():
+            if caller.limits is not None:
+                yield caller.name, caller.limits
+        for known in self._stored.by_name.values():
+            if known.limits is not None and known.name not in self._by_name:
+                yield known.name, known.limits
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """The caller whose key the request carries: `Authorization: Bearer` (OpenAI's SDKs), `x-api-key`
@@ -77,10 +101,24 @@ class KeyRing:
             if not key.strip():
                 raise AuthenticationFailed(
                     "Missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').")
-        caller = self._callers.get(_digest(key.strip()))
-        if caller is None:
+        digest = _digest(key.strip())
+        caller = self._callers.get(digest)
+        if caller is not None:
+            return caller
+        stored = self._stored.by_digest.get(digest)
+        if stored is None:
             raise AuthenticationFailed("Incorrect API key provided. Check the key minigate's operator gave you.")
-        return caller
+        if stored.revoked_at is not None:
+            raise AuthenticationFailed(f"The API key {stored.name!r} was revoked at {describe_time(stored.revoked_at)}; "
+                                       "ask minigate's operator for a new one.")
+        if stored.expires_at is not None and stored.expires_at <= time.time():
+            raise AuthenticationFailed(f"The API key {stored.name!r} expired at {describe_time(stored.expires_at)}; "
+                                       "ask minigate's operator for a new one.")
+        return Caller(stored.name, stored.role, stored.limits)
+
+
+def _limits(limits: KeyLimits) -> KeyLimits | None:
+    return limits if limits.any else None  # None: the request path skips limits at once
 
 
 def _digest(key: str) -> bytes:

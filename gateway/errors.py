@@ -23,7 +23,8 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 def error_response(exc: RequestError, headers: Mapping[str, str] | None = None) -> Response:
     body = error_body(exc.message, exc.type, exc.code, exc.param)
-    return Response(body, status_code=exc.status, headers=headers, media_type="application/json")
+    return Response(body, status_code=exc.status, headers={**exc.headers, **(headers or {})},
+                    media_type="application/json")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -37,6 +37,7 @@ from minigate.errors import (
 from minigate.gateway.dispatch import Dispatcher, Interrupted, NormalisedRequest, Outcome, Reply
 from minigate.gateway.auth import Caller
 from minigate.gateway.errors import error_body
+from minigate.gateway.limits import Limiter
 from minigate.gateway.metrics import GatewayMetrics
 from minigate.gateway.protocol import ChatRequest
 from minigate.gateway.runtime import Runtime, RuntimeHolder
@@ -139,11 +140,12 @@ class Ingress:
     feeds and the tracer (None: telemetry off, and not one span object is made)."""
 
     def __init__(self, dialect: Dialect, holder: RuntimeHolder, metrics: GatewayMetrics, calls: CallLog,
-                 tracing: Tracing | None = None, shadower: Shadower | None = None) -> None:
+                 limiter: Limiter, tracing: Tracing | None = None, shadower: Shadower | None = None) -> None:
         self.dialect = dialect
         self.holder = holder
         self.metrics = metrics
         self.calls = calls
+        self.limiter = limiter
         self.tracing = tracing
         self.shadower = shadower
 
@@ -164,11 +166,12 @@ class Ingress:
             exchange = await self.dialect.parse(raw, caller, call.request_id, request.path_params.get("deployment"))
             chat = exchange.chat
             call.stream, call.body, call.parsed = chat.stream, chat.raw, chat.body
+            headers.update(await self.limiter.admit(caller, chat.model))
             user = chat.body.get("user")
             call.user = user if isinstance(user, str) else None
             return await _unless_client_leaves(request, self._answer(runtime, exchange, call, headers, request))
         except RequestError as exc:
-            response = self.dialect.error(exc, headers)
+            response = self.dialect.error(exc, {**exc.headers, **headers})
             # The record keeps the error as the client got it.
             self._finish(call, exc.status, reply=bytes(response.body))
             return response

@@ -36,7 +36,7 @@ class MessagesDialect:
                                  f"msg_{request_id}")
 
     def error(self, exc: RequestError, headers: Mapping[str, str]) -> Response:
-        return Response(anthropic_error(exc.status, exc.message), exc.status, headers=headers,
+        return Response(anthropic_error(exc.status, exc.message), exc.status, headers={**exc.headers, **headers},
                         media_type="application/json")
 
 

@@ -1,4 +1,10 @@
-"""The gateway's Prometheus metrics, created on a registry the caller owns (fresh per test, global in serve)."""
+"""The gateway's Prometheus metrics, created on a registry the caller owns (fresh per test, global in serve).
+
+With `server.workers` above 1 each worker's metrics go through prometheus_client's multiprocess mode
+(gateway/worker.py): counters and histograms are summed over the workers, every gauge says how its
+workers' values combine (`multiprocess_mode`), and the per-process collectors give way to
+`_WorkerProcess`, which keeps the process figures the dashboards read summed over the workers.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ class GatewayMetrics:
     >>> metrics.observe("gpt-4.1", "mini", "miniature", "unknown", 200, 0.42, ttft=0.08)
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool = False) -> None:
         self.requests = Counter(
             "minigate_requests",
             "Chat completion requests by route, serving model, tier, task and client status code.",
@@ -111,11 +117,14 @@ class GatewayMetrics:
         self.loop_lag = Gauge(
             "minigate_event_loop_lag_seconds",
             f"How late the event loop last woke a {_LAG_INTERVAL_S} s sleep: what every request waits before its "
-            "own work starts (healthy: under a millisecond).",
+            "own work starts (healthy: under a millisecond; with several workers, the worst of them).",
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.loop_lag.set(float("nan"))  # not measured yet (no event loop running), rather than a healthy 0
-        _add_process_collectors(registry)
+        self._process = _WorkerProcess(registry) if multiprocess else None
+        if not multiprocess:
+            _add_process_collectors(registry)
         # `labels()` validates and takes a lock on every call (~2 us); label sets are few (names from the
         # config), so each child is looked up once and reused (~0.2 us) by the per-call updates below.
         self._request = functools.cache(self.requests.labels)
@@ -150,12 +159,46 @@ class GatewayMetrics:
             self._counterfactual(record.route, record.task).inc(record.counterfactual_cost_usd)
 
     async def watch_event_loop(self) -> None:
-        """Sleep, and record how much later than asked the loop woke us; runs until cancelled (lifespan)."""
+        """Sleep, and record how much later than asked the loop woke us; runs until cancelled (lifespan).
+
+        A worker's process figures are sampled on the same beat."""
         loop = asyncio.get_running_loop()
         while True:
             asked = loop.time() + _LAG_INTERVAL_S
             await asyncio.sleep(_LAG_INTERVAL_S)
             self.loop_lag.set(max(0.0, loop.time() - asked))
+            if self._process is not None:
+                self._process.sample()
+
+
+class _WorkerProcess:
+    """`process_cpu_seconds_total`, `process_resident_memory_bytes` and `process_open_fds` summed over workers.
+
+    prometheus_client's process collector reads the process that answers the scrape, which with several
+    workers is any one of them, a different one each time. Each worker instead copies its own figures into
+    multiprocess metrics every tick: CPU seconds as a counter (a dead worker's seconds stay in the sum, so
+    the total never goes back) and memory and descriptors as gauges over the live workers.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._reader = ProcessCollector(registry=None)
+        self.cpu = Counter("process_cpu_seconds", "Total user and system CPU time spent in seconds, all workers.",
+                           registry=registry)
+        self.memory = Gauge("process_resident_memory_bytes", "Resident memory size in bytes, all workers.",
+                            registry=registry, multiprocess_mode="livesum")
+        self.fds = Gauge("process_open_fds", "Number of open file descriptors, all workers.", registry=registry,
+                         multiprocess_mode="livesum")
+        self._cpu_counted = 0.0
+
+    def sample(self) -> None:
+        figures = {sample.name: sample.value for family in self._reader.collect() for sample in family.samples}
+        if (cpu := figures.get("process_cpu_seconds_total")) is not None:
+            self.cpu.inc(max(0.0, cpu - self._cpu_counted))
+            self._cpu_counted = max(cpu, self._cpu_counted)
+        if (memory := figures.get("process_resident_memory_bytes")) is not None:
+            self.memory.set(memory)
+        if (fds := figures.get("process_open_fds")) is not None:
+            self.fds.set(fds)
 
 
 def _add_process_collectors(registry: CollectorRegistry) -> None:

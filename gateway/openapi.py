@@ -61,11 +61,13 @@ _WHY: dict[int | str, str] = {
     405: "Method not allowed; the `Allow` header lists those that are",
     408: "The request body did not arrive within server.body_timeout_s",
     413: "The request body exceeds server.max_body_bytes",
-    429: "Over a rate or budget limit (with Retry-After), or the upstream's own 429",
+    429: ("Over the key's rate limit (type `requests` or `tokens`) or budget (type `insufficient_quota`), with "
+          "Retry-After and x-ratelimit-* headers; or the upstream's own 429"),
     "4XX": "The upstream's own client error, relayed in OpenAI's shape",
     500: "A fault in minigate; the message gives the request id to look up in the gateway's log",
     502: "The upstream could not be reached, answered 5xx, or sent a reply over server.max_response_bytes",
-    503: "A part the gateway needs is down (the call-log store), or server.max_connections is reached",
+    503: ("A part the gateway needs is down (the call-log store; Redis, for a limited key with limits.fail "
+          "closed), or server.max_connections is reached"),
     504: "The upstream did not answer in time",
 }
 

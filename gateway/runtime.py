@@ -18,6 +18,7 @@ from minigate.config import Config, load_config
 from minigate.errors import ConfigError
 from minigate.gateway.auth import KeyRing, is_loopback
 from minigate.gateway.metrics import GatewayMetrics
+from minigate.gateway.stored_keys import StoredKeys
 from minigate.router.decision import Router
 from minigate.router.matcher import TaskMatcher
 from minigate.router.prices import PriceBook
@@ -43,13 +44,14 @@ class Runtime:
     catalogue_stamp: int | None = None  # the catalogue file's mtime: a re-discovery is a change to reload
 
     @classmethod
-    async def open(cls, config: Config, local: LocalServers, fleet: VllmFleet | None = None) -> Runtime:
+    async def open(cls, config: Config, local: LocalServers, fleet: VllmFleet | None = None,
+                   stored_keys: StoredKeys | None = None) -> Runtime:
         tasks, stamp = None, _stamp(config)
         if config.tasks.catalogue is not None:
             tasks = await anyio.to_thread.run_sync(TaskMatcher.load, config.tasks)
             await tasks.warm_up()  # the embedding model, when on, loads now and never on a request
         pool = await UpstreamPool.open(config.upstreams, local, models=config.models, fleet=fleet)
-        return cls(config, KeyRing.from_section(config.auth), Router.from_config(config), pool,
+        return cls(config, KeyRing.from_section(config.auth, stored_keys), Router.from_config(config), pool,
                    PriceBook.from_config(config), tasks, stamp)
 
     async def close(self) -> None:
@@ -76,11 +78,16 @@ class RuntimeHolder:
     host: str = "127.0.0.1"  # the address the server listens on: a reload may not leave it without keys
     local: LocalServers = field(default_factory=LocalServers)
     fleet: VllmFleet = field(default_factory=VllmFleet)  # vLLM adapters and load, across generations
+    stored_keys: StoredKeys = field(default_factory=StoredKeys)  # `minigate keys create`'s, across generations
     generation: int = 0
     last_reload_error: str | None = None
     _current: Runtime | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def started(self) -> bool:
+        return self._current is not None
 
     @property
     def current(self) -> Runtime:
@@ -89,7 +96,7 @@ class RuntimeHolder:
         return self._current
 
     async def start(self) -> None:
-        self._current = await Runtime.open(self.config, self.local, self.fleet)
+        self._current = await Runtime.open(self.config, self.local, self.fleet, self.stored_keys)
         self.generation = 1
 
     async def reload(self) -> bool:
@@ -106,7 +113,7 @@ class RuntimeHolder:
                 if (refusal := _keys_refusal(self.config, config, self.host)) is not None:
                     self._reject(f"{self.path}: {refusal}")
                     return False
-                runtime = await Runtime.open(config, self.local, self.fleet)
+                runtime = await Runtime.open(config, self.local, self.fleet, self.stored_keys)
             except ConfigError as exc:
                 self._reject(str(exc))
                 return False
@@ -166,3 +173,5 @@ def _warn_listener_change(old: Runtime | None, new: Runtime) -> None:
     before, after = old.config.server if old else None, new.config.server
     if before is not None and (before.host, before.port, before.drain_timeout_s) != (after.host, after.port, after.drain_timeout_s):
         log.warning("server.host, port and drain_timeout_s changes take effect at the next restart")
+    if old is not None and old.config.limits != new.config.limits:
+        log.warning("limits (redis_url, fail, timeouts) changes take effect at the next restart; keys' limits apply now")

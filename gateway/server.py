@@ -1,4 +1,8 @@
-"""Running the gateway under uvicorn (uvloop, httptools) with a shutdown that counts as success."""
+"""Running the gateway under uvicorn (uvloop, httptools) with a shutdown that counts as success.
+
+One process; with `server.workers` above 1, `minigate serve` runs gateway/supervisor.py instead, whose workers
+each serve with the `GatewayServer` and `uvicorn_config` of this module.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,10 @@ from minigate.gateway.app import create_app
 from minigate.gateway.connections import guarded_protocol
 from minigate.gateway.settings import ServerSection
 
-__all__ = ["run", "uvicorn_config"]
+__all__ = ["GatewayServer", "run", "uvicorn_config"]
 
 
-class _Server(uvicorn.Server):
+class GatewayServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM after its graceful shutdown so the process dies of the signal.
 
     A drained shutdown is a success for a gateway (Kubernetes, systemd and supervisors read exit codes),
@@ -44,7 +48,7 @@ class _Server(uvicorn.Server):
 def run(config: Config, config_path: Path, *, host: str, port: int, log_level: str) -> bool:
     """Serve until SIGTERM/SIGINT; False when the server could not start (port taken, upstream failing)."""
     app = create_app(config, REGISTRY, config_path=config_path, announce=True, host=host)
-    server = _Server(uvicorn_config(app, config.server, host=host, port=port, log_level=log_level))
+    server = GatewayServer(uvicorn_config(app, config.server, host=host, port=port, log_level=log_level))
     server.run()
     return server.started
 

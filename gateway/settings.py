@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-__all__ = ["AuthSection", "KeyEntry", "MetricsSection", "Role", "ServerSection", "TelemetrySection"]
+__all__ = ["AuthSection", "KeyEntry", "KeyLimits", "Limits", "LimitsSection", "MetricsSection", "Role", "ServerSection",
+           "TelemetrySection"]
 
 Role = Literal["agent", "analyst", "admin"]
 
@@ -30,16 +31,73 @@ class ServerSection(_Section):
     max_connections: int = Field(
         2048, ge=1, description="connections beyond this are refused at once with 503 (protects memory)"
     )
+    workers: int = Field(
+        1, ge=1, description="gateway processes serving one port; above 1 a supervisor starts and restarts them"
+    )
+
+
+class Limits(_Section):
+    """Rate limits (per rolling clock minute) and spend budgets (per UTC day and calendar month); unset: none."""
+
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens (input + output, as logged) per minute")
+    usd_per_day: float | None = Field(None, gt=0, description="spend per UTC day, at the call log's cost")
+    usd_per_month: float | None = Field(None, gt=0, description="spend per UTC calendar month")
+
+    @property
+    def any(self) -> bool:
+        return (self.rpm, self.tpm, self.usd_per_day, self.usd_per_month) != (None, None, None, None)
+
+
+class KeyLimits(Limits):
+    """A key's limits over all its calls, and `routes`: limits on its calls to one route (both apply)."""
+
+    routes: dict[str, Limits] = Field(default_factory=dict)
+
+    @property
+    def any(self) -> bool:
+        return super().any or any(limits.any for limits in self.routes.values())
 
 
 class KeyEntry(_Section):
     name: str = Field(min_length=1)
     key: SecretStr
     role: Role
+    limits: KeyLimits = KeyLimits()
 
 
 class AuthSection(_Section):
     keys: list[KeyEntry] = Field(default_factory=list)
+    refresh_s: float = Field(
+        2.0, gt=0, le=60, description="how often keys made by `minigate keys create` are read again from the log "
+        "store: a revocation holds on every replica within this"
+    )
+
+
+class LimitsSection(_Section):
+    """Where the counters of `auth.keys[].limits` live: Redis, shared by every replica and worker, or (no
+    `redis_url`) this process's memory. Changes apply at the next restart."""
+
+    redis_url: SecretStr | None = Field(
+        None, description="redis:// or rediss:// URL (a password may be in it); unset or empty: in-process counters"
+    )
+    fail: Literal["open", "closed"] = Field(
+        "open", description="while Redis is unreachable, limited keys are served unchecked (open) or refused with 503"
+    )
+    timeout_s: float = Field(0.25, gt=0, le=10, description="one Redis round trip; beyond it Redis counts as down")
+    reconcile_s: float = Field(
+        300.0, gt=0, description="how often spend counters are raised to what the call log holds (after a Redis "
+        "restart, or spend the counters missed)"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
 
 class MetricsSection(_Section):

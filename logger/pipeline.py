@@ -1,4 +1,4 @@
-"""The call log's way off the request path: a bounded queue, one writer that batches, and a spool.
+"""The call log's way off the request path: a journal, a bounded queue, one writer that batches, and a spool.
 
 `submit` never awaits and never blocks: it puts the record on the queue, or, when the queue is full,
 on an overflow list the writer takes with its next batch. The writer takes up to `batch_size`
@@ -19,9 +19,23 @@ spool, retrying for up to `shutdown_timeout_s`; what is still held then is count
 The writer and the replayer are supervised: one that fails is logged with its traceback and started
 again, and the records it had taken stay in `_pending` or `_held`, so it picks them up again.
 
-Each record, once sealed, goes to `observe` (the gateway's token and cost metrics), exactly once: a
-spooled record is replayed sealed and never observed again. With `enabled: false` the writer still
-runs, but only measures (tokens, cost) and observes; nothing is stored, redacted or encrypted.
+The journal (`minigate.logger.journal`, `logging.journal`, on by default) makes the memory safe against a
+killed process (SIGKILL, the OOM killer): `submit` first appends the record, unsealed, to a file in the spool
+folder with one write system call (about 10 microseconds, encrypted with the payload cipher when there is one). When
+the writer has taken a batch it rotates the journal (later records go to a new file); once every record
+appended before the rotation is stored or spooled (none pending or held, and the queue, first in first out,
+has passed them), the older files are deleted, and all of them whenever nothing is in memory. So a record
+is never in memory alone. At start-up, what a killed process left in the journal is sealed and stored (or
+spooled) before `start` returns; a record that was also stored before the kill is not stored twice, but
+is observed again (its tokens and cost count once more in the metrics of the new process). A journal
+write that fails (a full disk) never fails the request: the record goes on in memory, and the failure is
+counted in `minigate_log_journal_failures_total` and logged when it starts and when it ends. After a
+clean `stop` no journal is left; one that still holds records (some were dropped) is stored at the next start.
+
+Each record, once sealed, goes to `observe` (the gateway's token and cost metrics), once per process: a
+spooled record is replayed sealed and never observed again (a journaled one: see above). With `enabled:
+false` the writer still runs, but only measures (tokens, cost) and observes; nothing is stored, redacted,
+encrypted or journaled.
 
 Stored responses (the Responses API's `store`) are kept beside the records, sealed with the same cipher,
 by `keep_response` and read back by `recall_response`: see `minigate.logger.responses`.
@@ -37,6 +51,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from minigate.logger.journal import Journal
 from minigate.logger.reader import CallReader
 from minigate.logger.records import CallRecord, record_from_bytes, record_to_bytes
 from minigate.logger.responses import ResponseKeeper
@@ -80,12 +95,18 @@ class CallLog:
         self._store: CallStore | None = None
         self._spool: Spool | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._journal: Journal | None = None
+        self._submitted = 0  # records ever put on the queue: with its size, how many have left it
+        self._rotated_at: int | None = None  # `_submitted` at the journal's last rotation; None: released since
         self._inflight: asyncio.Task[None] | None = None
         self._replaying = asyncio.Lock()
         self._responses = ResponseKeeper(sealer.cipher if settings.enabled else None, lambda: self._store, registry,
                                          timeout_s=settings.store_timeout_s)
-        Gauge("minigate_log_queue_depth", "Call records in memory, not yet stored or spooled.",
-              registry=registry).set_function(self._in_memory)
+        # Read at each scrape; also set at each writer step, for prometheus_client's multiprocess mode (several
+        # gateway workers), where only a set value reaches the scrape and the workers' depths are added up.
+        self._depth = Gauge("minigate_log_queue_depth", "Call records in memory, not yet stored or spooled.",
+                            registry=registry, multiprocess_mode="livesum")
+        self._depth.set_function(self._in_memory)
         self.written = Counter("minigate_log_records_written", "Call records stored.", registry=registry)
         self.spooled = Counter(
             "minigate_log_records_spooled", "Call records put in the spool (store down or slow, or queue full).",
@@ -94,6 +115,11 @@ class CallLog:
         self.dropped = Counter(
             "minigate_log_records_dropped",
             "Call records lost: neither stored nor spooled while memory held all it may (or at shutdown).",
+            registry=registry,
+        )
+        self.journal_failures = Counter(
+            "minigate_log_journal_failures",
+            "Call records not written to the journal (a full disk): a SIGKILL would lose them if still in memory.",
             registry=registry,
         )
 
@@ -111,6 +137,8 @@ class CallLog:
         self._spool = await anyio.to_thread.run_sync(Spool, self.settings.spool_path(), self.settings.spool_fsync)
         await self._connect()
         await self._replay()
+        if self.settings.journal:
+            await self._recover()
         self._tasks = [self._supervise("writer", self._write_forever),
                        self._supervise("replayer", self._replay_forever),
                        self._supervise("response writer", self._responses.write_forever)]
@@ -122,8 +150,11 @@ class CallLog:
         return None if self._store is None else CallReader(self._store, self.sealer.cipher)
 
     def submit(self, record: CallRecord) -> None:
+        if self._journal is not None:
+            self._journal.append(record)
         try:
             self._queue.put_nowait(record)
+            self._submitted += 1
         except asyncio.QueueFull:
             if self._failure is None:
                 self._overflow.append(record)
@@ -162,6 +193,11 @@ class CallLog:
         await self._retry_until(deadline)
         if not self.settings.enabled:
             return
+        if self._journal is not None:
+            self._journal.close()
+            # Kept when some were dropped, or submitted after the drain: the next start stores what it holds.
+            if self._failure is None and self._in_memory() == 0:
+                await anyio.to_thread.run_sync(self._journal.discard)
         await self._responses.flush(deadline)
         await self._replay()
         if self._store is not None:
@@ -195,6 +231,7 @@ class CallLog:
                 retry_in = min(retry_in * 2, _RETRY_MAX_S)
                 await self._to_the_end(self._persist())
             self._shed()
+            self._depth.set(self._in_memory())
 
     async def _to_the_end(self, step: Awaitable[None]) -> None:
         """Run a step that a cancel must not cut short (stop() awaits it): it holds records mid-way."""
@@ -218,6 +255,7 @@ class CallLog:
             await asyncio.sleep(min(remaining, _COLLECT_POLL_S))
         self._pending += self._overflow
         self._overflow = []
+        self._rotate_journal()
 
     async def _flush_pending(self) -> None:
         """Seal what was taken, a batch at a time, then store (or spool) it with anything held."""
@@ -242,6 +280,7 @@ class CallLog:
         """Store the held records, or else spool them; while neither works they stay held (see `problem`)."""
         if not self._held or not self.settings.enabled:
             self._held, self._failure = [], None
+            await self._release_journal()
             return
         batch = list(self._held)  # a store write that timed out may still read its list in a thread
         # A store that failed or stalled gets no new batch while the spool takes them: the replayer probes
@@ -254,6 +293,7 @@ class CallLog:
                 log.warning("call log persists again: %d held records %s", len(self._held),
                             "stored" if store_error is None else "spooled")
             self._held, self._failure = [], None
+            await self._release_journal()
             return
         if self._failure is None:
             log.error("call log can neither store nor spool records (store: %s; spool: %s); holding %d in memory"
@@ -298,6 +338,36 @@ class CallLog:
 
     def _in_memory(self) -> int:
         return self._queue.qsize() + len(self._overflow) + len(self._pending) + len(self._held)
+
+    # -- the journal ----------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Open the journal; store (or spool) what a killed process left in it before serving."""
+        assert self._spool is not None  # the journal lives in the folder the spool holds locked
+        journal = await anyio.to_thread.run_sync(Journal, self._spool.path, self.sealer.cipher, self.journal_failures)
+        self._pending += await anyio.to_thread.run_sync(journal.recover)
+        self._journal, self._rotated_at = journal, 0  # its old files go once these are persisted
+        await self._flush_pending()
+
+    def _rotate_journal(self) -> None:
+        """Called once the writer has taken a batch: later records go to a new file. Everything appended
+        before is in that batch, or still queued (first in line) when the batch was full."""
+        if self._journal is not None and self._rotated_at is None:
+            self._journal.rotate()
+            self._rotated_at = self._submitted
+
+    async def _release_journal(self) -> None:
+        """Once every record appended before the last rotation is stored or spooled (none is pending,
+        held, or queued: the queue is first in, first out), delete the files that hold them; all files,
+        when no record at all is in memory."""
+        if self._journal is None or self._pending or self._held:
+            return
+        if self._in_memory() == 0:
+            self._journal.rotate()
+        elif self._rotated_at is None or self._submitted - self._queue.qsize() < self._rotated_at:
+            return
+        self._rotated_at = None
+        await anyio.to_thread.run_sync(self._journal.release)
 
     # -- the store and the spool ----------------------------------------------------------------------
 

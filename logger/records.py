@@ -7,16 +7,25 @@ encryption is done by the writer (`seal.py`), off the request path.
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from minigate.pricing import Rate
+from minigate.pricing import Rate
 
-__all__ = ["AttemptRecord", "CallRecord", "Feedback", "attempts_to_json", "record_from_bytes", "record_to_bytes"]
+__all__ = [
+    "AttemptRecord",
+    "CallRecord",
+    "Feedback",
+    "attempts_to_json",
+    "record_from_bytes",
+    "record_to_bytes",
+    "unsealed_record_from_bytes",
+    "unsealed_record_to_bytes",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,4 +153,70 @@ def record_from_bytes(data: bytes) -> CallRecord:
             values[name] = base64.b64decode(values[name])
     if values.get("attempts") is not None:
         values["attempts"] = [AttemptRecord.from_json(value) for value in values["attempts"]]
+    return CallRecord(**values)
+
+
+# An unsealed record (the journal's): [4-byte big-endian head length][orjson head][the bytes it names].
+# Raw bytes follow the head as they are, not base64'd into it: a request's body and reply are most of a
+# record, and this encoding runs on the request path.
+_HEAD = struct.Struct(">I")
+_BLOB, _CHUNKS, _RATE, _ATTEMPTS = range(4)
+_SPECIAL = {"request_body": _BLOB, "reply": _BLOB, "request_payload": _BLOB, "response_payload": _BLOB,
+            "chunks": _CHUNKS, "rate": _RATE, "counterfactual_rate": _RATE, "wasted_rate": _RATE,
+            "attempts": _ATTEMPTS}
+
+
+def unsealed_record_to_bytes(record: CallRecord, *, omit: Sequence[str] = ()) -> bytes:
+    """Any record, raw material included, as one journal entry; fields in `omit`, and None ones, are left out.
+
+    >>> data = unsealed_record_to_bytes(CallRecord(request_id="r1", started_at=0.0, key_name="k", route="r",
+    ...     model="m", tier="frontier", task="t", rule="default", upstream="u", status=200, latency_s=0.1,
+    ...     stream=True, chunks=[b"data: {}\\n\\n"]))
+    >>> unsealed_record_from_bytes(data).chunks
+    [b'data: {}\\n\\n']
+    """
+    head: dict[str, object] = {}
+    blobs: list[bytes] = []
+    for name in CallRecord.__slots__:
+        value = getattr(record, name)
+        if value is None or name in omit:
+            continue
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            head[name] = value
+        elif kind == _BLOB:
+            head[name] = len(value)
+            blobs.append(value)
+        elif kind == _CHUNKS:
+            head[name] = [len(chunk) for chunk in value]
+            blobs += value
+        elif kind == _RATE:
+            head[name] = [value.input_per_mtok, value.output_per_mtok]
+        else:
+            head[name] = [attempt.to_json() for attempt in value]
+    encoded = orjson.dumps(head)
+    return b"".join([_HEAD.pack(len(encoded)), encoded, *blobs])
+
+
+def unsealed_record_from_bytes(data: bytes) -> CallRecord:
+    """The record `unsealed_record_to_bytes` encoded; raises ValueError (or orjson's) when `data` is not one."""
+    (size,) = _HEAD.unpack_from(data)
+    values: dict[str, Any] = orjson.loads(data[_HEAD.size : _HEAD.size + size])
+    offset = _HEAD.size + size
+    for name, value in values.items():
+        kind = _SPECIAL.get(name)
+        if kind == _BLOB:
+            values[name], offset = data[offset : offset + value], offset + value
+        elif kind == _CHUNKS:
+            chunks = []
+            for length in value:
+                chunks.append(data[offset : offset + length])
+                offset += length
+            values[name] = chunks
+        elif kind == _RATE:
+            values[name] = Rate(input_per_mtok=value[0], output_per_mtok=value[1])
+        elif kind == _ATTEMPTS:
+            values[name] = [AttemptRecord.from_json(attempt) for attempt in value]
+    if offset != len(data):
+        raise ValueError(f"journal entry is {len(data)} bytes; its head describes {offset}")
     return CallRecord(**values)

@@ -47,6 +47,10 @@ class LoggingSection(BaseModel):
     )
     spool: Path | None = Field(None, description="spool folder; default `<sqlite file>.spool` or ./minigate-spool")
     spool_fsync: Literal["always", "batch", "never"] = "batch"
+    journal: bool = Field(
+        True, description="write each record to a file in the spool folder as it is accepted, so a killed process"
+        " (SIGKILL, OOM) loses none it answered; the next start stores them. Not fsynced: a power cut can lose them",
+    )
     store_timeout_s: float = Field(
         5.0, gt=0, description="a store write that takes longer is given up on and its batch spooled"
     )

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from minigate.errors import ConfigError, ConfigProblem
-from minigate.gateway.settings import AuthSection, MetricsSection, ServerSection, TelemetrySection
+from minigate.gateway.settings import AuthSection, LimitsSection, MetricsSection, ServerSection, TelemetrySection
 from minigate.logger.settings import LoggingSection
 from minigate.router.settings import (
     ConversionSection,
@@ -43,6 +43,7 @@ class Config(BaseModel):
 
     server: ServerSection = ServerSection()
     auth: AuthSection = AuthSection()
+    limits: LimitsSection = LimitsSection()
     metrics: MetricsSection = MetricsSection()
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     models: dict[str, ModelEntry] = Field(default_factory=dict)
@@ -93,7 +94,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     catalogue = config.tasks.catalogue
     if catalogue is not None and not catalogue.is_absolute():  # a catalogue sits beside its config
         config = config.model_copy(update={"tasks": config.tasks.model_copy(update={"catalogue": path.parent / catalogue})})
-    found = _dangling_references(config) + unknown_task_problems(config.routes, config.tasks.catalogue, config.models)
+    found = _dangling_references(config) + _unknown_limited_routes(config)
+    found += unknown_task_problems(config.routes, config.tasks.catalogue, config.models)
     found += load_test_problems(config.routes, {name: entry.upstream for name, entry in config.models.items()},
                                 _vllm_upstreams(config))
     found += adapter_problems(config.upstreams, config.models)
@@ -194,6 +196,13 @@ def _dangling_references(config: Config) -> list[tuple[_Path, str]]:
                     found.append((("routes", name, "rules", i, "shadow", field),
                                   f"rule {rule.name!r}: shadow {field} {chosen!r} is not a model (models: {known})"))
     return found
+
+
+def _unknown_limited_routes(config: Config) -> list[tuple[_Path, str]]:
+    """A key limited on a route that does not exist (a typo would silently leave the route unlimited)."""
+    routes = ", ".join(sorted(config.routes))
+    return [(("auth", "keys", i, "limits", "routes", route), f"unknown route {route!r} (routes: {routes})")
+            for i, entry in enumerate(config.auth.keys) for route in entry.limits.routes if route not in config.routes]
 
 
 def _vllm_upstreams(config: Config) -> set[str]:

@@ -11,6 +11,7 @@
         │   └── ModelNotFound        404 lists the routes that exist
         ├── RequestTimeout           408 the body did not arrive within server.body_timeout_s
         ├── PayloadTooLarge          413 body over server.max_body_bytes
+        ├── TooManyRequests          429 a key's rate limit (type requests|tokens) or budget (insufficient_quota)
         ├── ClientClosedRequest      499 the client left before its answer (nginx's code; nobody reads it)
         ├── ServiceUnavailable       503 a part minigate needs (the call-log store) is down
         └── UpstreamError            the model behind a route failed
@@ -46,6 +47,7 @@ __all__ = [
     "ReplicasUnavailable",
     "RequestError",
     "ServiceUnavailable",
+    "TooManyRequests",
     "UpstreamError",
     "UpstreamStreamCut",
     "UpstreamTimeout",
@@ -90,10 +92,11 @@ class RequestError(MinigateError):
     type: str = "invalid_request_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}  # sent with the error (Retry-After, x-ratelimit-*)
 
 
 class InvalidRequest(RequestError):
@@ -132,6 +135,18 @@ class RequestTimeout(RequestError):
 class PayloadTooLarge(RequestError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(RequestError):
+    """Over a rate limit (OpenAI's type `requests` or `tokens`, code `rate_limit_exceeded`) or a spend budget
+    (type `insufficient_quota`, as OpenAI answers an exhausted quota); `headers` say when to retry."""
+
+    status = 429
+
+    def __init__(self, message: str, *, type_: str, code: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.type = type_
+        self.code = code
 
 
 class ClientClosedRequest(RequestError):

@@ -10,18 +10,23 @@ from minigate.logger.records import CallRecord, Feedback
 from minigate.logger.stores.query import CallQuery
 
 __all__ = [
+    "API_KEYS_SELECT",
     "FEEDBACK_INSERT",
     "FEEDBACK_SELECT",
     "KEY_USAGE",
     "CallStore",
     "SealedPayloads",
+    "StoredKey",
     "StoredResponse",
+    "api_key_insert_sql",
+    "api_key_revoke_sql",
     "get_response_sql",
     "open_store",
     "put_response_sql",
     "reseal_sql",
     "sealed_responses_sql",
     "sealed_sql",
+    "spend_sql",
 ]
 
 
@@ -48,6 +53,26 @@ class StoredResponse:
     created_at: float  # unix seconds
     key_id: str
     sealed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """An API key made by `minigate keys create`: its SHA-256 (hex), never the key.
+
+    >>> StoredKey("ci", "9f86d0...", "agent", '{"rpm": 60}', 1700000000.0, None, None).active(1800000000.0)
+    True
+    """
+
+    name: str
+    digest: str
+    role: str
+    limits: str  # JSON of the key's limits (`auth.keys[].limits` shape)
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def active(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 class CallStore(Protocol):
@@ -96,6 +121,24 @@ class CallStore(Protocol):
         """Replace these records' payloads (now under `key_id`) in one transaction."""
         ...
 
+    async def spend(self, since: float) -> dict[tuple[str, str], float]:
+        """What each key spent on each route (USD, the calls' cost) in calls started since `since`; shadow
+        calls are the operator's, not the key's, and are left out."""
+        ...
+
+    async def add_api_key(self, key: StoredKey) -> bool:
+        """Store a new key; False (and nothing changed) when an unrevoked key has that name. A revoked one's
+        row is replaced."""
+        ...
+
+    async def api_keys(self) -> list[StoredKey]:
+        """Every stored key, revoked and expired ones included, by name."""
+        ...
+
+    async def revoke_api_key(self, name: str, at: float) -> bool:
+        """Revoke the named key; False when no unrevoked key has that name."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -103,6 +146,27 @@ class CallStore(Protocol):
 KEY_USAGE = ("SELECT key_id, count(*) FROM (SELECT key_id FROM calls WHERE key_id IS NOT NULL"
              " UNION ALL SELECT key_id FROM responses) AS sealed GROUP BY key_id")
 RESPONSE_COLUMNS = "id, key_name, created_at, key_id, sealed"
+
+
+API_KEYS_SELECT = "SELECT name, digest, role, limits, created_at, expires_at, revoked_at FROM api_keys ORDER BY name"
+
+
+def spend_sql(placeholder: Callable[[int], str]) -> str:
+    return ("SELECT key_name, route, sum(cost_usd) FROM calls WHERE started_at >= " + placeholder(1)
+            + " AND cost_usd IS NOT NULL AND shadow_of IS NULL GROUP BY key_name, route")
+
+
+def api_key_insert_sql(placeholder: Callable[[int], str]) -> str:
+    """Insert, or replace a revoked key of that name; an unrevoked one is left alone (no row changes)."""
+    values = ", ".join(placeholder(n) for n in range(1, 8))
+    return ("INSERT INTO api_keys (name, digest, role, limits, created_at, expires_at, revoked_at)"
+            f" VALUES ({values}) ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, role = excluded.role,"
+            " limits = excluded.limits, created_at = excluded.created_at, expires_at = excluded.expires_at,"
+            " revoked_at = excluded.revoked_at WHERE api_keys.revoked_at IS NOT NULL")
+
+
+def api_key_revoke_sql(placeholder: Callable[[int], str]) -> str:
+    return f"UPDATE api_keys SET revoked_at = {placeholder(1)} WHERE name = {placeholder(2)} AND revoked_at IS NULL"
 
 
 FEEDBACK_SELECT = "SELECT request_id, at, actor, score, label, comment FROM feedback WHERE at >= {} ORDER BY at, id"

@@ -80,6 +80,23 @@ CREATE INDEX IF NOT EXISTS responses_key_id ON responses (key_id);
 """
 
 
+# API keys made by `minigate keys create` (the config's keys are not stored): the key's SHA-256 only, its role,
+# limits (JSON) and expiry; a revoked key keeps its row, so a revocation is told apart from a typo.
+def _api_keys(real: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS api_keys (
+    name       TEXT PRIMARY KEY,
+    digest     TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL,
+    limits     TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    expires_at {real},
+    revoked_at {real}
+);
+CREATE INDEX IF NOT EXISTS calls_key_spend ON calls (key_name, started_at);
+"""
+
+
 MIGRATIONS: dict[Dialect, list[str]] = {
     "sqlite": [
         """
@@ -124,6 +141,7 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         _SHADOWS + _feedback("INTEGER", "REAL"),
         _WASTE,
         _responses("REAL", "BLOB"),
+        _api_keys("REAL"),
     ],
     "postgresql": [
         """
@@ -168,5 +186,6 @@ MIGRATIONS: dict[Dialect, list[str]] = {
         _SHADOWS + _feedback("BIGSERIAL", "DOUBLE PRECISION"),
         _WASTE,
         _responses("DOUBLE PRECISION", "BYTEA"),
+        _api_keys("DOUBLE PRECISION"),
     ],
 }

@@ -15,16 +15,21 @@ import asyncpg
 
 from minigate.logger.records import CallRecord, Feedback, attempts_to_json
 from minigate.logger.stores.base import (
+    API_KEYS_SELECT,
     FEEDBACK_INSERT,
     FEEDBACK_SELECT,
     KEY_USAGE,
     SealedPayloads,
+    StoredKey,
     StoredResponse,
+    api_key_insert_sql,
+    api_key_revoke_sql,
     get_response_sql,
     put_response_sql,
     reseal_sql,
     sealed_responses_sql,
     sealed_sql,
+    spend_sql,
 )
 from minigate.logger.stores.migrations import MIGRATIONS
 from minigate.logger.stores.query import CallQuery
@@ -150,6 +155,26 @@ class PostgresStore:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(reseal_sql(_dollar), [
                 (row.request_payload, row.response_payload, key_id, row.request_id) for row in rows])
+
+    async def spend(self, since: float) -> dict[tuple[str, str], float]:
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(spend_sql(_dollar), since)
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    async def add_api_key(self, key: StoredKey) -> bool:
+        async with self._pool.acquire() as connection:
+            status: str = await connection.execute(api_key_insert_sql(_dollar), key.name, key.digest, key.role,
+                                                   key.limits, key.created_at, key.expires_at, key.revoked_at)
+        return status.split()[-1] != "0"
+
+    async def api_keys(self) -> list[StoredKey]:
+        async with self._pool.acquire() as connection:
+            return [StoredKey(*row) for row in await connection.fetch(API_KEYS_SELECT)]
+
+    async def revoke_api_key(self, name: str, at: float) -> bool:
+        async with self._pool.acquire() as connection:
+            status: str = await connection.execute(api_key_revoke_sql(_dollar), at, name)
+        return status.split()[-1] != "0"
 
     async def close(self) -> None:
         await self._pool.close()

@@ -25,16 +25,21 @@ import anyio
 
 from minigate.logger.records import CallRecord, Feedback, attempts_to_json
 from minigate.logger.stores.base import (
+    API_KEYS_SELECT,
     FEEDBACK_INSERT,
     FEEDBACK_SELECT,
     KEY_USAGE,
     SealedPayloads,
+    StoredKey,
     StoredResponse,
+    api_key_insert_sql,
+    api_key_revoke_sql,
     get_response_sql,
     put_response_sql,
     reseal_sql,
     sealed_responses_sql,
     sealed_sql,
+    spend_sql,
 )
 from minigate.logger.stores.migrations import MIGRATIONS
 from minigate.logger.stores.query import CallQuery
@@ -124,6 +129,20 @@ class SQLiteStore:
     async def reseal(self, rows: Sequence[SealedPayloads], key_id: str) -> None:
         await anyio.to_thread.run_sync(self._reseal, rows, key_id)
 
+    async def spend(self, since: float) -> dict[tuple[str, str], float]:
+        rows = await anyio.to_thread.run_sync(self._fetch, spend_sql(_qmark), (since,))
+        return {(key, route): usd for key, route, usd in rows}
+
+    async def add_api_key(self, key: StoredKey) -> bool:
+        return await anyio.to_thread.run_sync(self._change, api_key_insert_sql(_qmark), (
+            key.name, key.digest, key.role, key.limits, key.created_at, key.expires_at, key.revoked_at))
+
+    async def api_keys(self) -> list[StoredKey]:
+        return [StoredKey(*row) for row in await anyio.to_thread.run_sync(self._fetch, API_KEYS_SELECT, ())]
+
+    async def revoke_api_key(self, name: str, at: float) -> bool:
+        return await anyio.to_thread.run_sync(self._change, api_key_revoke_sql(_qmark), (at, name))
+
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._close)
 
@@ -168,9 +187,13 @@ class SQLiteStore:
                      (time.time(), actor, action, detail))
 
     def _insert(self, sql: str, params: tuple[object, ...]) -> None:
+        self._change(sql, params)
+
+    def _change(self, sql: str, params: tuple[object, ...]) -> bool:
+        """Run one statement in its own transaction; whether it changed a row."""
         with self._connection() as db, db:
             db.execute("BEGIN")
-            db.execute(sql, params)
+            return db.execute(sql, params).rowcount > 0
 
     def _write(self, records: Sequence[CallRecord]) -> None:
         rows = [
@@ -241,7 +264,23 @@ def _migrate(db: sqlite3.Connection) -> None:
     applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
     for version, step in enumerate(MIGRATIONS["sqlite"], start=1):
         if version not in applied:
-            db.executescript(f"BEGIN; {step}; INSERT INTO schema_migrations VALUES ({version}, strftime('%s', 'now')); COMMIT;")
+            _apply(db, version, step)
+
+
+def _apply(db: sqlite3.Connection, version: int, step: str) -> None:
+    """One step in one write transaction, unless another process applied it first.
+
+    Gateway workers (`server.workers`) open a new file at the same moment: the version row goes in
+    first, under the write lock (`BEGIN IMMEDIATE` waits for it up to the busy timeout), so the
+    second to come finds it taken and leaves the step, which it would fail to apply twice.
+    """
+    try:
+        db.executescript(f"BEGIN IMMEDIATE; INSERT INTO schema_migrations VALUES ({version}, strftime('%s', 'now'));"
+                         f" {step}; COMMIT;")
+    except sqlite3.IntegrityError:
+        db.execute("ROLLBACK")
+        if db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone() is None:
+            raise  # the step's own failure, not a version applied meanwhile
 
 
 def _create_private(path: Path) -> None:

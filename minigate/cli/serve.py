@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,7 +26,7 @@ def serve(
 ) -> None:
     """Run the gateway."""
     from minigate.gateway.auth import is_loopback
-    from minigate.gateway.server import run
+    from minigate.gateway.supervisor import warn_of_stranded_spools
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path = resolve_config_path(config, os.environ)
@@ -42,9 +43,22 @@ def serve(
     err.print(f"minigate {__version__}: config {path}")
     err.print(routes_table(cfg))
     _log_key_or_exit(cfg)
-    started = run(cfg, path, host=bind_host, port=cfg.server.port if port is None else port, log_level=log_level)
+    warn_of_stranded_spools(cfg.logging, cfg.server.workers)
+    started = _server(cfg)(cfg, path, host=bind_host, port=cfg.server.port if port is None else port,
+                           log_level=log_level)
     if not started:
         raise typer.Exit(STARTUP_FAILURE)
+
+
+def _server(cfg: Config) -> Callable[..., bool]:
+    """One gateway process, or with `server.workers` above 1 a supervisor of that many, which never imports the app."""
+    if cfg.server.workers > 1:
+        from minigate.gateway.supervisor import supervise
+
+        return supervise
+    from minigate.gateway.server import run
+
+    return run
 
 
 def _log_key_or_exit(cfg: Config) -> None:

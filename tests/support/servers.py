@@ -70,7 +70,8 @@ def run_gateway(config_path: Path, *, watch: bool = False) -> Iterator[RunningGa
         thread.join(timeout=30)
 
 
-_LISTENING = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
+# uvicorn's line for one process; the supervisor's for `server.workers` above 1 (its workers share its socket).
+_LISTENING = re.compile(r"(?:Uvicorn|minigate) running on http://[^:]+:(\d+)")
 
 
 @dataclass
