@@ -212,10 +212,10 @@ class RedisCounters:
 
         try:
             try:
-                return await self._client.evalsha(_SHA[script], len(keys), *keys, *args)  # type: ignore[misc]
+                return await self._client.evalsha(_SHA[script], len(keys), *keys, *args)
             except NoScriptError:
                 await self._client.script_load(script)
-                return await self._client.evalsha(_SHA[script], len(keys), *keys, *args)  # type: ignore[misc]
+                return await self._client.evalsha(_SHA[script], len(keys), *keys, *args)
         except (RedisError, OSError) as exc:
             raise CountersDown(_describe(exc)) from exc
 

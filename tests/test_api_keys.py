@@ -16,6 +16,7 @@ from tests.conftest import gateway_config
 from tests.stores import fetch
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 HI = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -36,12 +37,6 @@ def chat(gateway: RunningGateway, key: str) -> httpx.Response:
     return httpx.post(f"{gateway.v1}/chat/completions", json=HI, headers={"authorization": f"Bearer {key}"})
 
 
-def until(condition: Callable[[], bool], timeout: float = 10.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def test_a_created_key_serves_and_a_revoked_one_is_refused_within_seconds(
@@ -58,10 +53,10 @@ def test_a_created_key_serves_and_a_revoked_one_is_refused_within_seconds(
     stored = fetch(store_url, "SELECT name, digest, role FROM api_keys")
     assert stored[0][0] == "ci-bot" and stored[0][2] == "agent" and key not in str(stored)
 
-    until(lambda: chat(gateway, key).status_code == 200)
+    eventually(lambda: chat(gateway, key).status_code == 200)
     answered = chat(gateway, key)
     assert answered.headers["x-ratelimit-limit-requests"] == "100"  # the stored key's limits apply
-    until(lambda: any(row[0] == "ci-bot" for row in fetch(store_url, "SELECT key_name FROM calls")))
+    eventually(lambda: any(row[0] == "ci-bot" for row in fetch(store_url, "SELECT key_name FROM calls")))
 
     listed = minigate("keys", "list", "--json", "--config", str(path))
     assert [(k["name"], k["role"], k["limits"], k["active"]) for k in orjson.loads(listed.stdout)] == [
@@ -69,7 +64,9 @@ def test_a_created_key_serves_and_a_revoked_one_is_refused_within_seconds(
 
     revoked = minigate("keys", "revoke", "ci-bot", "--config", str(path))
     assert revoked.returncode == 0, revoked.stderr
-    took = until(lambda: chat(gateway, key).status_code == 401)
+    started = time.monotonic()
+    eventually(lambda: chat(gateway, key).status_code == 401)
+    took = time.monotonic() - started
     assert took < 5
     assert "'ci-bot' was revoked at " in chat(gateway, key).json()["error"]["message"]
     assert orjson.loads(minigate("keys", "list", "--json", "--config", str(path)).stdout)[0]["active"] is False
@@ -85,8 +82,8 @@ def test_an_expired_key_is_refused_and_says_so(upstream: ScriptedUpstream, tmp_p
     assert key.returncode == 2 and "is in the past" in key.stderr
     made = minigate("keys", "create", "shortlived", "--expires", "0.02m", "--config", str(path))  # 1.2 s
     key_text = made.stdout.strip()
-    until(lambda: chat(gateway, key_text).status_code == 200)
-    until(lambda: chat(gateway, key_text).status_code == 401)
+    eventually(lambda: chat(gateway, key_text).status_code == 200)
+    eventually(lambda: chat(gateway, key_text).status_code == 401)
     assert "'shortlived' expired at " in chat(gateway, key_text).json()["error"]["message"]
 
 
@@ -121,6 +118,6 @@ def test_a_stored_keys_budget_is_enforced(upstream: ScriptedUpstream, tmp_path: 
     gateway = make_gateway(config)
     key = minigate("keys", "create", "spender", "--limits", '{"usd_per_day": 5}', "--config", str(path))
     key_text = key.stdout.strip()
-    until(lambda: chat(gateway, key_text).status_code != 401)
-    until(lambda: chat(gateway, key_text).status_code == 429)
+    eventually(lambda: chat(gateway, key_text).status_code != 401)
+    eventually(lambda: chat(gateway, key_text).status_code == 429)
     assert chat(gateway, key_text).json()["error"]["code"] == "budget_exceeded"

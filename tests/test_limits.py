@@ -23,6 +23,7 @@ from tests.stores import fetch
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.servers import RunningGateway, run_gateway, write_config
 from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import eventually
 
 HI = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
 AGENT = {"authorization": f"Bearer {AGENT_KEY}"}
@@ -47,11 +48,6 @@ def limited(upstream: ScriptedUpstream, tmp_path: Path, limits: dict[str, Any], 
     return config
 
 
-def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def chat(gateway: RunningGateway, body: dict[str, Any] = HI, headers: dict[str, str] = AGENT) -> httpx.Response:
@@ -109,7 +105,7 @@ def test_a_budget_stops_the_key_at_the_spend_its_call_log_shows(
         upstream: ScriptedUpstream, tmp_path: Path, make_gateway: Callable[..., RunningGateway]) -> None:
     gateway = make_gateway(limited(upstream, tmp_path, {"usd_per_day": 5}))
     assert chat(gateway).status_code == 200
-    until(lambda: chat(gateway).status_code == 429)  # once the writer has measured the first call
+    eventually(lambda: chat(gateway).status_code == 429)  # once the writer has measured the first call
     refused = chat(gateway)
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exceeded")
@@ -120,7 +116,7 @@ def test_a_budget_stops_the_key_at_the_spend_its_call_log_shows(
         return sum(row[0] for row in fetch(f"sqlite:///{tmp_path}/calls.db", "SELECT cost_usd FROM calls"))
 
     # Calls admitted before the first was measured overshoot the budget; what is refused quotes the log's spend.
-    until(lambda: f"spent ${logged_spend():.4f} of its $5 " in chat(gateway).json()["error"]["message"])
+    eventually(lambda: f"spent ${logged_spend():.4f} of its $5 " in chat(gateway).json()["error"]["message"])
 
 
 def test_tokens_per_minute_count_what_the_log_measured(upstream: ScriptedUpstream, tmp_path: Path,
@@ -131,7 +127,7 @@ def test_tokens_per_minute_count_what_the_log_measured(upstream: ScriptedUpstrea
     assert first.headers["x-ratelimit-remaining-tokens"] == "5"  # nothing measured yet
     used = first.json()["usage"]["total_tokens"]
     assert used >= 5, "the scripted reply must use the whole budget for this test"
-    until(lambda: chat(gateway).status_code == 429)
+    eventually(lambda: chat(gateway).status_code == 429)
     error = chat(gateway).json()["error"]
     assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
     assert "tokens per minute (TPM): Limit 5" in error["message"]
@@ -185,7 +181,7 @@ def test_redis_down_with_fail_open_serves_unchecked_and_says_so(
     assert gateway.metric("minigate_limits_unchecked_total", {"outcome": "admitted"}) == 3
 
     redis.start()  # an empty Redis: counting starts again
-    until(lambda: gateway.metric("minigate_limits_backend_up") == 1)
+    eventually(lambda: gateway.metric("minigate_limits_backend_up") == 1)
     assert [chat(gateway).status_code for _ in range(2)] == [200, 429]
     assert httpx.get(f"{gateway.base_url}/readyz", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()[
         "limits"] == "checked in Redis"

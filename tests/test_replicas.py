@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from tests.support.redis_server import RedisServer, redis_server
 from tests.support.round_robin import RoundRobin, round_robin
 from tests.support.servers import GatewayProcess, start_gateway_process, write_config
 from tests.support.upstream import Script, ScriptedUpstream
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -73,12 +74,6 @@ def served_by(replica: GatewayProcess, metric: str, label: str) -> float:
                if line.startswith(metric + "{") and label in line)
 
 
-def until(condition: Callable[[], bool], timeout: float = 15.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @contextmanager
@@ -139,7 +134,7 @@ def test_a_budget_stops_spend_across_replicas(shared: Cluster) -> None:
             if refused == 10:
                 break
         time.sleep(0.3)  # paced: each call is measured and charged before the next
-    until(lambda: all(request_id in shared.logged() for request_id in answered))
+    eventually(lambda: all(request_id in shared.logged() for request_id in answered))
     spent = fetch(shared.store, "SELECT sum(cost_usd), max(cost_usd) FROM calls WHERE key_name = 'budget'")[0]
     assert spent[0] >= 30, "the budget was reached"
     assert spent[0] < 30 + spent[1], f"spend stopped within one call of the budget: ${spent[0]}"
@@ -153,7 +148,7 @@ def test_every_answered_request_is_logged_exactly_once(shared: Cluster) -> None:
         answers = list(pool.map(lambda _: shared.post(KEYS["load"]), range(200)))
     ids = [answer.headers["x-minigate-request-id"] for answer in answers if answer.status_code == 200]
     assert len(ids) == 200
-    until(lambda: set(ids) <= set(shared.logged()))
+    eventually(lambda: set(ids) <= set(shared.logged()))
     logged = shared.logged()
     assert all(logged[request_id] == 1 for request_id in ids)
     assert all(served_by(replica, "minigate_requests_total", 'status="200"') > 0 for replica in shared.replicas)
@@ -173,9 +168,11 @@ def test_a_key_revoked_is_refused_by_every_replica(shared: Cluster) -> None:
         return httpx.post(f"{replica.base_url}/v1/chat/completions", json=HI,
                           headers={"authorization": f"Bearer {key}"}).status_code
 
-    until(lambda: all(status(replica) == 200 for replica in shared.replicas))
+    eventually(lambda: all(status(replica) == 200 for replica in shared.replicas))
     assert minigate("keys", "revoke", "temp").returncode == 0
-    took = until(lambda: all(status(replica) == 401 for replica in shared.replicas))
+    started = time.monotonic()
+    eventually(lambda: all(status(replica) == 401 for replica in shared.replicas))
+    took = time.monotonic() - started
     assert took < 5
 
 
@@ -200,7 +197,7 @@ def test_a_replica_sigkilled_under_load_loses_nothing_it_answered(tmp_path: Path
 
         with ThreadPoolExecutor(8) as pool:
             load = [pool.submit(call, i) for i in range(300)]
-            until(lambda: len(answered) >= 100)
+            eventually(lambda: len(answered) >= 100)
             running.replicas[1].process.send_signal(signal.SIGKILL)
             for future in load:
                 future.result()
@@ -209,6 +206,6 @@ def test_a_replica_sigkilled_under_load_loses_nothing_it_answered(tmp_path: Path
         time.sleep(0.5)  # replica 0 writes what it answered; what is missing now died in replica 1's memory
         assert set(answered) - set(running.logged()), "the kill found nothing unwritten: the test proves nothing"
         running.replica(1)  # restarted on its spool folder, as Kubernetes restarts a container
-        until(lambda: set(answered) <= set(running.logged()), timeout=30)
+        eventually(lambda: set(answered) <= set(running.logged()), timeout=30)
         logged = running.logged()
         assert all(logged[request_id] == 1 for request_id in answered)
