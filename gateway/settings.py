@@ -84,7 +84,10 @@ class LimitsSection(_Section):
     fail: Literal["open", "closed"] = Field(
         "open", description="while Redis is unreachable, limited keys are served unchecked (open) or refused with 503"
     )
-    timeout_s: float = Field(0.25, gt=0, le=10, description="one Redis round trip; beyond it Redis counts as down")
+    timeout_s: float = Field(
+        1.0, gt=0, le=10, description="one Redis round trip; beyond it Redis counts as down (generous: on a "
+        "saturated event loop a healthy Redis's answer is read late, and a timeout serves a second unchecked)"
+    )
     reconcile_s: float = Field(
         300.0, gt=0, description="how often spend counters are raised to what the call log holds (after a Redis "
         "restart, or spend the counters missed)"
