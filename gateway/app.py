@@ -146,7 +146,8 @@ def create_app(config: Config, registry: CollectorRegistry, *, config_path: Path
         app.add_api_route(f"/openai/deployments/{{deployment}}/{operation}", endpoint, methods=["POST"],
                           include_in_schema=False)
     add_stored_responses_api(app, holder, calls)
-    _add_operational_routes(app, holder, registry if worker is None else worker.exposition(), Readiness(holder, calls, limiter))
+    exposed = registry if worker is None else worker.exposition()
+    _add_operational_routes(app, holder, exposed, Readiness(holder, calls, limiter))
     add_calls_api(app, holder, calls)
     add_tasks_api(app, holder)
     add_feedback_api(app, holder, calls)

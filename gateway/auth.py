@@ -109,8 +109,8 @@ class KeyRing:
         if stored is None:
             raise AuthenticationFailed("Incorrect API key provided. Check the key minigate's operator gave you.")
         if stored.revoked_at is not None:
-            raise AuthenticationFailed(f"The API key {stored.name!r} was revoked at {describe_time(stored.revoked_at)}; "
-                                       "ask minigate's operator for a new one.")
+            raise AuthenticationFailed(f"The API key {stored.name!r} was revoked at "
+                                       f"{describe_time(stored.revoked_at)}; ask minigate's operator for a new one.")
         if stored.expires_at is not None and stored.expires_at <= time.time():
             raise AuthenticationFailed(f"The API key {stored.name!r} expired at {describe_time(stored.expires_at)}; "
                                        "ask minigate's operator for a new one.")

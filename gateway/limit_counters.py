@@ -96,8 +96,9 @@ class MemoryCounters:
     async def raise_to(self, values: Sequence[tuple[str, float, int]]) -> None:
         now = time.monotonic()
         for name, value, ttl_s in values:
-            if value > self._value(name, now):
-                self._add(name, value - self._value(name, now), ttl_s, now)
+            current = self._value(name, now)
+            if value > current:
+                self._add(name, value - current, ttl_s, now)
 
     async def ping(self) -> None:
         return None

@@ -35,6 +35,7 @@ from minigate.errors import ServiceUnavailable, TooManyRequests
 from minigate.gateway.auth import Caller
 from minigate.gateway.limit_counters import Check, Counters, CountersDown, MemoryCounters, RedisCounters
 from minigate.gateway.settings import KeyLimits, Limits, LimitsSection
+from minigate.gateway.stored_keys import describe_time
 from minigate.logger.records import CallRecord
 
 __all__ = ["Limiter"]
@@ -184,11 +185,11 @@ class Limiter:
                 f"Please try again in {_duration(window.resets_at - now)}.",
                 type_="requests" if window.limit == "rpm" else "tokens", code="rate_limit_exceeded", headers=headers)
         period = "UTC day" if window.limit == "usd_per_day" else "calendar month (UTC)"
-        resets = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(window.resets_at))
         return TooManyRequests(
             f"Budget exceeded for key {name!r}{on}: spent ${used:.4f} of its ${check.limit:g} per {period} "
-            f"({window.limit}); it resets at {resets} (in {_duration(window.resets_at - now)}). Ask minigate's "
-            "operator to raise the key's limits if this is too low.",
+            f"({window.limit}); it resets at {describe_time(window.resets_at)} "
+            f"(in {_duration(window.resets_at - now)}). Ask minigate's operator to raise the key's limits if this "
+            "is too low.",
             type_="insufficient_quota", code="budget_exceeded", headers=headers)
 
     def _unchecked(self) -> dict[str, str]:

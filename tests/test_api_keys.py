@@ -3,8 +3,6 @@ refused once revoked or expired, limited like the config's keys; on both stores.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +15,9 @@ from tests.stores import fetch
 from tests.support.servers import RunningGateway, write_config
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import eventually
+from tests.test_keys_cli import minigate
 
 HI = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def minigate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "minigate.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def config_for(upstream: ScriptedUpstream, store_url: str, tmp_path: Path) -> dict[str, object]:

@@ -37,12 +37,12 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
-def limited(upstream: ScriptedUpstream, tmp_path: Path, limits: dict[str, Any], *, section: dict[str, Any] | None = None,
-            store: str | None = None) -> dict[str, Any]:
+def limited(upstream: ScriptedUpstream, tmp_path: Path, limits: dict[str, Any], *,
+            section: dict[str, Any] | None = None) -> dict[str, Any]:
     config = gateway_config(upstream.base_url)
     config["auth"]["keys"][0]["limits"] = limits
     config["models"]["gpt-4.1"]["price"] = DEAR
-    config["logging"] = {"store": store or f"sqlite:///{tmp_path}/calls.db", "flush_interval_s": 0.05}
+    config["logging"] = {"store": f"sqlite:///{tmp_path}/calls.db", "flush_interval_s": 0.05}
     if section is not None:
         config["limits"] = section
     return config

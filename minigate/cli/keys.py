@@ -34,7 +34,8 @@ def keys_create(
     limits: Annotated[Optional[str], typer.Option(
         help='Limits as JSON, routes included: \'{"rpm": 60, "routes": {"gpt-4.1": {"usd_per_day": 5}}}\'; '
         "the options above override its top-level values.")] = None,
-    expires: Annotated[Optional[str], typer.Option(help="When it stops working: 30d, 12h, 2w, or an ISO 8601 time.")] = None,
+    expires: Annotated[Optional[str], typer.Option(
+        help="When it stops working: 30d, 12h, 2w, or an ISO 8601 time.")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -103,7 +104,8 @@ def keys_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command("revoke")
-def keys_revoke(name: Annotated[str, typer.Argument(help="The stored key's name.")], config: ConfigOption = None) -> None:
+def keys_revoke(name: Annotated[str, typer.Argument(help="The stored key's name.")],
+                config: ConfigOption = None) -> None:
     """Revoke a stored key: every gateway on the store refuses it within `auth.refresh_s`."""
     cfg = config_or_exit(config)
     if not _in_store(cfg.logging.store, "revoke_api_key", name, time.time()):
